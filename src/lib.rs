@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod progress;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use store::{ExpertRef, NewExpert, Provenance, Snapshot, Store, StoreConfig};
