@@ -30,7 +30,10 @@ fn insert_get_delete_reopen() {
     // The snapshot taken before the delete still sees the expert, byte for byte.
     assert_expert(&cfg, &snap.get(5).unwrap(), 4);
     assert_eq!(store.len(), 298);
-    assert!(matches!(store.delete(5), Err(Error::UnknownExpert { id: 5 })));
+    assert!(matches!(
+        store.delete(5),
+        Err(Error::UnknownExpert { id: 5 })
+    ));
     let meta = store.meta(1).unwrap();
     assert_eq!(meta.provenance.text, "seed=0");
     assert!(meta.created_at_ms > 0);
@@ -41,9 +44,16 @@ fn insert_get_delete_reopen() {
     assert_eq!(stats.live, 298);
     assert_eq!(stats.deleted, 3);
     assert_eq!(stats.orphan_slots, 0);
-    assert!(stats.shards.len() >= 2, "300 records must roll over 64 KiB shards");
+    assert!(
+        stats.shards.len() >= 2,
+        "300 records must roll over 64 KiB shards"
+    );
     assert_eq!(
-        stats.shards.iter().map(|s| s.used_slots as u64).sum::<u64>(),
+        stats
+            .shards
+            .iter()
+            .map(|s| s.used_slots as u64)
+            .sum::<u64>(),
         301
     );
     drop(snap);
@@ -134,7 +144,11 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     layers.layers.pop();
     assert!(matches!(
         store.insert(layers),
-        Err(Error::DimMismatch { expected: 2, found: 1, .. })
+        Err(Error::DimMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        })
     ));
     let mut a = expert(&cfg, 3);
     a.layers[0].a.push(f16::ZERO);
@@ -143,11 +157,23 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
         store.insert_batch(vec![]),
         Err(Error::EmptyBatch { .. })
     ));
-    assert!(matches!(store.delete_batch(&[]), Err(Error::EmptyBatch { .. })));
-    assert!(matches!(store.get(42), Err(Error::UnknownExpert { id: 42 })));
+    assert!(matches!(
+        store.delete_batch(&[]),
+        Err(Error::EmptyBatch { .. })
+    ));
+    assert!(matches!(
+        store.get(42),
+        Err(Error::UnknownExpert { id: 42 })
+    ));
     assert!(matches!(store.get(0), Err(Error::UnknownExpert { id: 0 })));
-    assert!(matches!(store.get(u64::MAX), Err(Error::UnknownExpert { .. })));
-    assert!(matches!(store.meta(42), Err(Error::UnknownExpert { id: 42 })));
+    assert!(matches!(
+        store.get(u64::MAX),
+        Err(Error::UnknownExpert { .. })
+    ));
+    assert!(matches!(
+        store.meta(42),
+        Err(Error::UnknownExpert { id: 42 })
+    ));
     assert!(matches!(
         store.get_many(&[1, 2]),
         Err(Error::UnknownExpert { id: 1 })
@@ -160,7 +186,10 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     let bad = StoreConfig::new(0, 8, 2, vec![1]);
     assert!(matches!(
         Store::create(dir.path().join("x"), bad),
-        Err(Error::InvalidConfig { field: "d_model", .. })
+        Err(Error::InvalidConfig {
+            field: "d_model",
+            ..
+        })
     ));
     let _ = Provenance::fact("p", "a");
 }
@@ -207,7 +236,8 @@ fn newer_format_version_is_refused() {
         o.create_missing_column_families(true);
         let db = rocksdb::DB::open_cf(&o, dir.path().join("meta"), cfs).unwrap();
         let cf = db.cf_handle("meta").unwrap();
-        db.put_cf(cf, b"format_version", 99u32.to_le_bytes()).unwrap();
+        db.put_cf(cf, b"format_version", 99u32.to_le_bytes())
+            .unwrap();
     }
     match Store::open(dir.path()) {
         Err(Error::UnsupportedVersion {
@@ -228,11 +258,17 @@ fn truncated_shard_is_reported() {
     drop(store);
     let shard = dir.path().join("shards/00000001.shard");
     let len = std::fs::metadata(&shard).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&shard).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&shard)
+        .unwrap();
     f.set_len(len - 100).unwrap();
     match Store::open(dir.path()) {
         Err(Error::TruncatedShard {
-            shard, expected, found, ..
+            shard,
+            expected,
+            found,
+            ..
         }) => assert_eq!((shard, expected, found), (1, len, len - 100)),
         other => panic!("expected TruncatedShard, got {other:?}"),
     }
@@ -266,11 +302,6 @@ fn uncommitted_tail_is_truncated_and_orphan_files_reported() {
         more.push(expert(&cfg, 100 + s));
     }
     store.insert_batch(more).unwrap();
-    assert!(!store
-        .stats()
-        .unwrap()
-        .shards
-        .iter()
-        .any(|s| s.id == 9));
+    assert!(!store.stats().unwrap().shards.iter().any(|s| s.id == 9));
     assert!(store.verify().unwrap().problems.is_empty());
 }
