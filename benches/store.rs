@@ -130,8 +130,10 @@ fn main() {
             let e = store.get(id).expect("get");
             if touch {
                 for l in 0..e.n_layers() {
-                    sink = sink.wrapping_add(e.a(l).iter().map(|x| x.to_bits() as u32).sum::<u32>());
-                    sink = sink.wrapping_add(e.b(l).iter().map(|x| x.to_bits() as u32).sum::<u32>());
+                    sink =
+                        sink.wrapping_add(e.a(l).iter().map(|x| x.to_bits() as u32).sum::<u32>());
+                    sink =
+                        sink.wrapping_add(e.b(l).iter().map(|x| x.to_bits() as u32).sum::<u32>());
                 }
             } else {
                 sink = sink.wrapping_add(e.key()[0].to_bits() as u32);
@@ -201,7 +203,10 @@ fn main() {
         let mut sink = 0u32;
         for &id in &ids {
             let t = Instant::now();
-            let v = db.get_pinned(id.to_be_bytes()).expect("get").expect("present");
+            let v = db
+                .get_pinned(id.to_be_bytes())
+                .expect("get")
+                .expect("present");
             if touch {
                 sink = sink.wrapping_add(v.iter().map(|&b| b as u32).sum::<u32>());
             } else {

@@ -146,10 +146,10 @@ fn crash_recovery_under_sigkill() {
         let snap = store.snapshot();
         for e in snap.iter() {
             let e = e.unwrap();
-            if !acked.contains_key(&e.id()) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = acked.entry(e.id()) {
                 let seed = seed_of(&store.meta(e.id()).unwrap().provenance.text).unwrap();
                 assert_expert(&cfg, &e, seed);
-                acked.insert(e.id(), seed);
+                slot.insert(seed);
             }
         }
         let report = store.verify().unwrap();

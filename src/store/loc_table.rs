@@ -47,13 +47,10 @@ impl LocTable {
 
     /// Sets or clears `id`; returns the previous location.
     pub(crate) fn set(&mut self, id: u64, loc: Option<Loc>) -> Option<Loc> {
-        let Some((c, i)) = split(id) else {
-            return None;
-        };
+        let (c, i) = split(id)?;
         if self.chunks.len() <= c {
-            if loc.is_none() {
-                return None;
-            }
+            // Clearing an id beyond the table is a no-op; only growth needs a new chunk.
+            loc?;
             self.chunks.resize(c + 1, None);
         }
         let slot = &mut self.chunks[c];
