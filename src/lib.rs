@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod index;
 pub mod progress;
 pub mod store;
 

@@ -753,6 +753,76 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls `f` with the id and key of every live expert, in id order, reading keys from
+    /// the metadata (a sequential scan that does not touch the shards). Used to rebuild
+    /// derived indexes. Returns the commit sequence the scan reflects.
+    pub fn scan_keys(&self, mut f: impl FnMut(u64, &[f16]) -> Result<()>) -> Result<u64> {
+        let snap = self.snapshot();
+        let mut ro = rocksdb::ReadOptions::default();
+        let db_snap = self.db.snapshot();
+        ro.set_snapshot(&db_snap);
+        let iter =
+            self.db
+                .iterator_cf_opt(cf(&self.db, CF_KEYS)?, ro, rocksdb::IteratorMode::Start);
+        let mut buf: Vec<f16> = Vec::with_capacity(self.layout.key_dim);
+        for item in iter {
+            let (k, v) = item.map_err(|e| Error::rocks("scanning keys", e))?;
+            let id = decode_id_key(&k)?;
+            if !snap.contains(id) {
+                // Committed after the snapshot was taken; the caller catches up later.
+                continue;
+            }
+            decode_key(id, &v, self.layout.key_dim, &mut buf)?;
+            f(id, &buf)?;
+        }
+        Ok(snap.seq())
+    }
+
+    /// What changed after commit sequence `since`: experts inserted later (with their keys)
+    /// that are still live, and experts deleted later. Lets a derived index saved at
+    /// `since` catch up. Returns the sequence the answer reflects.
+    pub fn changes_since(
+        &self,
+        since: u64,
+        mut on_insert: impl FnMut(u64, &[f16]) -> Result<()>,
+        mut on_delete: impl FnMut(u64) -> Result<()>,
+    ) -> Result<u64> {
+        let snap = self.snapshot();
+        let cf_keys = cf(&self.db, CF_KEYS)?;
+        let mut buf: Vec<f16> = Vec::with_capacity(self.layout.key_dim);
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_DEAD)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| Error::rocks("scanning tombstones", e))?;
+            let id = decode_id_key(&k)?;
+            let dv = DeadValue::decode(id, &v)?;
+            if dv.deleted_seq > since && dv.deleted_seq <= snap.seq() {
+                on_delete(id)?;
+            }
+        }
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOC)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| Error::rocks("scanning locations", e))?;
+            let id = decode_id_key(&k)?;
+            let lv = LocValue::decode(id, &v)?;
+            if lv.seq > since && snap.contains(id) {
+                let key = self
+                    .db
+                    .get_pinned_cf(cf_keys, id_key(id))
+                    .map_err(|e| Error::rocks("reading a key", e))?
+                    .ok_or_else(|| Error::CorruptMetadata {
+                        what: format!("expert {id} has no key record"),
+                    })?;
+                decode_key(id, &key, self.layout.key_dim, &mut buf)?;
+                on_insert(id, &buf)?;
+            }
+        }
+        Ok(snap.seq())
+    }
+
     /// Store-wide figures: live and deleted experts, per-shard occupancy, orphans.
     pub fn stats(&self) -> Result<StoreStats> {
         let snap = self.snapshot();
@@ -870,6 +940,24 @@ impl Store {
         );
         Ok(report)
     }
+}
+
+fn decode_key(id: u64, raw: &[u8], key_dim: usize, out: &mut Vec<f16>) -> Result<()> {
+    if raw.len() != key_dim * 2 {
+        return Err(Error::CorruptMetadata {
+            what: format!(
+                "key of expert {id} is {} bytes, expected {}",
+                raw.len(),
+                key_dim * 2
+            ),
+        });
+    }
+    out.clear();
+    out.extend(
+        raw.chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]])),
+    );
+    Ok(())
 }
 
 fn synced() -> WriteOptions {

@@ -1,0 +1,419 @@
+//! An index kept in step with a store, persisted next to it, rebuilt when lost.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::{FlatIndex, Hit, HnswIndex, KeyIndex};
+use crate::error::{Error, Result};
+use crate::store::{NewExpert, Store};
+
+/// Which index structure to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IndexKind {
+    /// usearch HNSW graph: sub-linear search, approximate.
+    Hnsw,
+    /// Exact scan: linear search, for small stores and as an oracle.
+    Flat,
+}
+
+/// How HNSW stores vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Quantization {
+    /// Half precision (the keys' own precision).
+    F16,
+    /// 8-bit integers: half the memory, lower recall.
+    I8,
+}
+
+/// Index parameters; persisted with the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct IndexParams {
+    /// Structure.
+    pub kind: IndexKind,
+    /// HNSW connectivity (M): edges per node.
+    pub connectivity: usize,
+    /// HNSW expansion while adding (ef_construction).
+    pub expansion_add: usize,
+    /// HNSW expansion while searching (ef); may change without a rebuild.
+    pub expansion_search: usize,
+    /// HNSW vector storage.
+    pub quantization: Quantization,
+}
+
+impl Default for IndexParams {
+    /// Chosen from measurements at 100k and 1M clustered keys of dim 576; see
+    /// `docs/BENCHMARKS.md` ("Index").
+    fn default() -> Self {
+        IndexParams {
+            kind: IndexKind::Hnsw,
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            quantization: Quantization::F16,
+        }
+    }
+}
+
+impl IndexParams {
+    /// The exact flat index.
+    pub fn flat() -> Self {
+        IndexParams {
+            kind: IndexKind::Flat,
+            ..Default::default()
+        }
+    }
+
+    /// Whether an index built with `self` can serve `other` without a rebuild.
+    fn same_structure(&self, other: &IndexParams) -> bool {
+        self.kind == other.kind
+            && (self.kind == IndexKind::Flat
+                || (self.connectivity == other.connectivity
+                    && self.expansion_add == other.expansion_add
+                    && self.quantization == other.quantization))
+    }
+}
+
+const INDEX_DIR: &str = "index";
+const META_FILE: &str = "index.json";
+const INDEX_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct IndexMeta {
+    version: u32,
+    params: IndexParams,
+    dim: usize,
+    /// Store commit sequence the saved index reflects.
+    seq: u64,
+    count: usize,
+    file_len: u64,
+    file_crc32c: u32,
+}
+
+fn data_file(kind: IndexKind) -> &'static str {
+    match kind {
+        IndexKind::Hnsw => "keys.usearch",
+        IndexKind::Flat => "keys.flat",
+    }
+}
+
+/// How the index came to be on open (for logs, stats and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpenedFrom {
+    /// Loaded and caught up with `applied` changes.
+    Loaded {
+        /// Inserts and deletes replayed from the store.
+        applied: usize,
+    },
+    /// Rebuilt from the store's keys (missing, corrupt, or different parameters).
+    Rebuilt,
+}
+
+/// A vector index over a store's expert keys, kept in step with it.
+///
+/// Writes go through [`ExpertIndex::insert_batch`] / [`ExpertIndex::delete`], which
+/// commit to the store first and then update the index; a crash in between is repaired
+/// on the next open by replaying the store's changes after the sequence the saved index
+/// covers. Searches never return an expert that is not live in the store.
+pub struct ExpertIndex {
+    store: Arc<Store>,
+    index: Box<dyn KeyIndex>,
+    params: IndexParams,
+    dir: PathBuf,
+    /// Writers hold it shared while they commit and apply; `save` holds it exclusively,
+    /// so the sequence it records has every earlier commit applied.
+    apply: RwLock<()>,
+    dirty: AtomicBool,
+    opened_from: OpenedFrom,
+}
+
+impl std::fmt::Debug for ExpertIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpertIndex")
+            .field("params", &self.params)
+            .field("len", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_meta(dir: &Path) -> Option<IndexMeta> {
+    let raw = std::fs::read(dir.join(META_FILE)).ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+fn file_crc(path: &Path) -> Result<(u64, u32)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((bytes.len() as u64, crc32c::crc32c(&bytes)))
+}
+
+fn new_index(dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
+    Ok(match params.kind {
+        IndexKind::Hnsw => Box::new(HnswIndex::new(dim, params)?),
+        IndexKind::Flat => Box::new(FlatIndex::new(dim)),
+    })
+}
+
+fn to_f32(key: &[half::f16]) -> Vec<f32> {
+    key.iter().map(|x| x.to_f32()).collect()
+}
+
+impl ExpertIndex {
+    /// Opens the index of `store` with the default parameters (or those it was saved with).
+    pub fn open(store: Arc<Store>) -> Result<Self> {
+        let saved = read_meta(&store.dir().join(INDEX_DIR)).map(|m| m.params);
+        Self::open_with(store, saved.unwrap_or_default())
+    }
+
+    /// Opens the index of `store`: loads the saved one and catches up, or rebuilds it
+    /// when it is missing, corrupt, or was built with other structural parameters.
+    pub fn open_with(store: Arc<Store>, params: IndexParams) -> Result<Self> {
+        let dir = store.dir().join(INDEX_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dim = store.config().key_dim as usize;
+        let loaded = match Self::try_load(&dir, dim, &params) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "saved index unusable; rebuilding from the store");
+                None
+            }
+        };
+        let (index, opened_from) = match loaded {
+            Some((index, seq)) => {
+                let applied = std::cell::Cell::new(0usize);
+                store.changes_since(
+                    seq,
+                    |id, key| {
+                        applied.set(applied.get() + 1);
+                        index.add(id, &to_f32(key))
+                    },
+                    |id| {
+                        applied.set(applied.get() + 1);
+                        index.remove(id).map(|_| ())
+                    },
+                )?;
+                let applied = applied.get();
+                tracing::info!(
+                    seq,
+                    applied,
+                    len = index.len(),
+                    "index loaded and caught up"
+                );
+                (index, OpenedFrom::Loaded { applied })
+            }
+            None => (Self::rebuild(&store, dim, &params)?, OpenedFrom::Rebuilt),
+        };
+        let me = ExpertIndex {
+            store,
+            index,
+            params,
+            dir,
+            apply: RwLock::new(()),
+            dirty: AtomicBool::new(true),
+            opened_from,
+        };
+        if me.opened_from != (OpenedFrom::Loaded { applied: 0 }) {
+            me.save()?;
+        } else {
+            me.dirty.store(false, Ordering::Release);
+        }
+        Ok(me)
+    }
+
+    fn try_load(
+        dir: &Path,
+        dim: usize,
+        params: &IndexParams,
+    ) -> Result<Option<(Box<dyn KeyIndex>, u64)>> {
+        let Some(meta) = read_meta(dir) else {
+            return Ok(None);
+        };
+        if meta.version != INDEX_FORMAT_VERSION
+            || meta.dim != dim
+            || !meta.params.same_structure(params)
+        {
+            tracing::info!("saved index has another format or parameters; rebuilding");
+            return Ok(None);
+        }
+        let path = dir.join(data_file(meta.params.kind));
+        let (len, crc) = file_crc(&path)?;
+        if (len, crc) != (meta.file_len, meta.file_crc32c) {
+            return Err(Error::CorruptMetadata {
+                what: format!("index file {} fails its checksum", path.display()),
+            });
+        }
+        let index: Box<dyn KeyIndex> = match params.kind {
+            IndexKind::Hnsw => Box::new(HnswIndex::load(&path, dim, params)?),
+            IndexKind::Flat => Box::new(FlatIndex::load(&path, dim)?),
+        };
+        if index.len() != meta.count {
+            return Err(Error::CorruptMetadata {
+                what: format!(
+                    "index file {} holds {} keys, its metadata says {}",
+                    path.display(),
+                    index.len(),
+                    meta.count
+                ),
+            });
+        }
+        Ok(Some((index, meta.seq)))
+    }
+
+    fn rebuild(store: &Store, dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
+        let t = std::time::Instant::now();
+        let index = new_index(dim, params)?;
+        let pb = crate::progress::bar(store.len(), "index build");
+        store.scan_keys(|id, key| {
+            pb.inc(1);
+            index.add(id, &to_f32(key))
+        })?;
+        pb.finish_and_clear();
+        tracing::info!(
+            len = index.len(),
+            seconds = t.elapsed().as_secs_f64(),
+            "index rebuilt from the store"
+        );
+        Ok(index)
+    }
+
+    /// How the index was obtained on open.
+    pub fn opened_from(&self) -> OpenedFrom {
+        self.opened_from
+    }
+
+    /// The store this index follows.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Parameters in force.
+    pub fn params(&self) -> IndexParams {
+        self.params
+    }
+
+    /// Number of indexed keys.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Approximate memory held by the index.
+    pub fn memory_bytes(&self) -> usize {
+        self.index.memory_bytes()
+    }
+
+    /// Inserts experts into the store (durably) and then into the index.
+    pub fn insert_batch(&self, experts: Vec<NewExpert>) -> Result<Vec<u64>> {
+        let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
+        let _g = self.apply.read();
+        let ids = self.store.insert_batch(experts)?;
+        self.dirty.store(true, Ordering::Release);
+        for (id, key) in ids.iter().zip(&keys) {
+            self.index.add(*id, key)?;
+        }
+        Ok(ids)
+    }
+
+    /// Deletes an expert from the store and then from the index.
+    pub fn delete(&self, id: u64) -> Result<()> {
+        self.delete_batch(&[id])
+    }
+
+    /// Deletes experts from the store (all or none) and then from the index.
+    pub fn delete_batch(&self, ids: &[u64]) -> Result<()> {
+        let _g = self.apply.read();
+        self.store.delete_batch(ids)?;
+        self.dirty.store(true, Ordering::Release);
+        for &id in ids {
+            self.index.remove(id)?;
+        }
+        Ok(())
+    }
+
+    /// The `k` live experts whose keys are most similar to `query`, best first.
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
+        let snap = self.store.snapshot();
+        let mut hits = self.index.search(query, k)?;
+        // An expert deleted from the store but not yet from the index is never returned.
+        hits.retain(|h| snap.contains(h.id));
+        Ok(hits)
+    }
+
+    /// Searches many queries (`n × key_dim`, row-major) in one call.
+    pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
+        let snap = self.store.snapshot();
+        let mut all = self.index.search_batch(queries, k)?;
+        for hits in &mut all {
+            hits.retain(|h| snap.contains(h.id));
+        }
+        Ok(all)
+    }
+
+    /// Writes the index and the store sequence it covers, atomically (temp file, fsync,
+    /// rename, fsync of the directory).
+    pub fn save(&self) -> Result<()> {
+        let _g = self.apply.write();
+        let seq = self.store.seq();
+        let name = data_file(self.params.kind);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let path = self.dir.join(name);
+        self.index.save(&tmp)?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        let (file_len, file_crc32c) = file_crc(&tmp)?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let meta = IndexMeta {
+            version: INDEX_FORMAT_VERSION,
+            params: self.params,
+            dim: self.index.dim(),
+            seq,
+            count: self.index.len(),
+            file_len,
+            file_crc32c,
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::CorruptMetadata {
+            what: format!("cannot encode index metadata: {e}"),
+        })?;
+        let mtmp = self.dir.join(format!("{META_FILE}.tmp"));
+        let mpath = self.dir.join(META_FILE);
+        File::create(&mtmp)
+            .and_then(|mut f| {
+                f.write_all(&json)?;
+                f.sync_all()
+            })
+            .map_err(|e| Error::io(&mtmp, e))?;
+        std::fs::rename(&mtmp, &mpath).map_err(|e| Error::io(&mpath, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(&self.dir, e))?;
+        self.dirty.store(false, Ordering::Release);
+        tracing::debug!(seq, len = meta.count, "index saved");
+        Ok(())
+    }
+}
+
+impl Drop for ExpertIndex {
+    fn drop(&mut self) {
+        // Saving on close keeps the next open's catch-up short; losing it is harmless.
+        if self.dirty.load(Ordering::Acquire) {
+            if let Err(e) = self.save() {
+                tracing::warn!(error = %e, "could not save the index on close");
+            }
+        }
+    }
+}
