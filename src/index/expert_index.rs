@@ -346,17 +346,19 @@ impl ExpertIndex {
 
     /// The `k` live experts whose keys are most similar to `query`, best first.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
-        let snap = self.store.snapshot();
         let mut hits = self.index.search(query, k)?;
-        // An expert deleted from the store but not yet from the index is never returned.
+        // The snapshot is taken after the search: every indexed id was committed to the
+        // store before it was indexed, so only experts deleted from the store but not yet
+        // from the index are dropped here.
+        let snap = self.store.snapshot();
         hits.retain(|h| snap.contains(h.id));
         Ok(hits)
     }
 
     /// Searches many queries (`n × key_dim`, row-major) in one call.
     pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
-        let snap = self.store.snapshot();
         let mut all = self.index.search_batch(queries, k)?;
+        let snap = self.store.snapshot();
         for hits in &mut all {
             hits.retain(|h| snap.contains(h.id));
         }
