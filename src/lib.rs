@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod model;
 pub mod store;
 
 pub use error::{Error, Result};
