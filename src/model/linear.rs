@@ -127,3 +127,37 @@ fn slice<T: Clone>(v: &[T], start: usize, n: usize) -> candle_core::Result<Vec<T
         None => candle_core::bail!("frozen-linear: storage shorter than its layout"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_linear_gives_the_input_gradient_only() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::arange(0f32, 12.0, &dev)?
+            .reshape((3, 4))?
+            .affine(0.1, -0.5)?;
+        let x = Var::from_tensor(
+            &Tensor::arange(0f32, 8.0, &dev)?
+                .reshape((1, 2, 4))?
+                .affine(0.3, -1.0)?,
+        )?;
+        let lin = Linear::Dense(w.clone());
+        // A non-linear loss so the gradient depends on y.
+        let y_frozen = lin.forward_grad(x.as_tensor())?;
+        let y_plain = x.as_tensor().broadcast_matmul(&w.t()?)?;
+        assert_eq!(y_frozen.to_vec3::<f32>()?, y_plain.to_vec3::<f32>()?);
+        let g_frozen = y_frozen.sqr()?.sum_all()?.backward()?;
+        let g_plain = y_plain.sqr()?.sum_all()?.backward()?;
+        let a = g_frozen.get(x.as_tensor()).map(|g| g.to_vec3::<f32>());
+        let b = g_plain.get(x.as_tensor()).map(|g| g.to_vec3::<f32>());
+        match (a, b) {
+            (Some(a), Some(b)) => assert_eq!(a?, b?),
+            _ => candle_core::bail!("missing input gradient"),
+        }
+        assert!(g_frozen.get(&w).is_none());
+        Ok(())
+    }
+}

@@ -374,6 +374,9 @@ impl Llama {
             ));
         }
         let (_, t, d) = hidden.h.dims3().ctx(|| "run_layers input".into())?;
+        if t == 0 {
+            return Err(ModelError::InvalidInput("no positions to run".into()));
+        }
         if d != self.d_model() {
             return Err(ModelError::InvalidInput(format!(
                 "hidden state width {d}, model d_model {}",
@@ -470,8 +473,13 @@ impl Llama {
                 hidden.next_layer
             )));
         }
+        let (_, t, _) = hidden.h.dims3().ctx(|| "logits input".into())?;
+        if t == 0 {
+            return Err(ModelError::InvalidInput(
+                "no positions to compute logits for".into(),
+            ));
+        }
         let f = || -> candle_core::Result<Tensor> {
-            let (_, t, _) = hidden.h.dims3()?;
             let h = match which {
                 // The norm is per row, so narrowing first computes the same values.
                 Logits::Last => hidden.h.narrow(1, t - 1, 1)?,

@@ -50,7 +50,7 @@ impl GgufFile {
         for (name, info) in infos {
             let dtype = info.ggml_dtype;
             let elems = info.shape.elem_count();
-            if elems % dtype.block_size() != 0 {
+            if !elems.is_multiple_of(dtype.block_size()) {
                 return Err(ModelError::BadTensor {
                     name: name.clone(),
                     problem: format!("{elems} elements is not a whole number of {dtype:?} blocks"),
