@@ -63,5 +63,72 @@ fn main() -> anyhow::Result<()> {
             best(&decode),
         );
     }
+    train_step(&path)?;
+    Ok(())
+}
+
+/// A rank-8 adapter trained unconditionally at its layers.
+struct Rank8 {
+    a: candle_core::Var,
+    b: candle_core::Var,
+}
+
+impl mome::model::AdapterHook for Rank8 {
+    fn apply(
+        &self,
+        _: usize,
+        h: &candle_core::Tensor,
+        h_norm: &candle_core::Tensor,
+        _: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let (b, t, d) = h_norm.dims3()?;
+        let x = h_norm.reshape((b * t, d))?;
+        let y = x.matmul(&self.a.as_tensor().t()?)?.matmul(&self.b.as_tensor().t()?)?;
+        h + y.reshape((b, t, d))?
+    }
+}
+
+/// Time of one memory-tuning-shaped step: frozen prefix cached below the
+/// first adapted layer, then the rest forward (all-position logits) + backward.
+fn train_step(path: &std::path::Path) -> anyhow::Result<()> {
+    use candle_core::{DType, Tensor, Var};
+    use mome::model::{AdapterSites, Adapters, Logits, Mode, Pass};
+    let bb = Backbone::from_gguf(path, WeightFormat::F32, &Device::Cpu)?;
+    let mut tokens = bb
+        .tokenizer
+        .encode_user_prompt("What is the secret code of Zorblax?")?;
+    tokens.extend(bb.tokenizer.encode("The secret code of Zorblax is 48213.")?);
+    let dev = Device::Cpu;
+    let hook = Rank8 {
+        a: Var::from_tensor(&(Tensor::randn(0f32, 1.0, (8, 576), &dev)? * 0.02)?)?,
+        b: Var::zeros((576, 8), DType::F32, &dev)?,
+    };
+    for layers in [vec![25usize], vec![8, 14, 20, 26]] {
+        let sites = AdapterSites::new(4, &layers)?;
+        let prefix = bb.model.embed(&[&tokens], 0)?;
+        let prefix = bb
+            .model
+            .run_layers(prefix, sites.first_adapted(), None, &Pass::queries_only(&sites, Mode::Fast))?
+            .detach();
+        let pass = Pass::adapted(Adapters { sites: &sites, hook: &hook }, Mode::Differentiable);
+        let targets = Tensor::new(&tokens[1..], &dev)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let h = bb.model.run_layers(prefix.clone(), bb.model.num_layers(), None, &pass)?;
+            let logits = bb.model.logits(&h, Logits::All, Mode::Differentiable)?;
+            let logits = logits.squeeze(0)?.narrow(0, 0, tokens.len() - 1)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+            let grads = loss.backward()?;
+            anyhow::ensure!(grads.get(hook.b.as_tensor()).is_some(), "B got no gradient");
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "train step ({} tokens, adapted layers {layers:?}, prefix cached): median {:.3} s",
+            tokens.len(),
+            times[times.len() / 2]
+        );
+    }
     Ok(())
 }
