@@ -83,7 +83,9 @@ impl mome::model::AdapterHook for Rank8 {
     ) -> candle_core::Result<candle_core::Tensor> {
         let (b, t, d) = h_norm.dims3()?;
         let x = h_norm.reshape((b * t, d))?;
-        let y = x.matmul(&self.a.as_tensor().t()?)?.matmul(&self.b.as_tensor().t()?)?;
+        let y = x
+            .matmul(&self.a.as_tensor().t()?)?
+            .matmul(&self.b.as_tensor().t()?)?;
         h + y.reshape((b, t, d))?
     }
 }
@@ -97,7 +99,10 @@ fn train_step(path: &std::path::Path) -> anyhow::Result<()> {
     let mut tokens = bb
         .tokenizer
         .encode_user_prompt("What is the secret code of Zorblax?")?;
-    tokens.extend(bb.tokenizer.encode("The secret code of Zorblax is 48213.")?);
+    tokens.extend(
+        bb.tokenizer
+            .encode("The secret code of Zorblax is 48213.")?,
+    );
     let dev = Device::Cpu;
     let hook = Rank8 {
         a: Var::from_tensor(&(Tensor::randn(0f32, 1.0, (8, 576), &dev)? * 0.02)?)?,
@@ -108,14 +113,27 @@ fn train_step(path: &std::path::Path) -> anyhow::Result<()> {
         let prefix = bb.model.embed(&[&tokens], 0)?;
         let prefix = bb
             .model
-            .run_layers(prefix, sites.first_adapted(), None, &Pass::queries_only(&sites, Mode::Fast))?
+            .run_layers(
+                prefix,
+                sites.first_adapted(),
+                None,
+                &Pass::queries_only(&sites, Mode::Fast),
+            )?
             .detach();
-        let pass = Pass::adapted(Adapters { sites: &sites, hook: &hook }, Mode::Differentiable);
+        let pass = Pass::adapted(
+            Adapters {
+                sites: &sites,
+                hook: &hook,
+            },
+            Mode::Differentiable,
+        );
         let targets = Tensor::new(&tokens[1..], &dev)?;
         let mut times = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            let h = bb.model.run_layers(prefix.clone(), bb.model.num_layers(), None, &pass)?;
+            let h = bb
+                .model
+                .run_layers(prefix.clone(), bb.model.num_layers(), None, &pass)?;
             let logits = bb.model.logits(&h, Logits::All, Mode::Differentiable)?;
             let logits = logits.squeeze(0)?.narrow(0, 0, tokens.len() - 1)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;

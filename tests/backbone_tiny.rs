@@ -585,3 +585,63 @@ fn backbone_from_tiny_gguf_chats() {
         .expect("chat");
     assert_eq!(streamed, reply.text);
 }
+
+#[test]
+fn sharded_safetensors_checkpoint_with_tokenizer_json() {
+    let model = tiny_model(13);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = dir.path().join("tiny.gguf");
+    model
+        .save_gguf(&gguf, &tiny_tokenizer_metadata())
+        .expect("save");
+    let from_gguf =
+        mome::model::Backbone::from_gguf(&gguf, WeightFormat::F32, &Device::Cpu).expect("load");
+
+    // Two shards and an index, as large Hugging Face checkpoints ship.
+    let ckpt = dir.path().join("ckpt");
+    model.save_safetensors_dir(&ckpt).expect("save");
+    std::fs::remove_file(ckpt.join("model.safetensors")).expect("rm");
+    let tensors = model.to_hf_tensors().expect("tensors");
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        let shard: std::collections::HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, ckpt.join(file)).expect("shard");
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(ckpt.join("model.safetensors.index.json"), index.to_string()).expect("index");
+    from_gguf
+        .tokenizer
+        .inner()
+        .save(ckpt.join("tokenizer.json"), false)
+        .expect("tokenizer.json");
+
+    let from_st = mome::model::Backbone::from_safetensors_dir(&ckpt, &Device::Cpu).expect("load");
+    let ids = from_st.tokenizer.encode("the thin tin").expect("encode");
+    assert_eq!(
+        ids,
+        from_gguf.tokenizer.encode("the thin tin").expect("encode")
+    );
+    let opts = GenerateOptions::greedy(6, vec![]);
+    let none = || |_| ControlFlow::Continue(());
+    let a = from_gguf
+        .model
+        .generate(&ids, &opts, None, &mut none())
+        .expect("gen");
+    let b = from_st
+        .model
+        .generate(&ids, &opts, None, &mut none())
+        .expect("gen");
+    assert_eq!(a.tokens, b.tokens);
+}

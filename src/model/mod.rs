@@ -65,7 +65,8 @@ impl Backbone {
     /// Loads a Hugging Face checkpoint directory with its `tokenizer.json`.
     pub fn from_safetensors_dir(dir: &Path, device: &Device) -> ModelResult<Self> {
         let model = Llama::from_safetensors_dir(dir, device)?;
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?
+            .with_default_eos(model.config().eos_token_id);
         Self::checked(model, tokenizer)
     }
 

@@ -246,6 +246,14 @@ impl Tokenizer {
         }
     }
 
+    /// Uses the model's EOS id when the tokenizer file does not name one.
+    pub(crate) fn with_default_eos(mut self, eos: Option<u32>) -> Self {
+        if self.eos.is_none() {
+            self.eos = eos;
+        }
+        self
+    }
+
     /// Number of ids, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
