@@ -40,6 +40,7 @@
 
 pub mod error;
 pub mod index;
+pub mod model;
 pub mod progress;
 pub mod store;
 

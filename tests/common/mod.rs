@@ -1,8 +1,13 @@
-//! Helpers shared by the store's integration tests: deterministic experts from a seed.
+//! Helpers shared by the integration tests: deterministic experts from a seed (store,
+//! index), clustered keys (recall), tiny models and tokenizers (backbone).
 #![allow(dead_code)]
 
+use candle_core::quantized::gguf_file::Value;
+use candle_core::{Device, Tensor, D};
 use half::f16;
+use mome::model::{byte_level_alphabet, AdapterHook, Llama, LlamaConfig};
 use mome::store::{AdapterPair, ExpertRef, NewExpert, Provenance, StoreConfig};
+use std::path::PathBuf;
 
 /// A small shape with tiny shards so that tests cross many roll-overs quickly.
 pub fn small_config() -> StoreConfig {
@@ -108,4 +113,187 @@ pub fn clustered_keys_with(
         }
     }
     out
+}
+
+// ---- backbone helpers ----
+/// Control tokens of the tiny tokenizer (same first ids as SmolLM2's).
+pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// The tiny tokenizer's vocabulary: 3 control tokens, the 256 byte symbols,
+/// then a few merges.
+pub fn tiny_vocab() -> (Vec<String>, Vec<String>) {
+    let mut tokens: Vec<String> = TINY_SPECIALS.iter().map(|s| s.to_string()).collect();
+    tokens.extend(byte_level_alphabet().iter().map(|c| c.to_string()));
+    let merges = vec!["Ġ t", "h e", "Ġt he", "i n", "a n"];
+    for m in &merges {
+        tokens.push(m.replace(' ', ""));
+    }
+    (tokens, merges.into_iter().map(String::from).collect())
+}
+
+/// `tokenizer.ggml.*` metadata for the tiny vocabulary, with SmolLM2's template.
+pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
+    let (tokens, merges) = tiny_vocab();
+    let types: Vec<Value> = (0..tokens.len())
+        .map(|i| Value::I32(if i < TINY_SPECIALS.len() { 3 } else { 1 }))
+        .collect();
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(merges.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(
+                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{% endfor %}".into(),
+            ),
+        ),
+    ]
+}
+
+/// The tiny configuration sized to the tiny vocabulary.
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig::tiny(tiny_vocab().0.len())
+}
+
+/// A tiny random model.
+pub fn tiny_model(seed: u64) -> Llama {
+    Llama::random(&tiny_config(), seed, &Device::Cpu).expect("tiny model")
+}
+
+/// Max absolute difference of two tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .expect("same shape")
+        .abs()
+        .expect("abs")
+        .flatten_all()
+        .expect("flatten")
+        .max(0)
+        .expect("max")
+        .to_scalar::<f32>()
+        .expect("scalar")
+}
+
+/// Bit patterns of a tensor's values.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .expect("flatten")
+        .to_vec1::<f32>()
+        .expect("f32")
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// The real model, or `None` to skip — except under CI, where a missing
+/// model fails the test (CI fetches it first).
+pub fn real_model_path() -> Option<PathBuf> {
+    match mome::model::locate_model(None) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI is set but the real model is missing: {e}");
+            }
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+/// A reference gated adapter hook: per token, cosine scores of the query
+/// against expert keys, experts below `tau` abstain, softmax over the rest,
+/// `h + Σ w_j B_j A_j h̃`. Returns `h` itself when nothing is selected.
+pub struct GatedHook {
+    /// `[n, d]`, unit rows.
+    pub keys: Tensor,
+    /// Per adapted layer: `(A [n, r, d], B [n, d, r])`.
+    pub adapters: Vec<(usize, Tensor, Tensor)>,
+    pub tau: f32,
+}
+
+impl GatedHook {
+    pub fn random(layers: &[usize], n: usize, d: usize, r: usize, tau: f32, seed: u64) -> Self {
+        let dev = Device::Cpu;
+        let rnd = |shape: &[usize], s: u64| {
+            let count: usize = shape.iter().product();
+            let data: Vec<f32> = (0..count)
+                .map(|i| {
+                    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ s);
+                    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect();
+            Tensor::from_vec(data, shape, &dev).expect("tensor")
+        };
+        let keys = rnd(&[n, d], seed);
+        let norm = keys.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap();
+        let keys = keys.broadcast_div(&norm).unwrap();
+        let adapters = layers
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                (
+                    l,
+                    (rnd(&[n, r, d], seed + 10 + i as u64) * 0.3).unwrap(),
+                    (rnd(&[n, d, r], seed + 20 + i as u64) * 0.3).unwrap(),
+                )
+            })
+            .collect();
+        Self {
+            keys,
+            adapters,
+            tau,
+        }
+    }
+}
+
+impl AdapterHook for GatedHook {
+    fn apply(
+        &self,
+        layer: usize,
+        h: &Tensor,
+        h_norm: &Tensor,
+        queries: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let Some((_, a, b)) = self.adapters.iter().find(|(l, _, _)| *l == layer) else {
+            return Ok(h.clone());
+        };
+        let (bsz, t, d) = h.dims3()?;
+        let q = queries.reshape((bsz * t, d))?;
+        let qn = q.broadcast_div(&q.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let scores = qn.matmul(&self.keys.t()?)?; // [bt, n]
+        let selected = scores.ge(self.tau as f64)?; // [bt, n]
+        if selected
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?
+            == 0.0
+        {
+            return Ok(h.clone());
+        }
+        // Abstaining experts get a logit whose softmax weight underflows to 0;
+        // rows where all abstain are zeroed by the mask afterwards.
+        let floor = Tensor::full(-1e4f32, scores.shape(), scores.device())?;
+        let logits = selected.where_cond(&(&scores * 10.0)?, &floor)?;
+        let w = candle_nn::ops::softmax(&logits, D::Minus1)?
+            .mul(&selected.to_dtype(candle_core::DType::F32)?)?; // [bt, n]
+        let x = h_norm.reshape((bsz * t, d))?;
+        let n = self.keys.dim(0)?;
+        let mut delta = Tensor::zeros((bsz * t, d), h.dtype(), h.device())?;
+        for j in 0..n {
+            let aj = a.get(j)?; // [r, d]
+            let bj = b.get(j)?; // [d, r]
+            let yj = x.matmul(&aj.t()?)?.matmul(&bj.t()?)?; // [bt, d]
+            let wj = w.narrow(1, j, 1)?;
+            delta = (delta + yj.broadcast_mul(&wj)?)?;
+        }
+        h + delta.reshape((bsz, t, d))?
+    }
 }
