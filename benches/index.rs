@@ -41,7 +41,8 @@ fn keys(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     (0..n)
         .into_par_iter()
         .flat_map_iter(|i| {
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(seed.wrapping_mul(1 << 40) ^ i as u64);
+            let mut rng =
+                rand::rngs::SmallRng::seed_from_u64(seed.wrapping_mul(1 << 40) ^ i as u64);
             let c = rng.random_range(0..clusters);
             let z: Vec<f32> = (0..sub).map(|_| gauss(&mut rng)).collect();
             let centre = centres[c * dim..(c + 1) * dim].to_vec();
@@ -141,7 +142,13 @@ fn main() {
     let truth: Vec<HashSet<u64>> = queries
         .par_chunks_exact(dim)
         .take(sample)
-        .map(|q| flat.search(q, 10).expect("flat").iter().map(|h| h.id).collect())
+        .map(|q| {
+            flat.search(q, 10)
+                .expect("flat")
+                .iter()
+                .map(|h| h.id)
+                .collect()
+        })
         .collect();
     drop(flat);
 
@@ -158,18 +165,33 @@ fn main() {
             let ids = f(q);
             lat.push(t.elapsed());
             if i < sample {
-                hit += ids.iter().take(10).filter(|id| truth[i].contains(id)).count();
+                hit += ids
+                    .iter()
+                    .take(10)
+                    .filter(|id| truth[i].contains(id))
+                    .count();
             }
         }
         lat.sort_unstable();
         let recall = hit as f64 / (sample * 10) as f64;
-        rows.push((name.to_string(), pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 0.999), recall));
+        rows.push((
+            name.to_string(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 0.999),
+            recall,
+        ));
     };
     measure("raw usearch: search top-K", &|q| {
         raw.search(q, k_cand).expect("search").keys
     });
     measure("mome: search top-K", &|q| {
-        index.search(q, k_cand).expect("search").iter().map(|h| h.id).collect()
+        index
+            .search(q, k_cand)
+            .expect("search")
+            .iter()
+            .map(|h| h.id)
+            .collect()
     });
     measure("mome: search + resolve weight views", &|q| {
         let hits = index.search(q, k_cand).expect("search");
@@ -184,7 +206,13 @@ fn main() {
         let views = store.get_many(&ids).expect("resolve");
         let mut s = 0u32;
         for v in &views {
-            s = s.wrapping_add(v.a(0).iter().chain(v.b(0)).map(|x| x.to_bits() as u32).sum::<u32>());
+            s = s.wrapping_add(
+                v.a(0)
+                    .iter()
+                    .chain(v.b(0))
+                    .map(|x| x.to_bits() as u32)
+                    .sum::<u32>(),
+            );
         }
         std::hint::black_box(s);
         ids

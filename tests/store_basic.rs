@@ -305,3 +305,43 @@ fn uncommitted_tail_is_truncated_and_orphan_files_reported() {
     assert!(!store.stats().unwrap().shards.iter().any(|s| s.id == 9));
     assert!(store.verify().unwrap().problems.is_empty());
 }
+
+#[test]
+fn usage_counts_accumulate_in_memory_and_persist_on_flush() {
+    use mome::store::UsageAccumulator;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config();
+    let store = Store::create(dir.path(), cfg.clone()).unwrap();
+    let ids = store
+        .insert_batch((0..3).map(|s| expert(&cfg, s)).collect())
+        .unwrap();
+    let acc = Arc::new(UsageAccumulator::new());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (acc, ids) = (acc.clone(), ids.clone());
+            std::thread::spawn(move || {
+                for _ in 0..1000 {
+                    acc.record(&[ids[0], ids[1], ids[0]]);
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(
+        store.usage(ids[0]).unwrap(),
+        0,
+        "nothing persisted before flush"
+    );
+    assert_eq!(acc.total(&store, ids[0]).unwrap(), 8000);
+    acc.flush(&store).unwrap();
+    assert_eq!(acc.pending_len(), 0);
+    acc.record(&[ids[1]]);
+    acc.flush(&store).unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.usage(ids[0]).unwrap(), 8000);
+    assert_eq!(store.usage(ids[1]).unwrap(), 4001);
+    assert_eq!(store.usage(ids[2]).unwrap(), 0);
+    assert_eq!(store.meta(ids[1]).unwrap().usage, 4001);
+}

@@ -19,6 +19,7 @@ mod loc_table;
 mod meta;
 mod mmap;
 mod shard;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -38,6 +39,7 @@ pub use layout::RecordLayout;
 pub use loc_table::Loc;
 pub use meta::{ShardState, STORE_FORMAT_VERSION};
 pub use shard::{read_header, ShardHeader, SHARD_FORMAT_VERSION};
+pub use usage::UsageAccumulator;
 
 use commit::{GroupCommit, Op, Slot};
 use expert::StoredMeta;
