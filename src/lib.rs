@@ -3,6 +3,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod kernels;
+pub mod select;
 pub mod store;
 
 pub use error::{Error, Result};

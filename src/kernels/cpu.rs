@@ -1,0 +1,844 @@
+//! Hand-tuned CPU kernel of the fused apply operator.
+//!
+//! Per token block (see [`super::plan`]):
+//!
+//! 1. **Select**: cosine scores of the block's queries against the normalised keys
+//!    (normalised once per call), penalty, threshold, top-k, softmax — the code of
+//!    [`crate::select::math`], writing straight into the call's [`TokenAssignments`].
+//! 2. **Invert**: a counting sort turns "token → experts" into "expert → (token,
+//!    weight)" so that each used expert is visited once per block.
+//! 3. **Shrink**: for each row of `A_j`, convert it fp16 → f32 (`half`'s slice
+//!    conversion, F16C when present) into an L1-sized buffer and dot it with the
+//!    `h̃` row of every token using `j`, scaled by that token's weight.
+//! 4. **Expand**: convert `B_j` a chunk of rows at a time; with one or two users,
+//!    dot each row with `z`; with more, transpose the chunk once and run
+//!    register-blocked axpys, which is several times cheaper per user.
+//! 5. **Finish**: `out = h + delta` in f32, converted to `h`'s dtype; rows with no
+//!    expert are copied bit for bit.
+//!
+//! The hot loops are written as plain Rust and compiled twice: once for the baseline
+//! target and once inside `#[target_feature(enable = "avx2,fma,f16c")]` functions,
+//! chosen at run time. Scratch buffers come from process-wide pools, so a call
+//! allocates nothing but its output once the pools are warm.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use parking_lot::Mutex;
+use rayon::prelude::*;
+
+use super::plan::{self, PlanInput};
+use super::{AdapterWeights, KernelError};
+use crate::select::math::{dot, madd, normalize_rows_into, select_token};
+use crate::select::{Selected, SelectionParams, TokenAssignments};
+
+/// Rows of `B` converted per expand step: ≈16 KiB of f32 whatever the rank.
+const B_CHUNK_VALUES: usize = 4096;
+/// Users of one expert in a block from which the expand transposes its `B` chunk.
+const TRANSPOSE_MIN_USERS: usize = 3;
+/// Width of the register-blocked axpy in the transposed expand.
+const AXPY_BLOCK: usize = 32;
+
+/// An element type of activations: f32 or f16.
+pub trait Elem: Copy + Send + Sync + 'static {
+    /// Converts `src` into `dst` (equal lengths; extra elements are ignored).
+    fn to_f32(src: &[Self], dst: &mut [f32]);
+    /// Converts `src` into `dst` (equal lengths; extra elements are ignored).
+    fn from_f32(src: &[f32], dst: &mut [Self]);
+    /// `src` itself when it already is f32, so it can be read without a copy.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+    #[inline(always)]
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+    }
+    #[inline(always)]
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        Some(src)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn to_f32(src: &[Self], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        src[..n].convert_to_f32_slice(&mut dst[..n]);
+    }
+    #[inline(always)]
+    fn from_f32(src: &[f32], dst: &mut [Self]) {
+        let n = src.len().min(dst.len());
+        dst[..n].convert_from_f32_slice(&src[..n]);
+    }
+    #[inline(always)]
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// Instruction set the hot loops run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Whatever the build target guarantees (SSE2 on x86-64).
+    Portable,
+    /// AVX2 + FMA + F16C, detected at run time.
+    Avx2Fma,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// Inputs of one CPU call, already validated (shapes agree, slices are long enough).
+pub(crate) struct CpuArgs<'a, H, Q> {
+    pub h: &'a [H],
+    pub h_norm: &'a [H],
+    pub q: &'a [Q],
+    pub keys: &'a [Q],
+    pub tokens: usize,
+    pub d_model: usize,
+    pub key_dim: usize,
+    pub candidates: usize,
+    pub weights: &'a dyn AdapterWeights,
+    pub params: &'a SelectionParams,
+    pub isa: Isa,
+    pub threads: usize,
+}
+
+/// Experts used by a block, each with its users' range in `BlockScratch::users`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ExpertUses {
+    candidate: usize,
+    start: usize,
+    len: usize,
+}
+
+/// (token within the block, softmax weight).
+#[derive(Debug, Clone, Copy, Default)]
+struct User {
+    token: usize,
+    weight: f32,
+}
+
+/// Per-accumulator scratch: one per thread that accumulates a delta.
+#[derive(Default)]
+struct MixScratch {
+    delta: Vec<f32>,
+    arow: Vec<f32>,
+    bchunk: Vec<f32>,
+    bt: Vec<f32>,
+    z: Vec<f32>,
+}
+
+/// Per-block scratch.
+#[derive(Default)]
+struct BlockScratch {
+    hn: Vec<f32>,
+    hrow: Vec<f32>,
+    qrow: Vec<f32>,
+    scores: Vec<f32>,
+    counts: Vec<usize>,
+    experts: Vec<ExpertUses>,
+    users: Vec<User>,
+    costs: Vec<usize>,
+    bounds: Vec<usize>,
+    mix: MixScratch,
+}
+
+/// Per-call scratch.
+#[derive(Default)]
+struct CallScratch {
+    keys_raw: Vec<f32>,
+    keys_n: Vec<f32>,
+    assignments: TokenAssignments,
+    groups: Vec<MixScratch>,
+}
+
+static CALL_POOL: Mutex<Vec<CallScratch>> = Mutex::new(Vec::new());
+static BLOCK_POOL: Mutex<Vec<BlockScratch>> = Mutex::new(Vec::new());
+
+/// Runs `f` with a scratch from `pool`, creating one if the pool is empty, and puts
+/// it back afterwards. A pool rather than thread-locals because rayon may run one
+/// call's blocks on a thread that is itself waiting inside another call.
+fn with_pooled<T: Default, R>(pool: &Mutex<Vec<T>>, f: impl FnOnce(&mut T) -> R) -> R {
+    let mut s = pool.lock().pop().unwrap_or_default();
+    let r = f(&mut s);
+    pool.lock().push(s);
+    r
+}
+
+/// Grows `v` to at least `n` elements (never shrinks, so capacity is reused) and
+/// returns the first `n`.
+fn grown<T: Default + Clone>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
+/// One token block of a multi-block call: (index, (output rows, (counts, slots))).
+type BlockItem<'a, H> = (usize, (&'a mut [H], (&'a mut [u32], &'a mut [Selected])));
+
+/// Runs the fused operator on validated CPU inputs, writing `T × d_model` values into
+/// `out`. When `record` is given, the selection is copied into it.
+pub(crate) fn apply<H: Elem, Q: Elem>(
+    args: &CpuArgs<'_, H, Q>,
+    out: &mut [H],
+    record: Option<&mut TokenAssignments>,
+) -> Result<(), KernelError> {
+    let (t, d, kd, k) = (args.tokens, args.d_model, args.key_dim, args.candidates);
+    let rank = args.weights.rank();
+    let need = |name: &'static str, len: usize, want: usize| {
+        if len < want {
+            Err(KernelError::shape(
+                name,
+                &[len],
+                "required elements",
+                &[want],
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    need("hidden states", args.h.len(), t * d)?;
+    need("h_norm", args.h_norm.len(), t * d)?;
+    need("queries", args.q.len(), t * kd)?;
+    need("keys", args.keys.len(), k * kd)?;
+    need("output", out.len(), t * d)?;
+    args.params.validate(k)?;
+    if kd == 0 {
+        return Err(crate::select::SelectError::ZeroKeyDim.into());
+    }
+
+    with_pooled(&CALL_POOL, |cs| {
+        let keys_n = grown(&mut cs.keys_n, k * kd);
+        match Q::as_f32(&args.keys[..k * kd]) {
+            Some(raw) => normalize_keys(args.isa, raw, kd, keys_n)?,
+            None => {
+                let raw = grown(&mut cs.keys_raw, k * kd);
+                Q::to_f32(&args.keys[..k * kd], raw);
+                normalize_keys(args.isa, raw, kd, keys_n)?;
+            }
+        }
+        let keys_n = &cs.keys_n[..k * kd];
+        let stride = args.params.slots(k);
+        cs.assignments.reset(t, stride);
+
+        let tplan = plan::plan_tokens(&PlanInput {
+            tokens: t,
+            d_model: d,
+            rank,
+            key_dim: kd,
+            candidates: k,
+            slots: stride,
+            threads: args.threads,
+        });
+
+        if tplan.blocks <= 1 {
+            let (counts, slots) = cs.assignments.parts_mut();
+            with_pooled(&BLOCK_POOL, |bs| {
+                single_block(
+                    args,
+                    keys_n,
+                    counts,
+                    slots,
+                    &mut out[..t * d],
+                    bs,
+                    &mut cs.groups,
+                )
+            })?;
+        } else {
+            let blocks = out[..t * d]
+                .chunks_mut(tplan.block * d)
+                .zip(cs.assignments.blocks_mut(tplan.block))
+                .enumerate();
+            let run = |(b, (out_b, (counts, slots))): BlockItem<'_, H>| {
+                with_pooled(&BLOCK_POOL, |bs| {
+                    token_block(args, keys_n, b * tplan.block, counts, slots, out_b, bs)
+                })
+            };
+            if tplan.parallel {
+                blocks.par_bridge().try_for_each(run)?;
+            } else {
+                blocks.into_iter().try_for_each(run)?;
+            }
+        }
+        if let Some(r) = record {
+            r.clone_from(&cs.assignments);
+        }
+        Ok(())
+    })
+}
+
+/// A whole call as one block, possibly with experts split over threads.
+fn single_block<H: Elem, Q: Elem>(
+    args: &CpuArgs<'_, H, Q>,
+    keys_n: &[f32],
+    counts: &mut [u32],
+    slots: &mut [Selected],
+    out: &mut [H],
+    bs: &mut BlockScratch,
+    groups: &mut Vec<MixScratch>,
+) -> Result<(), KernelError> {
+    let (n, d) = (args.tokens, args.d_model);
+    let rank = args.weights.rank();
+    select_block(args, keys_n, 0, n, counts, slots, bs)?;
+    invert(
+        counts,
+        slots,
+        args.params.slots(args.candidates),
+        args.candidates,
+        bs,
+    );
+    if bs.users.is_empty() {
+        copy_rows(&args.h[..n * d], out);
+        return Ok(());
+    }
+    let hn = block_hn(&args.h_norm[..n * d], &mut bs.hn);
+    let n_groups =
+        plan::plan_expert_groups(bs.experts.len(), bs.users.len(), d, rank, args.threads);
+    if n_groups <= 1 {
+        let delta = grown(&mut bs.mix.delta, n * d);
+        delta.fill(0.0);
+        accumulate(
+            args.isa,
+            args.weights,
+            &bs.experts,
+            &bs.users,
+            hn,
+            d,
+            &mut bs.mix,
+        );
+        finish(
+            &args.h[..n * d],
+            &bs.mix.delta[..n * d],
+            counts,
+            d,
+            out,
+            &mut bs.hrow,
+        );
+        return Ok(());
+    }
+
+    bs.costs.clear();
+    // Reading and converting an expert costs about what four users' arithmetic does.
+    bs.costs.extend(bs.experts.iter().map(|e| 4 + e.len));
+    plan::split_costs(&bs.costs, n_groups, &mut bs.bounds);
+    if groups.len() < n_groups {
+        groups.resize_with(n_groups, MixScratch::default);
+    }
+    let (experts, users, bounds) = (&bs.experts, &bs.users, &bs.bounds);
+    groups[..n_groups]
+        .par_iter_mut()
+        .enumerate()
+        .for_each(|(g, mix)| {
+            let delta = grown(&mut mix.delta, n * d);
+            delta.fill(0.0);
+            let range =
+                bounds.get(g).copied().unwrap_or(0)..bounds.get(g + 1).copied().unwrap_or(0);
+            if let Some(ex) = experts.get(range) {
+                accumulate(args.isa, args.weights, ex, users, hn, d, mix);
+            }
+        });
+    let (first, rest) = groups[..n_groups].split_at_mut(1);
+    let total = &mut first[0].delta[..n * d];
+    for g in rest.iter() {
+        for (a, b) in total.iter_mut().zip(&g.delta[..n * d]) {
+            *a += b;
+        }
+    }
+    finish(&args.h[..n * d], total, counts, d, out, &mut bs.hrow);
+    Ok(())
+}
+
+/// One block of a multi-block call, start to finish.
+fn token_block<H: Elem, Q: Elem>(
+    args: &CpuArgs<'_, H, Q>,
+    keys_n: &[f32],
+    t0: usize,
+    counts: &mut [u32],
+    slots: &mut [Selected],
+    out: &mut [H],
+    bs: &mut BlockScratch,
+) -> Result<(), KernelError> {
+    let d = args.d_model;
+    let n = counts.len();
+    let rows = t0 * d..(t0 + n) * d;
+    select_block(args, keys_n, t0, n, counts, slots, bs)?;
+    invert(
+        counts,
+        slots,
+        args.params.slots(args.candidates),
+        args.candidates,
+        bs,
+    );
+    let (h, out) = (&args.h[rows.clone()], &mut out[..n * d]);
+    if bs.users.is_empty() {
+        copy_rows(h, out);
+        return Ok(());
+    }
+    let hn = block_hn(&args.h_norm[rows], &mut bs.hn);
+    let delta = grown(&mut bs.mix.delta, n * d);
+    delta.fill(0.0);
+    accumulate(
+        args.isa,
+        args.weights,
+        &bs.experts,
+        &bs.users,
+        hn,
+        d,
+        &mut bs.mix,
+    );
+    finish(h, &bs.mix.delta[..n * d], counts, d, out, &mut bs.hrow);
+    Ok(())
+}
+
+fn copy_rows<H: Elem>(h: &[H], out: &mut [H]) {
+    let n = h.len().min(out.len());
+    out[..n].copy_from_slice(&h[..n]);
+}
+
+/// The block's `h̃` rows as f32: borrowed when they already are, converted otherwise.
+fn block_hn<'a, H: Elem>(h_norm: &'a [H], buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match H::as_f32(h_norm) {
+        Some(v) => v,
+        None => {
+            let dst = grown(buf, h_norm.len());
+            H::to_f32(h_norm, dst);
+            dst
+        }
+    }
+}
+
+/// `out = h + delta` for tokens with experts, `out = h` (bit for bit) otherwise.
+fn finish<H: Elem>(
+    h: &[H],
+    delta: &[f32],
+    counts: &[u32],
+    d: usize,
+    out: &mut [H],
+    hrow: &mut Vec<f32>,
+) {
+    if d == 0 {
+        return;
+    }
+    let hrow = grown(hrow, d);
+    for (((hr, dr), or), &c) in h
+        .chunks_exact(d)
+        .zip(delta.chunks_exact(d))
+        .zip(out.chunks_exact_mut(d))
+        .zip(counts)
+    {
+        if c == 0 {
+            or.copy_from_slice(hr);
+            continue;
+        }
+        H::to_f32(hr, hrow);
+        for (x, dv) in hrow.iter_mut().zip(dr) {
+            *x += dv;
+        }
+        H::from_f32(hrow, or);
+    }
+}
+
+/// Builds the expert → users lists of a block (counting sort by candidate).
+fn invert(
+    counts: &[u32],
+    slots: &[Selected],
+    stride: usize,
+    candidates: usize,
+    bs: &mut BlockScratch,
+) {
+    let per = grown(&mut bs.counts, candidates + 1);
+    per.fill(0);
+    let rows = || {
+        counts.iter().enumerate().flat_map(move |(u, &c)| {
+            slots
+                .get(u * stride..u * stride + c as usize)
+                .unwrap_or(&[])
+                .iter()
+                .map(move |s| (u, s))
+        })
+    };
+    for (_, s) in rows() {
+        if let Some(c) = per.get_mut(s.candidate as usize) {
+            *c += 1;
+        }
+    }
+    bs.experts.clear();
+    let mut start = 0usize;
+    for (j, c) in per.iter_mut().enumerate().take(candidates) {
+        let len = *c;
+        if len > 0 {
+            bs.experts.push(ExpertUses {
+                candidate: j,
+                start,
+                len,
+            });
+        }
+        // From here on, `per[j]` is the next free position of expert j's users.
+        *c = start;
+        start += len;
+    }
+    bs.users.clear();
+    bs.users.resize(start, User::default());
+    for (u, s) in rows() {
+        if let Some(pos) = per.get_mut(s.candidate as usize) {
+            if let Some(slot) = bs.users.get_mut(*pos) {
+                *slot = User {
+                    token: u,
+                    weight: s.weight,
+                };
+            }
+            *pos += 1;
+        }
+    }
+}
+
+fn normalize_keys(isa: Isa, raw: &[f32], kd: usize, out: &mut [f32]) -> Result<(), KernelError> {
+    let r = match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only produced by `Isa::detect` after checking
+        // that the CPU supports avx2, fma and f16c.
+        Isa::Avx2Fma => unsafe { normalize_keys_avx2(raw, kd, out) },
+        _ => normalize_rows_into::<false>(raw, kd, out),
+    };
+    Ok(r?)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn normalize_keys_avx2(
+    raw: &[f32],
+    kd: usize,
+    out: &mut [f32],
+) -> Result<(), crate::select::SelectError> {
+    normalize_rows_into::<true>(raw, kd, out)
+}
+
+/// Selection for tokens `t0 .. t0 + n` into `counts`/`slots`.
+fn select_block<H: Elem, Q: Elem>(
+    args: &CpuArgs<'_, H, Q>,
+    keys_n: &[f32],
+    t0: usize,
+    n: usize,
+    counts: &mut [u32],
+    slots: &mut [Selected],
+    bs: &mut BlockScratch,
+) -> Result<(), KernelError> {
+    let kd = args.key_dim;
+    let q = &args.q[t0 * kd..(t0 + n) * kd];
+    let scores = grown(&mut bs.scores, args.candidates);
+    let qrow = grown(&mut bs.qrow, kd);
+    let r = match args.isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `normalize_keys`; `Avx2Fma` implies the CPU has the features.
+        Isa::Avx2Fma => unsafe {
+            select_rows_avx2(q, kd, keys_n, args.params, t0, qrow, scores, counts, slots)
+        },
+        _ => select_rows::<Q, false>(q, kd, keys_n, args.params, t0, qrow, scores, counts, slots),
+    };
+    Ok(r?)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+fn select_rows_avx2<Q: Elem>(
+    q: &[Q],
+    kd: usize,
+    keys_n: &[f32],
+    params: &SelectionParams,
+    t0: usize,
+    qrow: &mut [f32],
+    scores: &mut [f32],
+    counts: &mut [u32],
+    slots: &mut [Selected],
+) -> Result<(), crate::select::SelectError> {
+    select_rows::<Q, true>(q, kd, keys_n, params, t0, qrow, scores, counts, slots)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn select_rows<Q: Elem, const FMA: bool>(
+    q: &[Q],
+    kd: usize,
+    keys_n: &[f32],
+    params: &SelectionParams,
+    t0: usize,
+    qrow: &mut [f32],
+    scores: &mut [f32],
+    counts: &mut [u32],
+    slots: &mut [Selected],
+) -> Result<(), crate::select::SelectError> {
+    let stride = if counts.is_empty() {
+        0
+    } else {
+        slots.len() / counts.len()
+    };
+    for (u, (qr, count)) in q.chunks_exact(kd).zip(counts.iter_mut()).enumerate() {
+        let qf: &[f32] = match Q::as_f32(qr) {
+            Some(v) => v,
+            None => {
+                Q::to_f32(qr, qrow);
+                qrow
+            }
+        };
+        let row = slots
+            .get_mut(u * stride..(u + 1) * stride)
+            .unwrap_or(&mut []);
+        let c = select_token::<FMA>(qf, keys_n, kd, params, t0 + u, scores, row)?;
+        *count = c as u32;
+    }
+    Ok(())
+}
+
+/// Adds `Σ_j w_uj · B_j (A_j h̃_u)` over `experts` into `mix.delta` (`n × d`).
+fn accumulate(
+    isa: Isa,
+    weights: &dyn AdapterWeights,
+    experts: &[ExpertUses],
+    users: &[User],
+    hn: &[f32],
+    d: usize,
+    mix: &mut MixScratch,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see `normalize_keys`; `Avx2Fma` implies the CPU has the features.
+        Isa::Avx2Fma => unsafe { accumulate_avx2(weights, experts, users, hn, d, mix) },
+        _ => accumulate_impl::<false>(weights, experts, users, hn, d, mix),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn accumulate_avx2(
+    weights: &dyn AdapterWeights,
+    experts: &[ExpertUses],
+    users: &[User],
+    hn: &[f32],
+    d: usize,
+    mix: &mut MixScratch,
+) {
+    accumulate_impl::<true>(weights, experts, users, hn, d, mix)
+}
+
+#[inline(always)]
+fn accumulate_impl<const FMA: bool>(
+    weights: &dyn AdapterWeights,
+    experts: &[ExpertUses],
+    users: &[User],
+    hn: &[f32],
+    d: usize,
+    mix: &mut MixScratch,
+) {
+    let rank = weights.rank();
+    if rank == 0 || d == 0 {
+        return;
+    }
+    let rows_per_chunk = (B_CHUNK_VALUES / rank).clamp(8, d.max(8));
+    let arow = grown(&mut mix.arow, d);
+    let bchunk = grown(&mut mix.bchunk, rows_per_chunk * rank);
+    let bt = grown(&mut mix.bt, rows_per_chunk * rank);
+    let delta = &mut mix.delta;
+    for e in experts {
+        let (a, b) = (weights.a(e.candidate), weights.b(e.candidate));
+        let Some(us) = users.get(e.start..e.start + e.len) else {
+            continue;
+        };
+        if a.len() < rank * d || b.len() < rank * d {
+            continue; // excluded by validation; never read past a short slice
+        }
+        let z = grown(&mut mix.z, us.len() * rank);
+
+        // Shrink: z_u = w_u · A h̃_u, one converted A row at a time.
+        for (r, arow16) in a.chunks_exact(d).take(rank).enumerate() {
+            arow16.convert_to_f32_slice(arow);
+            for (ui, u) in us.iter().enumerate() {
+                let x = &hn[u.token * d..(u.token + 1) * d];
+                z[ui * rank + r] = u.weight * dot::<FMA>(arow, x);
+            }
+        }
+
+        // Expand: delta_u += B z_u, a chunk of B rows at a time.
+        let mut i0 = 0usize;
+        while i0 < d {
+            let rows = rows_per_chunk.min(d - i0);
+            let bc = &mut bchunk[..rows * rank];
+            b[i0 * rank..(i0 + rows) * rank].convert_to_f32_slice(bc);
+            if us.len() >= TRANSPOSE_MIN_USERS {
+                let bt = &mut bt[..rows * rank];
+                for (i, brow) in bc.chunks_exact(rank).enumerate() {
+                    for (r, v) in brow.iter().enumerate() {
+                        bt[r * rows + i] = *v;
+                    }
+                }
+                for (ui, u) in us.iter().enumerate() {
+                    let zu = &z[ui * rank..(ui + 1) * rank];
+                    let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];
+                    expand_transposed::<FMA>(bt, rows, zu, dr);
+                }
+            } else {
+                for (ui, u) in us.iter().enumerate() {
+                    let zu = &z[ui * rank..(ui + 1) * rank];
+                    let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];
+                    expand_rows::<FMA>(bc, rank, zu, dr);
+                }
+            }
+            i0 += rows;
+        }
+    }
+}
+
+/// `out[i] += Σ_r bt[r][i] · z[r]` with `bt` rank-major (`rank × rows`), keeping
+/// `AXPY_BLOCK` outputs in registers across the whole rank loop.
+#[inline(always)]
+fn expand_transposed<const FMA: bool>(bt: &[f32], rows: usize, z: &[f32], out: &mut [f32]) {
+    let mut c0 = 0usize;
+    while c0 + AXPY_BLOCK <= rows {
+        let mut acc = [0.0f32; AXPY_BLOCK];
+        acc.copy_from_slice(&out[c0..c0 + AXPY_BLOCK]);
+        for (r, &zr) in z.iter().enumerate() {
+            let col = &bt[r * rows + c0..r * rows + c0 + AXPY_BLOCK];
+            for l in 0..AXPY_BLOCK {
+                acc[l] = madd::<FMA>(col[l], zr, acc[l]);
+            }
+        }
+        out[c0..c0 + AXPY_BLOCK].copy_from_slice(&acc);
+        c0 += AXPY_BLOCK;
+    }
+    for (i, o) in out.iter_mut().enumerate().take(rows).skip(c0) {
+        let mut s = *o;
+        for (r, &zr) in z.iter().enumerate() {
+            s = madd::<FMA>(bt[r * rows + i], zr, s);
+        }
+        *o = s;
+    }
+}
+
+/// `out[i] += dot(b[i, :], z)` for row-major `b` (`rows × rank`), specialised for
+/// the common ranks so that the row dot is fully unrolled and vectorised.
+#[inline(always)]
+fn expand_rows<const FMA: bool>(b: &[f32], rank: usize, z: &[f32], out: &mut [f32]) {
+    match rank {
+        1 => expand_rows_r::<1, FMA>(b, z, out),
+        2 => expand_rows_r::<2, FMA>(b, z, out),
+        4 => expand_rows_r::<4, FMA>(b, z, out),
+        8 => expand_rows_r::<8, FMA>(b, z, out),
+        16 => expand_rows_r::<16, FMA>(b, z, out),
+        32 => expand_rows_r::<32, FMA>(b, z, out),
+        64 => expand_rows_r::<64, FMA>(b, z, out),
+        _ => {
+            for (row, o) in b.chunks_exact(rank).zip(out.iter_mut()) {
+                *o += dot::<FMA>(row, z);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn expand_rows_r<const R: usize, const FMA: bool>(b: &[f32], z: &[f32], out: &mut [f32]) {
+    let Some(z) = z.get(..R) else {
+        return;
+    };
+    // Eight partial sums: one vector register for R ≥ 8, a short chain below.
+    const P: usize = 8;
+    for (row, o) in b.chunks_exact(R).zip(out.iter_mut()) {
+        let mut acc = [0.0f32; P];
+        for r in 0..R {
+            acc[r % P] = madd::<FMA>(row[r], z[r], acc[r % P]);
+        }
+        let s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        *o += s;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expand_paths_agree() {
+        for rank in [1usize, 3, 8, 16, 64] {
+            for rows in [1usize, 31, 32, 70] {
+                let b: Vec<f32> = (0..rows * rank)
+                    .map(|i| ((i * 7 % 13) as f32) - 6.0)
+                    .collect();
+                let z: Vec<f32> = (0..rank).map(|r| r as f32 * 0.5 - 1.0).collect();
+                let mut bt = vec![0.0; rows * rank];
+                for i in 0..rows {
+                    for r in 0..rank {
+                        bt[r * rows + i] = b[i * rank + r];
+                    }
+                }
+                let mut o1 = vec![1.0f32; rows];
+                let mut o2 = o1.clone();
+                expand_rows::<false>(&b, rank, &z, &mut o1);
+                expand_transposed::<false>(&bt, rows, &z, &mut o2);
+                let naive: Vec<f32> = (0..rows)
+                    .map(|i| 1.0 + (0..rank).map(|r| b[i * rank + r] * z[r]).sum::<f32>())
+                    .collect();
+                assert_eq!(o1, naive, "rank {rank} rows {rows}");
+                assert_eq!(o2, naive, "rank {rank} rows {rows}");
+            }
+        }
+    }
+
+    #[test]
+    fn invert_groups_users_by_candidate() {
+        let sel = |c: u32, w: f32| Selected {
+            candidate: c,
+            score: 0.0,
+            weight: w,
+        };
+        // 3 tokens, stride 2: t0 → {2, 0}, t1 → {}, t2 → {2}.
+        let slots = [
+            sel(2, 0.6),
+            sel(0, 0.4),
+            sel(0, 0.0),
+            sel(0, 0.0),
+            sel(2, 1.0),
+            sel(0, 0.0),
+        ];
+        let counts = [2u32, 0, 1];
+        let mut bs = BlockScratch::default();
+        invert(&counts, &slots, 2, 3, &mut bs);
+        let ex: Vec<_> = bs
+            .experts
+            .iter()
+            .map(|e| (e.candidate, e.start, e.len))
+            .collect();
+        assert_eq!(ex, [(0, 0, 1), (2, 1, 2)]);
+        let us: Vec<_> = bs.users.iter().map(|u| (u.token, u.weight)).collect();
+        assert_eq!(us, [(0, 0.4), (0, 0.6), (2, 1.0)]);
+    }
+
+    #[test]
+    fn pooled_scratch_is_reused() {
+        static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+        with_pooled(&POOL, |v| v.reserve(100));
+        let cap = with_pooled(&POOL, |v| v.capacity());
+        assert!(cap >= 100);
+        assert_eq!(POOL.lock().len(), 1);
+    }
+}
