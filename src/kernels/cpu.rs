@@ -2,23 +2,27 @@
 //!
 //! Per token block (see [`super::plan`]):
 //!
-//! 1. **Select**: cosine scores of the block's queries against the normalised keys
-//!    (normalised once per call), penalty, threshold, top-k, softmax — the code of
-//!    [`crate::select::math`], writing straight into the call's [`TokenAssignments`].
+//! 1. **Select**: cosine scores of the block's queries against the keys (each key
+//!    row read once per block, in place; its norm computed in the same pass),
+//!    penalty, threshold, top-k, softmax — the code of [`crate::select::math`],
+//!    writing straight into the call's [`TokenAssignments`].
 //! 2. **Invert**: a counting sort turns "token → experts" into "expert → (token,
 //!    weight)" so that each used expert is visited once per block.
-//! 3. **Shrink**: for each row of `A_j`, convert it fp16 → f32 (`half`'s slice
-//!    conversion, F16C when present) into an L1-sized buffer and dot it with the
-//!    `h̃` row of every token using `j`, scaled by that token's weight.
-//! 4. **Expand**: convert `B_j` a chunk of rows at a time; with one or two users,
-//!    dot each row with `z`; with more, transpose the chunk once and run
-//!    register-blocked axpys, which is several times cheaper per user.
+//! 3. **Shrink**: for each row of `A_j`, dot it with the `h̃` row of every token
+//!    using `j`, scaled by that token's weight; with few users straight from fp16,
+//!    with more after converting the row once (F16C) into an L1-sized buffer.
+//! 4. **Expand**: with one or two users (decode), dot each fp16 row of `B_j` with
+//!    `z` straight from the weights (eight rows per `vhaddps` tree); with more,
+//!    convert a chunk of rows, transpose it once and run register-blocked axpys,
+//!    which is several times cheaper per user. The next expert's weights are
+//!    prefetched while the current one computes.
 //! 5. **Finish**: `out = h + delta` in f32, converted to `h`'s dtype; rows with no
 //!    expert are copied bit for bit.
 //!
 //! The hot loops are written as plain Rust and compiled twice: once for the baseline
-//! target and once inside `#[target_feature(enable = "avx2,fma,f16c")]` functions,
-//! chosen at run time. Scratch buffers come from process-wide pools, so a call
+//! target (fp16 via `half`'s slice conversions) and once inside
+//! `#[target_feature(enable = "avx2,fma,f16c")]` functions, chosen at run time; the
+//! fp16 weight streams use the F16C/AVX2 micro-kernels of `x86.rs` there. Scratch buffers come from process-wide pools, so a call
 //! allocates nothing but its output once the pools are warm.
 
 use half::f16;
@@ -26,9 +30,13 @@ use half::slice::HalfFloatSliceExt;
 use parking_lot::Mutex;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 use super::plan::{self, PlanInput};
 use super::{AdapterWeights, KernelError};
-use crate::select::math::{dot, madd, normalize_rows_into, select_token};
+use crate::select::math::{cosine_column, dot, finish_token, inv_norm, madd};
+use crate::select::SelectError;
 use crate::select::{Selected, SelectionParams, TokenAssignments};
 
 /// Rows of `B` converted per expand step: ≈16 KiB of f32 whatever the rank.
@@ -87,7 +95,7 @@ impl Elem for f16 {
 pub enum Isa {
     /// Whatever the build target guarantees (SSE2 on x86-64).
     Portable,
-    /// AVX2 + FMA + F16C, detected at run time.
+    /// AVX2 + FMA + F16C (re-checked at run time before use).
     Avx2Fma,
 }
 
@@ -95,15 +103,133 @@ impl Isa {
     /// The best instruction set this CPU supports.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                return Isa::Avx2Fma;
-            }
+        if Avx2Fma::detect().is_some() {
+            return Isa::Avx2Fma;
         }
         Isa::Portable
+    }
+}
+
+/// What the generic hot loops need from an instruction set.
+///
+/// Whether `mul_add` is one instruction is passed separately as a `const FMA: bool`
+/// (an associated const cannot be a const-generic argument on stable Rust).
+trait Simd: Copy {
+    /// fp16 → f32 of equally long slices.
+    fn f16_to_f32(self, src: &[f16], dst: &mut [f32]);
+    /// `a · x` for fp16 `a`, converting on the fly.
+    fn dot_f16(self, a: &[f16], x: &[f32]) -> f32;
+    /// `out[i] += b[i, :] · z` for fp16 `b` (`out.len() × rank`), converting on the fly.
+    fn expand_f16(self, b: &[f16], rank: usize, z: &[f32], out: &mut [f32]);
+    /// Starts loading `s` into cache (a hint; may do nothing).
+    fn prefetch(self, s: &[f16]);
+}
+
+/// Values converted per step by the portable fp16 helpers (a stack buffer).
+const PORTABLE_CHUNK: usize = 256;
+
+#[derive(Clone, Copy)]
+struct Portable;
+
+impl Simd for Portable {
+    #[inline(always)]
+    fn f16_to_f32(self, src: &[f16], dst: &mut [f32]) {
+        <f16 as Elem>::to_f32(src, dst);
+    }
+    #[inline(always)]
+    fn dot_f16(self, a: &[f16], x: &[f32]) -> f32 {
+        let mut buf = [0.0f32; PORTABLE_CHUNK];
+        let mut s = 0.0;
+        for (ac, xc) in a.chunks(PORTABLE_CHUNK).zip(x.chunks(PORTABLE_CHUNK)) {
+            let b = &mut buf[..ac.len()];
+            <f16 as Elem>::to_f32(ac, b);
+            s += dot::<false>(b, xc);
+        }
+        s
+    }
+    #[inline(always)]
+    fn expand_f16(self, b: &[f16], rank: usize, z: &[f32], out: &mut [f32]) {
+        if rank == 0 {
+            return;
+        }
+        let mut buf = [0.0f32; PORTABLE_CHUNK];
+        let rows_per = PORTABLE_CHUNK / rank;
+        if rows_per == 0 {
+            // Ranks above the buffer: one value at a time.
+            for (row, o) in b.chunks_exact(rank).zip(out.iter_mut()) {
+                *o += row.iter().zip(z).map(|(w, v)| w.to_f32() * v).sum::<f32>();
+            }
+            return;
+        }
+        for (bc, oc) in b.chunks(rows_per * rank).zip(out.chunks_mut(rows_per)) {
+            let f = &mut buf[..bc.len()];
+            <f16 as Elem>::to_f32(bc, f);
+            expand_rows::<false>(f, rank, z, oc);
+        }
+    }
+    #[inline(always)]
+    fn prefetch(self, _: &[f16]) {}
+}
+
+/// Proof that the CPU supports AVX2, FMA and F16C: only [`Avx2Fma::detect`] makes one.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx2Fma(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Fma {
+    fn detect() -> Option<Self> {
+        // std caches the CPUID result; this is a few atomic loads.
+        (std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"))
+        .then_some(Avx2Fma(()))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// SAFETY (all four methods): an `Avx2Fma` value exists only if `Avx2Fma::detect`
+// found avx2, fma and f16c, which is everything the `x86` functions enable.
+impl Simd for Avx2Fma {
+    #[inline(always)]
+    fn f16_to_f32(self, src: &[f16], dst: &mut [f32]) {
+        // SAFETY: see the impl.
+        unsafe { x86::f16_to_f32(src, dst) }
+    }
+    #[inline(always)]
+    fn dot_f16(self, a: &[f16], x: &[f32]) -> f32 {
+        // SAFETY: see the impl.
+        unsafe { x86::dot_f16(a, x) }
+    }
+    #[inline(always)]
+    fn expand_f16(self, b: &[f16], rank: usize, z: &[f32], out: &mut [f32]) {
+        // SAFETY: see the impl.
+        if unsafe { x86::expand_f16(b, rank, z, out) } {
+            return;
+        }
+        Portable.expand_f16(b, rank, z, out);
+    }
+    #[inline(always)]
+    fn prefetch(self, s: &[f16]) {
+        // SAFETY: see the impl.
+        unsafe { x86::prefetch(s) }
+    }
+}
+
+/// The candidate keys, `K × key_dim`, in their own dtype (independent of the
+/// queries': the store keeps keys in fp16, the backbone makes f32 queries).
+#[derive(Clone, Copy)]
+pub(crate) enum Keys<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Keys<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Keys::F32(k) => k.len(),
+            Keys::F16(k) => k.len(),
+        }
     }
 }
 
@@ -112,7 +238,7 @@ pub(crate) struct CpuArgs<'a, H, Q> {
     pub h: &'a [H],
     pub h_norm: &'a [H],
     pub q: &'a [Q],
-    pub keys: &'a [Q],
+    pub keys: Keys<'a>,
     pub tokens: usize,
     pub d_model: usize,
     pub key_dim: usize,
@@ -153,7 +279,9 @@ struct MixScratch {
 struct BlockScratch {
     hn: Vec<f32>,
     hrow: Vec<f32>,
-    qrow: Vec<f32>,
+    qbuf: Vec<f32>,
+    krow: Vec<f32>,
+    q_inv: Vec<f32>,
     scores: Vec<f32>,
     counts: Vec<usize>,
     experts: Vec<ExpertUses>,
@@ -166,8 +294,6 @@ struct BlockScratch {
 /// Per-call scratch.
 #[derive(Default)]
 struct CallScratch {
-    keys_raw: Vec<f32>,
-    keys_n: Vec<f32>,
     assignments: TokenAssignments,
     groups: Vec<MixScratch>,
 }
@@ -229,16 +355,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
     }
 
     with_pooled(&CALL_POOL, |cs| {
-        let keys_n = grown(&mut cs.keys_n, k * kd);
-        match Q::as_f32(&args.keys[..k * kd]) {
-            Some(raw) => normalize_keys(args.isa, raw, kd, keys_n)?,
-            None => {
-                let raw = grown(&mut cs.keys_raw, k * kd);
-                Q::to_f32(&args.keys[..k * kd], raw);
-                normalize_keys(args.isa, raw, kd, keys_n)?;
-            }
-        }
-        let keys_n = &cs.keys_n[..k * kd];
+        let keys = args.keys;
         let stride = args.params.slots(k);
         cs.assignments.reset(t, stride);
 
@@ -257,7 +374,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
             with_pooled(&BLOCK_POOL, |bs| {
                 single_block(
                     args,
-                    keys_n,
+                    keys,
                     counts,
                     slots,
                     &mut out[..t * d],
@@ -272,7 +389,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
                 .enumerate();
             let run = |(b, (out_b, (counts, slots))): BlockItem<'_, H>| {
                 with_pooled(&BLOCK_POOL, |bs| {
-                    token_block(args, keys_n, b * tplan.block, counts, slots, out_b, bs)
+                    token_block(args, keys, b * tplan.block, counts, slots, out_b, bs)
                 })
             };
             if tplan.parallel {
@@ -291,7 +408,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
 /// A whole call as one block, possibly with experts split over threads.
 fn single_block<H: Elem, Q: Elem>(
     args: &CpuArgs<'_, H, Q>,
-    keys_n: &[f32],
+    keys: Keys<'_>,
     counts: &mut [u32],
     slots: &mut [Selected],
     out: &mut [H],
@@ -300,7 +417,7 @@ fn single_block<H: Elem, Q: Elem>(
 ) -> Result<(), KernelError> {
     let (n, d) = (args.tokens, args.d_model);
     let rank = args.weights.rank();
-    select_block(args, keys_n, 0, n, counts, slots, bs)?;
+    select_block(args, keys, 0, n, counts, slots, bs)?;
     invert(
         counts,
         slots,
@@ -372,7 +489,7 @@ fn single_block<H: Elem, Q: Elem>(
 /// One block of a multi-block call, start to finish.
 fn token_block<H: Elem, Q: Elem>(
     args: &CpuArgs<'_, H, Q>,
-    keys_n: &[f32],
+    keys: Keys<'_>,
     t0: usize,
     counts: &mut [u32],
     slots: &mut [Selected],
@@ -382,7 +499,7 @@ fn token_block<H: Elem, Q: Elem>(
     let d = args.d_model;
     let n = counts.len();
     let rows = t0 * d..(t0 + n) * d;
-    select_block(args, keys_n, t0, n, counts, slots, bs)?;
+    select_block(args, keys, t0, n, counts, slots, bs)?;
     invert(
         counts,
         slots,
@@ -513,31 +630,10 @@ fn invert(
     }
 }
 
-fn normalize_keys(isa: Isa, raw: &[f32], kd: usize, out: &mut [f32]) -> Result<(), KernelError> {
-    let r = match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only produced by `Isa::detect` after checking
-        // that the CPU supports avx2, fma and f16c.
-        Isa::Avx2Fma => unsafe { normalize_keys_avx2(raw, kd, out) },
-        _ => normalize_rows_into::<false>(raw, kd, out),
-    };
-    Ok(r?)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn normalize_keys_avx2(
-    raw: &[f32],
-    kd: usize,
-    out: &mut [f32],
-) -> Result<(), crate::select::SelectError> {
-    normalize_rows_into::<true>(raw, kd, out)
-}
-
 /// Selection for tokens `t0 .. t0 + n` into `counts`/`slots`.
 fn select_block<H: Elem, Q: Elem>(
     args: &CpuArgs<'_, H, Q>,
-    keys_n: &[f32],
+    keys: Keys<'_>,
     t0: usize,
     n: usize,
     counts: &mut [u32],
@@ -546,67 +642,109 @@ fn select_block<H: Elem, Q: Elem>(
 ) -> Result<(), KernelError> {
     let kd = args.key_dim;
     let q = &args.q[t0 * kd..(t0 + n) * kd];
-    let scores = grown(&mut bs.scores, args.candidates);
-    let qrow = grown(&mut bs.qrow, kd);
+    let qf: &[f32] = match Q::as_f32(q) {
+        Some(v) => v,
+        None => {
+            let buf = grown(&mut bs.qbuf, n * kd);
+            Q::to_f32(q, buf);
+            buf
+        }
+    };
+    let sel = SelectArgs {
+        q: qf,
+        keys,
+        key_dim: kd,
+        params: args.params,
+        t0,
+    };
+    let mut out = SelectOut {
+        q_inv: grown(&mut bs.q_inv, n),
+        krow: grown(&mut bs.krow, kd),
+        scores: grown(&mut bs.scores, n * args.candidates),
+        counts,
+        slots,
+    };
     let r = match args.isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: see `normalize_keys`; `Avx2Fma` implies the CPU has the features.
-        Isa::Avx2Fma => unsafe {
-            select_rows_avx2(q, kd, keys_n, args.params, t0, qrow, scores, counts, slots)
+        Isa::Avx2Fma => match Avx2Fma::detect() {
+            // SAFETY: `tok` proves the CPU has every feature `select_avx2` enables.
+            Some(tok) => unsafe { select_avx2(tok, &sel, &mut out) },
+            None => select_impl::<_, false>(Portable, &sel, &mut out),
         },
-        _ => select_rows::<Q, false>(q, kd, keys_n, args.params, t0, qrow, scores, counts, slots),
+        _ => select_impl::<_, false>(Portable, &sel, &mut out),
     };
     Ok(r?)
 }
 
+/// Scratch and results of a block's selection.
+struct SelectOut<'a> {
+    /// Inverse query norms, `n`.
+    q_inv: &'a mut [f32],
+    /// One key row widened to f32 (fp16 keys only), `key_dim`.
+    krow: &'a mut [f32],
+    /// Scores, `n × K`.
+    scores: &'a mut [f32],
+    counts: &'a mut [u32],
+    slots: &'a mut [Selected],
+}
+
+/// The read-only inputs of a block's selection.
+struct SelectArgs<'a> {
+    /// The block's queries as f32, `n × key_dim`.
+    q: &'a [f32],
+    keys: Keys<'a>,
+    key_dim: usize,
+    params: &'a SelectionParams,
+    /// First token of the block (for error messages).
+    t0: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-fn select_rows_avx2<Q: Elem>(
-    q: &[Q],
-    kd: usize,
-    keys_n: &[f32],
-    params: &SelectionParams,
-    t0: usize,
-    qrow: &mut [f32],
-    scores: &mut [f32],
-    counts: &mut [u32],
-    slots: &mut [Selected],
-) -> Result<(), crate::select::SelectError> {
-    select_rows::<Q, true>(q, kd, keys_n, params, t0, qrow, scores, counts, slots)
+fn select_avx2(
+    tok: Avx2Fma,
+    a: &SelectArgs<'_>,
+    out: &mut SelectOut<'_>,
+) -> Result<(), SelectError> {
+    select_impl::<_, true>(tok, a, out)
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn select_rows<Q: Elem, const FMA: bool>(
-    q: &[Q],
-    kd: usize,
-    keys_n: &[f32],
-    params: &SelectionParams,
-    t0: usize,
-    qrow: &mut [f32],
-    scores: &mut [f32],
-    counts: &mut [u32],
-    slots: &mut [Selected],
-) -> Result<(), crate::select::SelectError> {
-    let stride = if counts.is_empty() {
-        0
-    } else {
-        slots.len() / counts.len()
-    };
-    for (u, (qr, count)) in q.chunks_exact(kd).zip(counts.iter_mut()).enumerate() {
-        let qf: &[f32] = match Q::as_f32(qr) {
-            Some(v) => v,
-            None => {
-                Q::to_f32(qr, qrow);
-                qrow
+fn select_impl<S: Simd, const FMA: bool>(
+    simd: S,
+    a: &SelectArgs<'_>,
+    out: &mut SelectOut<'_>,
+) -> Result<(), SelectError> {
+    let kd = a.key_dim;
+    let n = out.counts.len();
+    let candidates = a.keys.len() / kd.max(1);
+    for (u, (qr, inv)) in a.q.chunks_exact(kd).zip(out.q_inv.iter_mut()).enumerate() {
+        *inv = inv_norm::<FMA>(qr, None).ok_or(SelectError::NonFiniteQuery { token: a.t0 + u })?;
+    }
+    let q_inv = &out.q_inv[..n];
+    // Key by key, so each key row is read once per block and (fp16) widened into
+    // an L1-resident row rather than a K × key_dim copy.
+    match a.keys {
+        Keys::F32(keys) => {
+            for (j, key) in keys.chunks_exact(kd).enumerate() {
+                cosine_column::<FMA>(a.q, q_inv, key, j, candidates, out.scores)?;
             }
-        };
-        let row = slots
+        }
+        Keys::F16(keys) => {
+            for (j, key) in keys.chunks_exact(kd).enumerate() {
+                simd.f16_to_f32(key, out.krow);
+                cosine_column::<FMA>(a.q, q_inv, out.krow, j, candidates, out.scores)?;
+            }
+        }
+    }
+    let stride = out.slots.len().checked_div(n).unwrap_or(0);
+    for (u, count) in out.counts.iter_mut().enumerate() {
+        let row = &mut out.scores[u * candidates..(u + 1) * candidates];
+        let sel = out
+            .slots
             .get_mut(u * stride..(u + 1) * stride)
             .unwrap_or(&mut []);
-        let c = select_token::<FMA>(qf, keys_n, kd, params, t0 + u, scores, row)?;
-        *count = c as u32;
+        *count = finish_token(row, a.params, sel) as u32;
     }
     Ok(())
 }
@@ -623,15 +761,19 @@ fn accumulate(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: see `normalize_keys`; `Avx2Fma` implies the CPU has the features.
-        Isa::Avx2Fma => unsafe { accumulate_avx2(weights, experts, users, hn, d, mix) },
-        _ => accumulate_impl::<false>(weights, experts, users, hn, d, mix),
+        Isa::Avx2Fma => match Avx2Fma::detect() {
+            // SAFETY: `tok` proves the CPU has every feature `accumulate_avx2` enables.
+            Some(tok) => unsafe { accumulate_avx2(tok, weights, experts, users, hn, d, mix) },
+            None => accumulate_impl::<_, false>(Portable, weights, experts, users, hn, d, mix),
+        },
+        _ => accumulate_impl::<_, false>(Portable, weights, experts, users, hn, d, mix),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn accumulate_avx2(
+    tok: Avx2Fma,
     weights: &dyn AdapterWeights,
     experts: &[ExpertUses],
     users: &[User],
@@ -639,11 +781,12 @@ fn accumulate_avx2(
     d: usize,
     mix: &mut MixScratch,
 ) {
-    accumulate_impl::<true>(weights, experts, users, hn, d, mix)
+    accumulate_impl::<_, true>(tok, weights, experts, users, hn, d, mix)
 }
 
 #[inline(always)]
-fn accumulate_impl<const FMA: bool>(
+fn accumulate_impl<S: Simd, const FMA: bool>(
+    simd: S,
     weights: &dyn AdapterWeights,
     experts: &[ExpertUses],
     users: &[User],
@@ -660,49 +803,74 @@ fn accumulate_impl<const FMA: bool>(
     let bchunk = grown(&mut mix.bchunk, rows_per_chunk * rank);
     let bt = grown(&mut mix.bt, rows_per_chunk * rank);
     let delta = &mut mix.delta;
-    for e in experts {
+    let weights_of = |e: &ExpertUses| {
         let (a, b) = (weights.a(e.candidate), weights.b(e.candidate));
+        // Validation guarantees the lengths; never read past a short slice anyway.
+        (a.len() >= rank * d && b.len() >= rank * d).then(|| (&a[..rank * d], &b[..rank * d]))
+    };
+    if let Some((a, b)) = experts.first().and_then(weights_of) {
+        simd.prefetch(a);
+        simd.prefetch(b);
+    }
+    for (ei, e) in experts.iter().enumerate() {
+        let Some((a, b)) = weights_of(e) else {
+            continue;
+        };
         let Some(us) = users.get(e.start..e.start + e.len) else {
             continue;
         };
-        if a.len() < rank * d || b.len() < rank * d {
-            continue; // excluded by validation; never read past a short slice
+        // Weights come from the mmap (often DRAM): start the next expert's lines
+        // while this one computes, so the stream never waits on a cold start.
+        if let Some((na, nb)) = experts.get(ei + 1).and_then(weights_of) {
+            simd.prefetch(na);
+            simd.prefetch(nb);
         }
         let z = grown(&mut mix.z, us.len() * rank);
 
-        // Shrink: z_u = w_u · A h̃_u, one converted A row at a time.
+        if us.len() < TRANSPOSE_MIN_USERS {
+            // Few users (decode): stream the fp16 weights straight into the dots;
+            // nothing is reused, so converting to a buffer first would only add a
+            // store and a load per value.
+            for (r, arow) in a.chunks_exact(d).take(rank).enumerate() {
+                for (ui, u) in us.iter().enumerate() {
+                    let x = &hn[u.token * d..(u.token + 1) * d];
+                    z[ui * rank + r] = u.weight * simd.dot_f16(arow, x);
+                }
+            }
+            for (ui, u) in us.iter().enumerate() {
+                let zu = &z[ui * rank..(ui + 1) * rank];
+                simd.expand_f16(b, rank, zu, &mut delta[u.token * d..(u.token + 1) * d]);
+            }
+            continue;
+        }
+
+        // Shrink: z_u = w_u · A h̃_u, one converted A row at a time, reused by
+        // every user.
         for (r, arow16) in a.chunks_exact(d).take(rank).enumerate() {
-            arow16.convert_to_f32_slice(arow);
+            simd.f16_to_f32(arow16, arow);
             for (ui, u) in us.iter().enumerate() {
                 let x = &hn[u.token * d..(u.token + 1) * d];
                 z[ui * rank + r] = u.weight * dot::<FMA>(arow, x);
             }
         }
 
-        // Expand: delta_u += B z_u, a chunk of B rows at a time.
+        // Expand: delta_u += B z_u, a chunk of B rows at a time, transposed once
+        // so that each user's update is a register-blocked axpy.
         let mut i0 = 0usize;
         while i0 < d {
             let rows = rows_per_chunk.min(d - i0);
             let bc = &mut bchunk[..rows * rank];
-            b[i0 * rank..(i0 + rows) * rank].convert_to_f32_slice(bc);
-            if us.len() >= TRANSPOSE_MIN_USERS {
-                let bt = &mut bt[..rows * rank];
-                for (i, brow) in bc.chunks_exact(rank).enumerate() {
-                    for (r, v) in brow.iter().enumerate() {
-                        bt[r * rows + i] = *v;
-                    }
+            simd.f16_to_f32(&b[i0 * rank..(i0 + rows) * rank], bc);
+            let bt = &mut bt[..rows * rank];
+            for (i, brow) in bc.chunks_exact(rank).enumerate() {
+                for (r, v) in brow.iter().enumerate() {
+                    bt[r * rows + i] = *v;
                 }
-                for (ui, u) in us.iter().enumerate() {
-                    let zu = &z[ui * rank..(ui + 1) * rank];
-                    let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];
-                    expand_transposed::<FMA>(bt, rows, zu, dr);
-                }
-            } else {
-                for (ui, u) in us.iter().enumerate() {
-                    let zu = &z[ui * rank..(ui + 1) * rank];
-                    let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];
-                    expand_rows::<FMA>(bc, rank, zu, dr);
-                }
+            }
+            for (ui, u) in us.iter().enumerate() {
+                let zu = &z[ui * rank..(ui + 1) * rank];
+                let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];
+                expand_transposed::<FMA>(bt, rows, zu, dr);
             }
             i0 += rows;
         }

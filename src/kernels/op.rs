@@ -150,51 +150,69 @@ impl FusedApplyOp {
             isa,
             threads,
         };
-        let out = match (h.0, h_norm.0, q.0, keys.0) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c), CpuStorage::F32(k)) => {
-                CpuStorage::F32(run(
-                    &ctx,
-                    [(a, h.1), (b, h_norm.1)],
-                    [(c, q.1), (k, keys.1)],
-                    record.as_mut(),
-                )?)
-            }
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F16(c), CpuStorage::F16(k)) => {
-                CpuStorage::F32(run(
-                    &ctx,
-                    [(a, h.1), (b, h_norm.1)],
-                    [(c, q.1), (k, keys.1)],
-                    record.as_mut(),
-                )?)
-            }
-            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F32(c), CpuStorage::F32(k)) => {
-                CpuStorage::F16(run(
-                    &ctx,
-                    [(a, h.1), (b, h_norm.1)],
-                    [(c, q.1), (k, keys.1)],
-                    record.as_mut(),
-                )?)
-            }
-            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F16(c), CpuStorage::F16(k)) => {
-                CpuStorage::F16(run(
-                    &ctx,
-                    [(a, h.1), (b, h_norm.1)],
-                    [(c, q.1), (k, keys.1)],
-                    record.as_mut(),
-                )?)
-            }
-            _ => {
-                return Err(KernelError::UnsupportedDtype {
-                    name: "hidden states/h_norm/queries/keys",
-                    dtype: h.0.dtype(),
-                    shape: h.1.dims().to_vec(),
-                    expected:
-                        "h and h_norm both f32 or both f16; queries and keys both f32 or both f16",
+        let keys = match keys.0 {
+            CpuStorage::F32(k) => cpu::Keys::F32(contiguous("keys", k, keys.1)?),
+            CpuStorage::F16(k) => cpu::Keys::F16(contiguous("keys", k, keys.1)?),
+            other => return Err(unsupported("keys", other.dtype(), self.keys.dims())),
+        };
+        let out = match (h.0, h_norm.0, q.0) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F16(c)) => CpuStorage::F32(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F32(c)) => CpuStorage::F16(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F16(c)) => CpuStorage::F16(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (a, b, _) if a.dtype() != b.dtype() => {
+                return Err(KernelError::DtypeMismatch {
+                    left_name: "hidden states",
+                    left: a.dtype(),
+                    left_shape: h.1.dims().to_vec(),
+                    right_name: "h_norm",
+                    right: b.dtype(),
+                    right_shape: h_norm.1.dims().to_vec(),
                 })
+            }
+            (a, _, c) => {
+                let (name, dtype, dims) = match a {
+                    CpuStorage::F32(_) | CpuStorage::F16(_) => ("queries", c.dtype(), q.1.dims()),
+                    _ => ("hidden states", a.dtype(), h.1.dims()),
+                };
+                return Err(unsupported(name, dtype, dims));
             }
         };
         *self.recorded.lock() = record;
         Ok((out, h.1.shape().clone()))
+    }
+}
+
+fn unsupported(name: &'static str, dtype: candle_core::DType, dims: &[usize]) -> KernelError {
+    KernelError::UnsupportedDtype {
+        name,
+        dtype,
+        shape: dims.to_vec(),
+        expected: "f32 or f16",
     }
 }
 
@@ -221,14 +239,15 @@ fn contiguous<'a, T>(
 fn run<H: Elem + Default + Clone, Q: Elem>(
     ctx: &Ctx<'_>,
     [(h, hl), (hn, hnl)]: [(&Vec<H>, &Layout); 2],
-    [(q, ql), (k, kl)]: [(&Vec<Q>, &Layout); 2],
+    (q, ql): (&Vec<Q>, &Layout),
+    keys: cpu::Keys<'_>,
     record: Option<&mut TokenAssignments>,
 ) -> Result<Vec<H>, KernelError> {
     let args = CpuArgs {
         h: contiguous("hidden states", h, hl)?,
         h_norm: contiguous("h_norm", hn, hnl)?,
         q: contiguous("queries", q, ql)?,
-        keys: contiguous("keys", k, kl)?,
+        keys,
         tokens: ctx.dims.tokens,
         d_model: ctx.dims.d_model,
         key_dim: ctx.dims.key_dim,

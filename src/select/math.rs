@@ -74,79 +74,144 @@ pub(crate) fn checked_norm<const FMA: bool>(x: &[f32]) -> Option<f32> {
     Some(s.sqrt() * scale)
 }
 
-/// Normalises each `key_dim`-long row of `keys` into `out` (same length).
-///
-/// A zero row stays zero, so its cosine with anything is 0 rather than NaN.
-/// A non-finite element is an error naming the candidate.
+/// `(a·b, b·b)` in one pass over `b` (extra elements of the longer slice ignored).
 #[inline(always)]
-pub(crate) fn normalize_rows_into<const FMA: bool>(
+pub(crate) fn dot_and_sq<const FMA: bool>(a: &[f32], b: &[f32]) -> (f32, f32) {
+    const L: usize = LANES / 2;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut ab = [0.0f32; L];
+    let mut bb = [0.0f32; L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
+    for (xa, xb) in (&mut ca).zip(&mut cb) {
+        for i in 0..L {
+            ab[i] = madd::<FMA>(xa[i], xb[i], ab[i]);
+            bb[i] = madd::<FMA>(xb[i], xb[i], bb[i]);
+        }
+    }
+    let (mut tab, mut tbb) = (0.0f32, 0.0f32);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tab = madd::<FMA>(*x, *y, tab);
+        tbb = madd::<FMA>(*y, *y, tbb);
+    }
+    let mut width = L / 2;
+    while width > 0 {
+        for i in 0..width {
+            ab[i] += ab[i + width];
+            bb[i] += bb[i + width];
+        }
+        width /= 2;
+    }
+    (ab[0] + tab, bb[0] + tbb)
+}
+
+/// `1/|x|` (0 for a zero vector, so cosines with it are 0, not NaN), or `None` when
+/// `x` holds a NaN or an infinity. `sq` is `x·x` if already known.
+#[inline(always)]
+pub(crate) fn inv_norm<const FMA: bool>(x: &[f32], sq: Option<f32>) -> Option<f32> {
+    let norm = match sq {
+        Some(sq) if sq.is_finite() => sq.sqrt(),
+        _ => checked_norm::<FMA>(x)?,
+    };
+    Some(if norm > 0.0 { 1.0 / norm } else { 0.0 })
+}
+
+/// Cosine of `q` (with inverse norm `q_inv`) and `k` (with `k_inv`) from their raw
+/// dot product; recomputed on normalised copies in the (huge-vector) case where the
+/// raw dot overflowed.
+#[inline(always)]
+fn cosine(q: &[f32], q_inv: f32, k: &[f32], k_inv: f32, raw_dot: f32) -> f32 {
+    let c = raw_dot * q_inv * k_inv;
+    if c.is_finite() {
+        return c;
+    }
+    q.iter()
+        .zip(k)
+        .map(|(a, b)| (a * q_inv) * (b * k_inv))
+        .sum()
+}
+
+/// Cosine scores of `n` query rows against K raw keys, both row-major with rows of
+/// `key_dim`: `scores[u·K + j] = cos(q_u, key_j)`.
+///
+/// `q_inv` holds the queries' inverse norms ([`inv_norm`]). A non-finite key is an
+/// error.
+#[inline(always)]
+pub(crate) fn cosine_block<const FMA: bool>(
+    queries: &[f32],
+    q_inv: &[f32],
     keys: &[f32],
     key_dim: usize,
-    out: &mut [f32],
+    scores: &mut [f32],
 ) -> Result<(), SelectError> {
     if key_dim == 0 {
-        return Ok(());
+        return Err(SelectError::ZeroKeyDim);
     }
-    for (j, (src, dst)) in keys
-        .chunks_exact(key_dim)
-        .zip(out.chunks_exact_mut(key_dim))
-        .enumerate()
-    {
-        let norm = checked_norm::<FMA>(src).ok_or(SelectError::NonFiniteKey { candidate: j })?;
-        if norm > 0.0 {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = s / norm;
+    let candidates = keys.len() / key_dim;
+    for (j, key) in keys.chunks_exact(key_dim).enumerate() {
+        cosine_column::<FMA>(queries, q_inv, key, j, candidates, scores)?;
+    }
+    Ok(())
+}
+
+/// Column `j` of [`cosine_block`]: the cosines of every query with one key
+/// (`key_dim = key.len()`), written to `scores[u·candidates + j]`.
+///
+/// The key's norm is computed in the same pass as the first query's dot product,
+/// so a key row is read from memory once per call and never copied.
+#[inline(always)]
+pub(crate) fn cosine_column<const FMA: bool>(
+    queries: &[f32],
+    q_inv: &[f32],
+    key: &[f32],
+    j: usize,
+    candidates: usize,
+    scores: &mut [f32],
+) -> Result<(), SelectError> {
+    let kd = key.len();
+    if kd == 0 {
+        return Err(SelectError::ZeroKeyDim);
+    }
+    let mut k_inv = None;
+    for (u, (qu, &qi)) in queries.chunks_exact(kd).zip(q_inv).enumerate() {
+        let (d, ki) = match k_inv {
+            Some(ki) => (dot::<FMA>(qu, key), ki),
+            None => {
+                let (d, kk) = dot_and_sq::<FMA>(qu, key);
+                let ki = inv_norm::<FMA>(key, Some(kk))
+                    .ok_or(SelectError::NonFiniteKey { candidate: j })?;
+                k_inv = Some(ki);
+                (d, ki)
             }
-        } else {
-            dst.fill(0.0);
+        };
+        if let Some(s) = scores.get_mut(u * candidates + j) {
+            *s = cosine(qu, qi, key, ki, d);
         }
     }
     Ok(())
 }
 
-/// Selects the experts for one token.
-///
-/// `q` is the token's raw query (`key_dim`), `keys_n` the *normalised* candidate keys
-/// (`K × key_dim`), `scores` scratch of length ≥ K. Writes the selected experts, best
-/// first, into the front of `out` (length ≥ `min(top_k, K)`) and returns how many.
+/// Turns one token's cosine scores (length K) into its selection: subtracts the
+/// penalty (in place), keeps the top-k strictly above τ, best first, and writes
+/// their softmax weights. Returns how many were written to the front of `out`.
 ///
 /// The parameters must already have been validated for this K
-/// ([`SelectionParams::validate`]); `token` only names the row in errors.
+/// ([`SelectionParams::validate`]).
 #[inline(always)]
-pub(crate) fn select_token<const FMA: bool>(
-    q: &[f32],
-    keys_n: &[f32],
-    key_dim: usize,
-    params: &SelectionParams,
-    token: usize,
+pub(crate) fn finish_token(
     scores: &mut [f32],
+    params: &SelectionParams,
     out: &mut [Selected],
-) -> Result<usize, SelectError> {
-    let k_cap = params.top_k.min(out.len());
-    let norm = checked_norm::<FMA>(q).ok_or(SelectError::NonFiniteQuery { token })?;
-    let candidates = keys_n
-        .len()
-        .checked_div(key_dim)
-        .unwrap_or(scores.len())
-        .min(scores.len());
-    let scores = &mut scores[..candidates];
-    if norm > 0.0 && key_dim > 0 {
-        // Dividing the K dots by |q| is cheaper than normalising q first; the two
-        // differ by an ulp or so, far inside the parity tolerance.
-        for (s, key) in scores.iter_mut().zip(keys_n.chunks_exact(key_dim)) {
-            *s = dot::<FMA>(q, key) / norm;
-        }
-    } else {
-        scores.fill(0.0);
-    }
+) -> usize {
     if let Some(p) = params.penalty.as_deref() {
         for (s, p) in scores.iter_mut().zip(p) {
             *s -= p;
         }
     }
-    let n = top_k_into(scores, params.tau, k_cap, out);
+    let n = top_k_into(scores, params.tau, params.top_k.min(out.len()), out);
     softmax_selected(&mut out[..n], params.temperature);
-    Ok(n)
+    n
 }
 
 /// Top-`k` of the scores strictly above `tau`, best first, ties to the lower index.

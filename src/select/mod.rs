@@ -278,20 +278,18 @@ pub fn select_into(
     let candidates = keys.len() / key_dim;
     let tokens = queries.len() / key_dim;
     params.validate(candidates)?;
-    let mut keys_n = vec![0.0f32; keys.len()];
-    math::normalize_rows_into::<false>(keys, key_dim, &mut keys_n)?;
-    let mut scores = vec![0.0f32; candidates];
+    let mut q_inv = Vec::with_capacity(tokens);
+    for (token, q) in queries.chunks_exact(key_dim).enumerate() {
+        q_inv.push(math::inv_norm::<false>(q, None).ok_or(SelectError::NonFiniteQuery { token })?);
+    }
+    let mut scores = vec![0.0f32; tokens * candidates];
+    math::cosine_block::<false>(queries, &q_inv, keys, key_dim, &mut scores)?;
     let stride = params.slots(candidates);
     out.reset(tokens, stride);
     let (counts, slots) = out.parts_mut();
-    for (t, (q, count)) in queries
-        .chunks_exact(key_dim)
-        .zip(counts.iter_mut())
-        .enumerate()
-    {
-        let row = &mut slots[t * stride..(t + 1) * stride];
-        let n = math::select_token::<false>(q, &keys_n, key_dim, params, t, &mut scores, row)?;
-        *count = n as u32;
+    for (t, count) in counts.iter_mut().enumerate() {
+        let row = &mut scores[t * candidates..(t + 1) * candidates];
+        *count = math::finish_token(row, params, &mut slots[t * stride..(t + 1) * stride]) as u32;
     }
     Ok(())
 }

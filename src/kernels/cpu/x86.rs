@@ -1,0 +1,188 @@
+//! AVX2/FMA/F16C micro-kernels for the fp16 weight streams.
+//!
+//! All of these are safe functions compiled with the features enabled; callers must
+//! have proven the features (an `Avx2Fma` token) before calling them from code
+//! compiled without them. Loads go through `bytemuck` casts of fixed-size array
+//! references, which LLVM lowers to plain unaligned vector loads, so no raw
+//! pointers are dereferenced here.
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+/// 8 fp16 values (exactly 8, else zeros) widened to f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn cvt8(s: &[f16]) -> __m256 {
+    let a = <[f16; 8]>::try_from(s).unwrap_or([f16::ZERO; 8]);
+    _mm256_cvtph_ps(bytemuck::cast::<[f16; 8], __m128i>(a))
+}
+
+/// 8 f32 values (exactly 8, else zeros).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn ld8(s: &[f32]) -> __m256 {
+    bytemuck::cast(<[f32; 8]>::try_from(s).unwrap_or([0.0; 8]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// fp16 → f32 with one `vcvtph2ps` per 8 values.
+///
+/// Not `half`'s slice conversion: that one calls its F16C routine through a
+/// function that cannot be inlined across the target-feature boundary, once per
+/// 8 values, which measured several times slower and made weight conversion the
+/// largest cost of a decode-sized call.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut s = src[..n].chunks_exact(8);
+    let mut d = dst[..n].chunks_exact_mut(8);
+    for (sc, dc) in (&mut s).zip(&mut d) {
+        dc.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(cvt8(sc)));
+    }
+    for (a, b) in s.remainder().iter().zip(d.into_remainder()) {
+        *b = a.to_f32();
+    }
+}
+
+/// `a · x` with `a` in fp16, converted on the fly (no buffer round trip).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn dot_f16(a: &[f16], x: &[f32]) -> f32 {
+    let n = a.len().min(x.len());
+    let (a, x) = (&a[..n], &x[..n]);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut ca = a.chunks_exact(32);
+    let mut cx = x.chunks_exact(32);
+    for (pa, px) in (&mut ca).zip(&mut cx) {
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let r = l * 8..l * 8 + 8;
+            *acc = _mm256_fmadd_ps(cvt8(&pa[r.clone()]), ld8(&px[r]), *acc);
+        }
+    }
+    let mut ta = ca.remainder().chunks_exact(8);
+    let mut tx = cx.remainder().chunks_exact(8);
+    for (pa, px) in (&mut ta).zip(&mut tx) {
+        acc[0] = _mm256_fmadd_ps(cvt8(pa), ld8(px), acc[0]);
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    for (p, q) in ta.remainder().iter().zip(tx.remainder()) {
+        s = p.to_f32().mul_add(*q, s);
+    }
+    s
+}
+
+/// `out[i] += b[i, :] · z` for fp16 `b` (`rows × rank`, row-major) and
+/// `rank % 8 == 0`: eight rows at a time, each row's dot in one register, the
+/// eight partial vectors reduced together by a `vhaddps` tree. Returns false (and
+/// does nothing) for other ranks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn expand_f16(b: &[f16], rank: usize, z: &[f32], out: &mut [f32]) -> bool {
+    if rank == 0 || !rank.is_multiple_of(8) || z.len() < rank {
+        return false;
+    }
+    let z = &z[..rank];
+    let rows = out.len().min(b.len() / rank);
+    let (b, out) = (&b[..rows * rank], &mut out[..rows]);
+    let mut bc = b.chunks_exact(8 * rank);
+    let mut oc = out.chunks_exact_mut(8);
+    for (rows8, o8) in (&mut bc).zip(&mut oc) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (row, acc) in rows8.chunks_exact(rank).zip(acc.iter_mut()) {
+            for (c, zc) in row.chunks_exact(8).zip(z.chunks_exact(8)) {
+                *acc = _mm256_fmadd_ps(cvt8(c), ld8(zc), *acc);
+            }
+        }
+        // [a01 a23 b01 b23 | a45 a67 b45 b67] and so on: after two levels each
+        // 128-bit lane holds four rows' half sums; adding the lanes finishes them.
+        let s01 = _mm256_hadd_ps(acc[0], acc[1]);
+        let s23 = _mm256_hadd_ps(acc[2], acc[3]);
+        let s45 = _mm256_hadd_ps(acc[4], acc[5]);
+        let s67 = _mm256_hadd_ps(acc[6], acc[7]);
+        let s0123 = _mm256_hadd_ps(s01, s23);
+        let s4567 = _mm256_hadd_ps(s45, s67);
+        let lo = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
+        let hi = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
+        let sums = _mm256_add_ps(_mm256_add_ps(lo, hi), ld8(o8));
+        o8.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(sums));
+    }
+    for (row, o) in bc.remainder().chunks_exact(rank).zip(oc.into_remainder()) {
+        *o += dot_f16(row, z);
+    }
+    true
+}
+
+/// Asks for `s` to be brought towards L1 without waiting for it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn prefetch(s: &[f16]) {
+    // 32 fp16 values per 64-byte line.
+    for line in s.chunks(32) {
+        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn has_features() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    #[test]
+    fn kernels_match_scalar() {
+        if !has_features() {
+            return;
+        }
+        let h: Vec<f16> = (0..203)
+            .map(|i| f16::from_f32(((i * 37 % 19) as f32 - 9.0) / 4.0))
+            .collect();
+        let x: Vec<f32> = (0..203)
+            .map(|i| ((i * 11 % 7) as f32 - 3.0) / 2.0)
+            .collect();
+        // SAFETY: the features were detected above.
+        let (dot, conv) = unsafe {
+            let mut c = vec![0.0f32; 203];
+            f16_to_f32(&h, &mut c);
+            (dot_f16(&h, &x), c)
+        };
+        let want: f32 = h.iter().zip(&x).map(|(a, b)| a.to_f32() * b).sum();
+        assert_eq!(dot, want); // small exact values: every order gives the same sum
+        assert_eq!(conv, h.iter().map(|v| v.to_f32()).collect::<Vec<_>>());
+
+        for rank in [8usize, 16, 64] {
+            for rows in [1usize, 8, 13, 17] {
+                let b = &h[..].repeat(rows * rank / 203 + 1)[..rows * rank];
+                let z: Vec<f32> = (0..rank).map(|r| r as f32 * 0.25 - 1.0).collect();
+                let mut out = vec![1.0f32; rows];
+                // SAFETY: as above.
+                assert!(unsafe { expand_f16(b, rank, &z, &mut out) });
+                for i in 0..rows {
+                    let want: f32 = 1.0
+                        + (0..rank)
+                            .map(|r| b[i * rank + r].to_f32() * z[r])
+                            .sum::<f32>();
+                    assert_eq!(out[i], want, "rank {rank} rows {rows} row {i}");
+                }
+            }
+        }
+        let mut out = [0.0f32; 2];
+        // SAFETY: as above.
+        assert!(!unsafe { expand_f16(&h[..6], 3, &x, &mut out) });
+    }
+}
