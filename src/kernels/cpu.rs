@@ -35,7 +35,7 @@ mod x86;
 
 use super::plan::{self, PlanInput};
 use super::{AdapterWeights, KernelError};
-use crate::select::math::{cosine_column, dot, finish_token, inv_norm, madd};
+use crate::select::math::{cosine, cosine_column, dot, finish_token, inv_norm, madd};
 use crate::select::SelectError;
 use crate::select::{Selected, SelectionParams, TokenAssignments};
 
@@ -123,6 +123,23 @@ trait Simd: Copy {
     fn expand_f16(self, b: &[f16], rank: usize, z: &[f32], out: &mut [f32]);
     /// Starts loading `s` into cache (a hint; may do nothing).
     fn prefetch(self, s: &[f16]);
+    /// `out[i][j] = a[i] · x[j]`: a 2 × 4 block of dots sharing their loads.
+    fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2];
+    /// Widens fp16 `b` (`rows × rank`) into rank-major `bt` (`rank × rows`);
+    /// `tmp` is scratch of at least `rows × rank`.
+    fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
+        let n = b.len().min(tmp.len());
+        let rows = n / rank.max(1);
+        let tmp = &mut tmp[..rows * rank];
+        self.f16_to_f32(&b[..rows * rank], tmp);
+        for (i, brow) in tmp.chunks_exact(rank).enumerate() {
+            for (r, v) in brow.iter().enumerate() {
+                if let Some(dst) = bt.get_mut(r * rows + i) {
+                    *dst = *v;
+                }
+            }
+        }
+    }
 }
 
 /// Values converted per step by the portable fp16 helpers (a stack buffer).
@@ -169,6 +186,10 @@ impl Simd for Portable {
     }
     #[inline(always)]
     fn prefetch(self, _: &[f16]) {}
+    #[inline(always)]
+    fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        a.map(|ai| x.map(|xj| dot::<false>(ai, xj)))
+    }
 }
 
 /// Proof that the CPU supports AVX2, FMA and F16C: only [`Avx2Fma::detect`] makes one.
@@ -213,6 +234,18 @@ impl Simd for Avx2Fma {
     fn prefetch(self, s: &[f16]) {
         // SAFETY: see the impl.
         unsafe { x86::prefetch(s) }
+    }
+    #[inline(always)]
+    fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        // SAFETY: see the impl.
+        unsafe { x86::dot_2x4(a, x) }
+    }
+    #[inline(always)]
+    fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
+        // SAFETY: see the impl.
+        if !unsafe { x86::transpose_f16(b, rank, bt) } {
+            Portable.transpose_f16(b, rank, bt, tmp);
+        }
     }
 }
 
@@ -659,7 +692,7 @@ fn select_block<H: Elem, Q: Elem>(
     };
     let mut out = SelectOut {
         q_inv: grown(&mut bs.q_inv, n),
-        krow: grown(&mut bs.krow, kd),
+        krow: grown(&mut bs.krow, 2 * kd),
         scores: grown(&mut bs.scores, n * args.candidates),
         counts,
         slots,
@@ -680,7 +713,7 @@ fn select_block<H: Elem, Q: Elem>(
 struct SelectOut<'a> {
     /// Inverse query norms, `n`.
     q_inv: &'a mut [f32],
-    /// One key row widened to f32 (fp16 keys only), `key_dim`.
+    /// Up to two key rows widened to f32 (fp16 keys only), `2 × key_dim`.
     krow: &'a mut [f32],
     /// Scores, `n × K`.
     scores: &'a mut [f32],
@@ -722,19 +755,66 @@ fn select_impl<S: Simd, const FMA: bool>(
         *inv = inv_norm::<FMA>(qr, None).ok_or(SelectError::NonFiniteQuery { token: a.t0 + u })?;
     }
     let q_inv = &out.q_inv[..n];
-    // Key by key, so each key row is read once per block and (fp16) widened into
-    // an L1-resident row rather than a K × key_dim copy.
-    match a.keys {
-        Keys::F32(keys) => {
-            for (j, key) in keys.chunks_exact(kd).enumerate() {
-                cosine_column::<FMA>(a.q, q_inv, key, j, candidates, out.scores)?;
+    if n < 4 {
+        // Decode-sized: key by key, its norm in the same pass as the first dot, so
+        // each key row is read once and (fp16) widened into an L1-resident row.
+        match a.keys {
+            Keys::F32(keys) => {
+                for (j, key) in keys.chunks_exact(kd).enumerate() {
+                    cosine_column::<FMA>(a.q, q_inv, key, j, candidates, out.scores)?;
+                }
+            }
+            Keys::F16(keys) => {
+                for (j, key) in keys.chunks_exact(kd).enumerate() {
+                    let krow = &mut out.krow[..kd];
+                    simd.f16_to_f32(key, krow);
+                    cosine_column::<FMA>(a.q, q_inv, krow, j, candidates, out.scores)?;
+                }
             }
         }
-        Keys::F16(keys) => {
-            for (j, key) in keys.chunks_exact(kd).enumerate() {
-                simd.f16_to_f32(key, out.krow);
-                cosine_column::<FMA>(a.q, q_inv, out.krow, j, candidates, out.scores)?;
+    } else {
+        // Prompt-sized: two keys × four queries per micro-kernel call.
+        let mut j = 0;
+        while j < candidates {
+            let pair = j + 1 < candidates;
+            let rows = if pair { 2 } else { 1 };
+            let (k0, k1): (&[f32], &[f32]) = match a.keys {
+                Keys::F32(keys) => {
+                    let k = &keys[j * kd..(j + rows) * kd];
+                    (&k[..kd], &k[(rows - 1) * kd..])
+                }
+                Keys::F16(keys) => {
+                    let buf = &mut out.krow[..rows * kd];
+                    simd.f16_to_f32(&keys[j * kd..(j + rows) * kd], buf);
+                    let buf = &out.krow[..rows * kd];
+                    (&buf[..kd], &buf[(rows - 1) * kd..])
+                }
+            };
+            let inv = |jj: usize, k: &[f32]| {
+                inv_norm::<FMA>(k, Some(dot::<FMA>(k, k)))
+                    .ok_or(SelectError::NonFiniteKey { candidate: jj })
+            };
+            let ki = [inv(j, k0)?, inv(j + rows - 1, k1)?];
+            let keys2 = [k0, k1];
+            let mut u = 0;
+            while u + 4 <= n {
+                let qs: [&[f32]; 4] = std::array::from_fn(|i| &a.q[(u + i) * kd..(u + i + 1) * kd]);
+                let dots = simd.dot_2x4(keys2, qs);
+                for (r, row) in dots.iter().enumerate().take(rows) {
+                    for (i, &dv) in row.iter().enumerate() {
+                        let s = cosine(qs[i], q_inv[u + i], keys2[r], ki[r], dv);
+                        out.scores[(u + i) * candidates + j + r] = s;
+                    }
+                }
+                u += 4;
             }
+            for (uu, (qu, &qi)) in a.q.chunks_exact(kd).zip(q_inv).enumerate().skip(u) {
+                for r in 0..rows {
+                    let dv = dot::<FMA>(qu, keys2[r]);
+                    out.scores[uu * candidates + j + r] = cosine(qu, qi, keys2[r], ki[r], dv);
+                }
+            }
+            j += rows;
         }
     }
     let stride = out.slots.len().checked_div(n).unwrap_or(0);
@@ -799,7 +879,7 @@ fn accumulate_impl<S: Simd, const FMA: bool>(
         return;
     }
     let rows_per_chunk = (B_CHUNK_VALUES / rank).clamp(8, d.max(8));
-    let arow = grown(&mut mix.arow, d);
+    let arow = grown(&mut mix.arow, 2 * d);
     let bchunk = grown(&mut mix.bchunk, rows_per_chunk * rank);
     let bt = grown(&mut mix.bt, rows_per_chunk * rank);
     let delta = &mut mix.delta;
@@ -844,14 +924,32 @@ fn accumulate_impl<S: Simd, const FMA: bool>(
             continue;
         }
 
-        // Shrink: z_u = w_u · A h̃_u, one converted A row at a time, reused by
-        // every user.
-        for (r, arow16) in a.chunks_exact(d).take(rank).enumerate() {
-            simd.f16_to_f32(arow16, arow);
-            for (ui, u) in us.iter().enumerate() {
-                let x = &hn[u.token * d..(u.token + 1) * d];
-                z[ui * rank + r] = u.weight * dot::<FMA>(arow, x);
+        // Shrink: z_u = w_u · A h̃_u, two converted A rows at a time, each pair
+        // reused by every user, four users per micro-kernel call.
+        let mut r = 0;
+        while r < rank {
+            let rows = if r + 1 < rank { 2 } else { 1 };
+            simd.f16_to_f32(&a[r * d..(r + rows) * d], &mut arow[..rows * d]);
+            let a2 = [&arow[..d], &arow[(rows - 1) * d..rows * d]];
+            let x_of = |u: &User| &hn[u.token * d..(u.token + 1) * d];
+            let mut chunks = us.chunks_exact(4);
+            let mut ui = 0;
+            for four in &mut chunks {
+                let xs: [&[f32]; 4] = std::array::from_fn(|i| x_of(&four[i]));
+                let dots = simd.dot_2x4(a2, xs);
+                for (rr, row) in dots.iter().enumerate().take(rows) {
+                    for (i, u) in four.iter().enumerate() {
+                        z[(ui + i) * rank + r + rr] = u.weight * row[i];
+                    }
+                }
+                ui += 4;
             }
+            for (i, u) in chunks.remainder().iter().enumerate() {
+                for (rr, ar) in a2.iter().enumerate().take(rows) {
+                    z[(ui + i) * rank + r + rr] = u.weight * dot::<FMA>(ar, x_of(u));
+                }
+            }
+            r += rows;
         }
 
         // Expand: delta_u += B z_u, a chunk of B rows at a time, transposed once
@@ -859,14 +957,8 @@ fn accumulate_impl<S: Simd, const FMA: bool>(
         let mut i0 = 0usize;
         while i0 < d {
             let rows = rows_per_chunk.min(d - i0);
-            let bc = &mut bchunk[..rows * rank];
-            simd.f16_to_f32(&b[i0 * rank..(i0 + rows) * rank], bc);
             let bt = &mut bt[..rows * rank];
-            for (i, brow) in bc.chunks_exact(rank).enumerate() {
-                for (r, v) in brow.iter().enumerate() {
-                    bt[r * rows + i] = *v;
-                }
-            }
+            simd.transpose_f16(&b[i0 * rank..(i0 + rows) * rank], rank, bt, bchunk);
             for (ui, u) in us.iter().enumerate() {
                 let zu = &z[ui * rank..(ui + 1) * rank];
                 let dr = &mut delta[u.token * d + i0..u.token * d + i0 + rows];

@@ -121,7 +121,7 @@ pub(crate) fn inv_norm<const FMA: bool>(x: &[f32], sq: Option<f32>) -> Option<f3
 /// dot product; recomputed on normalised copies in the (huge-vector) case where the
 /// raw dot overflowed.
 #[inline(always)]
-fn cosine(q: &[f32], q_inv: f32, k: &[f32], k_inv: f32, raw_dot: f32) -> f32 {
+pub(crate) fn cosine(q: &[f32], q_inv: f32, k: &[f32], k_inv: f32, raw_dot: f32) -> f32 {
     let c = raw_dot * q_inv * k_inv;
     if c.is_finite() {
         return c;

@@ -123,6 +123,103 @@ pub(super) fn expand_f16(b: &[f16], rank: usize, z: &[f32], out: &mut [f32]) -> 
     true
 }
 
+/// Widens `b` (`rows × rank` fp16, row-major) into `bt` (`rank × rows` f32,
+/// rank-major) for `rank % 8 == 0`, 8 × 8 blocks at a time transposed in
+/// registers. Returns false (and does nothing) for other ranks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn transpose_f16(b: &[f16], rank: usize, bt: &mut [f32]) -> bool {
+    if rank == 0 || !rank.is_multiple_of(8) {
+        return false;
+    }
+    let rows = (b.len() / rank).min(bt.len() / rank);
+    let full = rows - rows % 8;
+    for i0 in (0..full).step_by(8) {
+        for c0 in (0..rank).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|i| {
+                let at = (i0 + i) * rank + c0;
+                cvt8(&b[at..at + 8])
+            });
+            for (c, v) in transpose8(r).iter().enumerate() {
+                let at = (c0 + c) * rows + i0;
+                bt[at..at + 8].copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(*v));
+            }
+        }
+    }
+    for i in full..rows {
+        for c in 0..rank {
+            bt[c * rows + i] = b[i * rank + c].to_f32();
+        }
+    }
+    true
+}
+
+/// 8 × 8 transpose: `out[c][i] = r[i][c]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// `out[i][j] = a[i] · x[j]` for two rows `a` and four rows `x` (the common
+/// length): each loaded vector feeds four (or two) FMAs, so the loop is bound by
+/// FMA throughput rather than by loads as a plain dot is.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn dot_2x4(a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = a.iter().chain(x.iter()).map(|r| r.len()).min().unwrap_or(0);
+    let a = a.map(|r| &r[..n]);
+    let x = x.map(|r| &r[..n]);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut c = 0;
+    while c + 8 <= n {
+        let a0 = ld8(&a[0][c..c + 8]);
+        let a1 = ld8(&a[1][c..c + 8]);
+        for j in 0..4 {
+            let xv = ld8(&x[j][c..c + 8]);
+            acc[0][j] = _mm256_fmadd_ps(a0, xv, acc[0][j]);
+            acc[1][j] = _mm256_fmadd_ps(a1, xv, acc[1][j]);
+        }
+        c += 8;
+    }
+    let mut out = [[0.0f32; 4]; 2];
+    for i in 0..2 {
+        for j in 0..4 {
+            let mut s = hsum(acc[i][j]);
+            for t in c..n {
+                s = a[i][t].mul_add(x[j][t], s);
+            }
+            out[i][j] = s;
+        }
+    }
+    out
+}
+
 /// Asks for `s` to be brought towards L1 without waiting for it.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -184,5 +281,40 @@ mod tests {
         let mut out = [0.0f32; 2];
         // SAFETY: as above.
         assert!(!unsafe { expand_f16(&h[..6], 3, &x, &mut out) });
+
+        for rank in [8usize, 16, 64] {
+            for rows in [1usize, 8, 13, 24] {
+                let b = &h[..].repeat(rows * rank / 203 + 1)[..rows * rank];
+                let mut bt = vec![0.0f32; rows * rank];
+                // SAFETY: as above.
+                assert!(unsafe { transpose_f16(b, rank, &mut bt) });
+                for i in 0..rows {
+                    for c in 0..rank {
+                        assert_eq!(
+                            bt[c * rows + i],
+                            b[i * rank + c].to_f32(),
+                            "rank {rank} rows {rows}"
+                        );
+                    }
+                }
+            }
+        }
+
+        let hf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+        for n in [0usize, 5, 8, 203] {
+            let a0 = &hf[..n];
+            let xs: Vec<Vec<f32>> = (0..4)
+                .map(|j| x.iter().map(|v| v * (j as f32 + 1.0)).collect())
+                .collect();
+            let xr = [&xs[0][..n], &xs[1][..n], &xs[2][..n], &xs[3][..n]];
+            let a1: Vec<f32> = a0.iter().map(|v| -v).collect();
+            // SAFETY: as above.
+            let got = unsafe { dot_2x4([a0, &a1], xr) };
+            for j in 0..4 {
+                let want: f32 = a0.iter().zip(xr[j]).map(|(p, q)| p * q).sum();
+                assert_eq!(got[0][j], want, "n {n} j {j}");
+                assert_eq!(got[1][j], -want, "n {n} j {j}");
+            }
+        }
     }
 }
