@@ -95,7 +95,9 @@ fn tensor(rng: &mut rand::rngs::StdRng, rows: usize, cols: usize, scale: f32) ->
 }
 
 fn fmt_time(s: f64) -> String {
-    if s < 1e-3 {
+    if s.is_nan() {
+        "—".into()
+    } else if s < 1e-3 {
         format!("{:.1} µs", s * 1e6)
     } else {
         format!("{:.2} ms", s * 1e3)
@@ -145,8 +147,8 @@ fn main() {
         bw1 / 1e9,
         bw_all / 1e9
     );
-    println!("| d_model | T | k | experts read | weight KiB/call | fused | reference | speedup | weight BW | % of stream BW | weights+keys BW |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| d_model | T | k | experts read | weight KiB/call | fused | reference | speedup | weight BW | % of 1-thread stream | % of all-thread stream | weights+keys BW |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for d in [576usize, 2048] {
@@ -216,12 +218,13 @@ fn main() {
                 let bw = bytes as f64 / fused;
                 let bw_total = (bytes + key_bytes) as f64 / fused;
                 println!(
-                    "| {d} | {t} | {k} | {experts} | {} | {} | {} | {:.1}× | {:.1} GB/s | {:.0} % | {:.1} GB/s |",
+                    "| {d} | {t} | {k} | {experts} | {} | {} | {} | {:.1}× | {:.1} GB/s | {:.0} % | {:.0} % | {:.1} GB/s |",
                     bytes / 1024,
                     fmt_time(fused),
                     fmt_time(reference),
                     reference / fused,
                     bw / 1e9,
+                    100.0 * bw / bw1,
                     100.0 * bw / bw_all,
                     bw_total / 1e9
                 );

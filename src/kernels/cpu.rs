@@ -35,7 +35,7 @@ mod x86;
 
 use super::plan::{self, PlanInput};
 use super::{AdapterWeights, KernelError};
-use crate::select::math::{cosine, cosine_column, dot, finish_token, inv_norm, madd};
+use crate::select::math::{cosine, dot, dot_and_sq, finish_token, inv_norm, madd};
 use crate::select::SelectError;
 use crate::select::{Selected, SelectionParams, TokenAssignments};
 
@@ -125,6 +125,16 @@ trait Simd: Copy {
     fn prefetch(self, s: &[f16]);
     /// `out[i][j] = a[i] · x[j]`: a 2 × 4 block of dots sharing their loads.
     fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2];
+    /// `a · b`.
+    fn dot(self, a: &[f32], b: &[f32]) -> f32;
+    /// `(q · k, k · k)` in one pass.
+    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32);
+    /// `(q · k, k · k)` in one pass for fp16 `k`; `buf` is scratch of `k.len()`.
+    fn dot_and_sq_f16(self, q: &[f32], k: &[f16], buf: &mut [f32]) -> (f32, f32) {
+        let n = k.len().min(buf.len());
+        self.f16_to_f32(&k[..n], &mut buf[..n]);
+        self.dot_and_sq(q, &buf[..n])
+    }
     /// Widens fp16 `b` (`rows × rank`) into rank-major `bt` (`rank × rows`);
     /// `tmp` is scratch of at least `rows × rank`.
     fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
@@ -190,6 +200,14 @@ impl Simd for Portable {
     fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
         a.map(|ai| x.map(|xj| dot::<false>(ai, xj)))
     }
+    #[inline(always)]
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        dot::<false>(a, b)
+    }
+    #[inline(always)]
+    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32) {
+        dot_and_sq::<false>(q, k)
+    }
 }
 
 /// Proof that the CPU supports AVX2, FMA and F16C: only [`Avx2Fma::detect`] makes one.
@@ -241,6 +259,21 @@ impl Simd for Avx2Fma {
         unsafe { x86::dot_2x4(a, x) }
     }
     #[inline(always)]
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: see the impl.
+        unsafe { x86::dot(a, b) }
+    }
+    #[inline(always)]
+    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32) {
+        // SAFETY: see the impl.
+        unsafe { x86::dot_and_sq_f32(q, k) }
+    }
+    #[inline(always)]
+    fn dot_and_sq_f16(self, q: &[f32], k: &[f16], _: &mut [f32]) -> (f32, f32) {
+        // SAFETY: see the impl.
+        unsafe { x86::dot_and_sq_f16(q, k) }
+    }
+    #[inline(always)]
     fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
         // SAFETY: see the impl.
         if !unsafe { x86::transpose_f16(b, rank, bt) } {
@@ -257,11 +290,19 @@ pub(crate) enum Keys<'a> {
     F16(&'a [f16]),
 }
 
-impl Keys<'_> {
+impl<'a> Keys<'a> {
     fn len(&self) -> usize {
         match self {
             Keys::F32(k) => k.len(),
             Keys::F16(k) => k.len(),
+        }
+    }
+
+    /// The first `n` values (all of them if there are fewer).
+    fn prefix(self, n: usize) -> Keys<'a> {
+        match self {
+            Keys::F32(k) => Keys::F32(&k[..n.min(k.len())]),
+            Keys::F16(k) => Keys::F16(&k[..n.min(k.len())]),
         }
     }
 }
@@ -388,7 +429,8 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
     }
 
     with_pooled(&CALL_POOL, |cs| {
-        let keys = args.keys;
+        // Exactly K rows, so every candidate index derived from the keys is < K.
+        let keys = args.keys.prefix(k * kd);
         let stride = args.params.slots(k);
         cs.assignments.reset(t, stride);
 
@@ -751,25 +793,39 @@ fn select_impl<S: Simd, const FMA: bool>(
     let kd = a.key_dim;
     let n = out.counts.len();
     let candidates = a.keys.len() / kd.max(1);
+    if n == 0 || kd == 0 || a.q.len() < n * kd {
+        return Ok(());
+    }
     for (u, (qr, inv)) in a.q.chunks_exact(kd).zip(out.q_inv.iter_mut()).enumerate() {
         *inv = inv_norm::<FMA>(qr, None).ok_or(SelectError::NonFiniteQuery { token: a.t0 + u })?;
     }
     let q_inv = &out.q_inv[..n];
     if n < 4 {
-        // Decode-sized: key by key, its norm in the same pass as the first dot, so
-        // each key row is read once and (fp16) widened into an L1-resident row.
-        match a.keys {
-            Keys::F32(keys) => {
-                for (j, key) in keys.chunks_exact(kd).enumerate() {
-                    cosine_column::<FMA>(a.q, q_inv, key, j, candidates, out.scores)?;
+        // Decode-sized: key by key, its norm in the same pass as the first dot
+        // (fp16 keys widened on the fly), so each key row is read once.
+        for j in 0..candidates {
+            let (d0, kk, key): (f32, f32, &[f32]) = match a.keys {
+                Keys::F32(keys) => {
+                    let key = &keys[j * kd..(j + 1) * kd];
+                    let (d0, kk) = simd.dot_and_sq(&a.q[..kd], key);
+                    (d0, kk, key)
                 }
-            }
-            Keys::F16(keys) => {
-                for (j, key) in keys.chunks_exact(kd).enumerate() {
-                    let krow = &mut out.krow[..kd];
-                    simd.f16_to_f32(key, krow);
-                    cosine_column::<FMA>(a.q, q_inv, krow, j, candidates, out.scores)?;
+                Keys::F16(keys) => {
+                    let key = &keys[j * kd..(j + 1) * kd];
+                    let (d0, kk) = simd.dot_and_sq_f16(&a.q[..kd], key, &mut out.krow[..kd]);
+                    // Needed only for further queries or the overflow fallback.
+                    if n > 1 || !(d0 * q_inv[0]).is_finite() || !kk.is_finite() {
+                        simd.f16_to_f32(key, &mut out.krow[..kd]);
+                    }
+                    (d0, kk, &out.krow[..kd])
                 }
+            };
+            let ki =
+                inv_norm::<FMA>(key, Some(kk)).ok_or(SelectError::NonFiniteKey { candidate: j })?;
+            out.scores[j] = cosine(&a.q[..kd], q_inv[0], key, ki, d0);
+            for (u, (qu, &qi)) in a.q.chunks_exact(kd).zip(q_inv).enumerate().skip(1) {
+                let dv = simd.dot(qu, key);
+                out.scores[u * candidates + j] = cosine(qu, qi, key, ki, dv);
             }
         }
     } else {
@@ -791,7 +847,7 @@ fn select_impl<S: Simd, const FMA: bool>(
                 }
             };
             let inv = |jj: usize, k: &[f32]| {
-                inv_norm::<FMA>(k, Some(dot::<FMA>(k, k)))
+                inv_norm::<FMA>(k, Some(simd.dot(k, k)))
                     .ok_or(SelectError::NonFiniteKey { candidate: jj })
             };
             let ki = [inv(j, k0)?, inv(j + rows - 1, k1)?];
@@ -810,7 +866,7 @@ fn select_impl<S: Simd, const FMA: bool>(
             }
             for (uu, (qu, &qi)) in a.q.chunks_exact(kd).zip(q_inv).enumerate().skip(u) {
                 for r in 0..rows {
-                    let dv = dot::<FMA>(qu, keys2[r]);
+                    let dv = simd.dot(qu, keys2[r]);
                     out.scores[uu * candidates + j + r] = cosine(qu, qi, keys2[r], ki[r], dv);
                 }
             }
@@ -946,7 +1002,7 @@ fn accumulate_impl<S: Simd, const FMA: bool>(
             }
             for (i, u) in chunks.remainder().iter().enumerate() {
                 for (rr, ar) in a2.iter().enumerate().take(rows) {
-                    z[(ui + i) * rank + r + rr] = u.weight * dot::<FMA>(ar, x_of(u));
+                    z[(ui + i) * rank + r + rr] = u.weight * simd.dot(ar, x_of(u));
                 }
             }
             r += rows;
