@@ -158,6 +158,24 @@ pub(super) fn dot_f16(a: &[f16], x: &[f32]) -> f32 {
     s
 }
 
+/// The horizontal sums of eight vectors, as one vector: `out[i] = Σ_l v[i][l]`.
+///
+/// After two `vhaddps` levels each 128-bit lane holds four vectors' half sums;
+/// adding the two lanes finishes them.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn reduce8(v: [__m256; 8]) -> __m256 {
+    let s01 = _mm256_hadd_ps(v[0], v[1]);
+    let s23 = _mm256_hadd_ps(v[2], v[3]);
+    let s45 = _mm256_hadd_ps(v[4], v[5]);
+    let s67 = _mm256_hadd_ps(v[6], v[7]);
+    let s0123 = _mm256_hadd_ps(s01, s23);
+    let s4567 = _mm256_hadd_ps(s45, s67);
+    let lo = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
+    let hi = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
+    _mm256_add_ps(lo, hi)
+}
+
 /// `out[i] += b[i, :] · z` for fp16 `b` (`rows × rank`, row-major) and
 /// `rank % 8 == 0`: eight rows at a time, each row's dot in one register, the
 /// eight partial vectors reduced together by a `vhaddps` tree. Returns false (and
@@ -173,25 +191,26 @@ pub(super) fn expand_f16(b: &[f16], rank: usize, z: &[f32], out: &mut [f32]) -> 
     let (b, out) = (&b[..rows * rank], &mut out[..rows]);
     let mut bc = b.chunks_exact(8 * rank);
     let mut oc = out.chunks_exact_mut(8);
-    for (rows8, o8) in (&mut bc).zip(&mut oc) {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (row, acc) in rows8.chunks_exact(rank).zip(acc.iter_mut()) {
-            for (c, zc) in row.chunks_exact(8).zip(z.chunks_exact(8)) {
-                *acc = _mm256_fmadd_ps(cvt8(c), ld8(zc), *acc);
-            }
+    if rank == 8 {
+        // The common rank: each row is exactly one vector, so no inner loop at all.
+        let zv = ld8(z);
+        for (rows8, o8) in (&mut bc).zip(&mut oc) {
+            let p: [__m256; 8] =
+                std::array::from_fn(|i| _mm256_mul_ps(cvt8(&rows8[i * 8..i * 8 + 8]), zv));
+            let sums = _mm256_add_ps(reduce8(p), ld8(o8));
+            o8.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(sums));
         }
-        // [a01 a23 b01 b23 | a45 a67 b45 b67] and so on: after two levels each
-        // 128-bit lane holds four rows' half sums; adding the lanes finishes them.
-        let s01 = _mm256_hadd_ps(acc[0], acc[1]);
-        let s23 = _mm256_hadd_ps(acc[2], acc[3]);
-        let s45 = _mm256_hadd_ps(acc[4], acc[5]);
-        let s67 = _mm256_hadd_ps(acc[6], acc[7]);
-        let s0123 = _mm256_hadd_ps(s01, s23);
-        let s4567 = _mm256_hadd_ps(s45, s67);
-        let lo = _mm256_permute2f128_ps::<0x20>(s0123, s4567);
-        let hi = _mm256_permute2f128_ps::<0x31>(s0123, s4567);
-        let sums = _mm256_add_ps(_mm256_add_ps(lo, hi), ld8(o8));
-        o8.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(sums));
+    } else {
+        for (rows8, o8) in (&mut bc).zip(&mut oc) {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (row, acc) in rows8.chunks_exact(rank).zip(acc.iter_mut()) {
+                for (c, zc) in row.chunks_exact(8).zip(z.chunks_exact(8)) {
+                    *acc = _mm256_fmadd_ps(cvt8(c), ld8(zc), *acc);
+                }
+            }
+            let sums = _mm256_add_ps(reduce8(acc), ld8(o8));
+            o8.copy_from_slice(&bytemuck::cast::<__m256, [f32; 8]>(sums));
+        }
     }
     for (row, o) in bc.remainder().chunks_exact(rank).zip(oc.into_remainder()) {
         *o += dot_f16(row, z);
@@ -294,16 +313,6 @@ pub(super) fn dot_2x4(a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
         }
     }
     out
-}
-
-/// Asks for `s` to be brought towards L1 without waiting for it.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(super) fn prefetch(s: &[f16]) {
-    // 32 fp16 values per 64-byte line.
-    for line in s.chunks(32) {
-        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>());
-    }
 }
 
 #[cfg(test)]
