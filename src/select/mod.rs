@@ -16,8 +16,11 @@
 //! * A token with no candidate above τ has no entry: its hidden state must be left
 //!   exactly as it was by the apply stage.
 //!
-//! [`select`] is the pure reference of this stage on plain slices; the fused CPU
-//! kernel in [`crate::kernels`] runs the same code (from [`math`]) per token block.
+//! [`select`] is the pure, portable form of this stage on plain slices. The fused
+//! CPU kernel in [`crate::kernels`] runs the same threshold / top-k / softmax code
+//! (from [`math`]) per token block, with its cosines from SIMD dot products (equal
+//! up to float rounding), and the candle reference re-derives everything from
+//! tensor ops; the parity tests check all three against each other.
 
 pub mod math;
 
