@@ -218,11 +218,15 @@ fn main() {
                 let bw = bytes as f64 / fused;
                 let bw_total = (bytes + key_bytes) as f64 / fused;
                 println!(
-                    "| {d} | {t} | {k} | {experts} | {} | {} | {} | {:.1}× | {:.1} GB/s | {:.0} % | {:.0} % | {:.1} GB/s |",
+                    "| {d} | {t} | {k} | {experts} | {} | {} | {} | {} | {:.1} GB/s | {:.0} % | {:.0} % | {:.1} GB/s |",
                     bytes / 1024,
                     fmt_time(fused),
                     fmt_time(reference),
-                    reference / fused,
+                    if reference.is_nan() {
+                        "—".to_string()
+                    } else {
+                        format!("{:.1}×", reference / fused)
+                    },
                     bw / 1e9,
                     100.0 * bw / bw1,
                     100.0 * bw / bw_all,
