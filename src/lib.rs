@@ -40,8 +40,10 @@
 
 pub mod error;
 pub mod index;
+pub mod kernels;
 pub mod model;
 pub mod progress;
+pub mod select;
 pub mod store;
 
 pub use error::{Error, Result};

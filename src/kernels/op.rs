@@ -1,0 +1,290 @@
+//! The candle [`CustomOp3`] wrapper of the fused apply operator.
+//!
+//! candle's custom ops take at most three tensors, so the op runs over
+//! `(h, h_norm, q)` and carries the rest: the candidate keys as a [`Tensor`] (on the
+//! same device, so a device kernel can read them in place), the borrowed adapter
+//! weights, and the selection parameters.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use parking_lot::Mutex;
+
+use super::cpu::{self, CpuArgs, Elem, Isa};
+use super::{AdapterWeights, KernelError};
+use crate::select::{SelectionParams, TokenAssignments};
+
+/// Knobs of the fused operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FusedOptions {
+    /// Most threads the CPU kernel uses (`None`: rayon's pool size).
+    pub max_threads: Option<usize>,
+    /// Use the portable (baseline ISA) kernel even if AVX2/FMA/F16C is available;
+    /// for tests of that path.
+    pub portable: bool,
+    /// Keep the per-token selection so that [`FusedApplyOp::take_assignments`]
+    /// can return it.
+    pub record: bool,
+}
+
+/// Fused selection + adapter apply as a candle custom op over `(h, h_norm, q)`.
+///
+/// Prefer [`super::fused_apply`], which validates everything with typed errors
+/// first. Applied directly (`h.apply_op3_no_bwd(&h_norm, &q, &op)`), problems come
+/// back as candle errors carrying the same message, and the typed error can be
+/// retrieved with [`FusedApplyOp::take_error`]. Inference only: no backward.
+pub struct FusedApplyOp {
+    keys: Tensor,
+    weights: Arc<dyn AdapterWeights>,
+    params: SelectionParams,
+    options: FusedOptions,
+    last_error: Mutex<Option<KernelError>>,
+    recorded: Mutex<Option<TokenAssignments>>,
+}
+
+impl std::fmt::Debug for FusedApplyOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FusedApplyOp")
+            .field("keys", &self.keys.dims())
+            .field("candidates", &self.weights.num_candidates())
+            .field("rank", &self.weights.rank())
+            .field("params", &self.params)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl FusedApplyOp {
+    /// An op for candidate `keys` (`[K, key_dim]`) with their adapter `weights`.
+    pub fn new(keys: Tensor, weights: Arc<dyn AdapterWeights>, params: SelectionParams) -> Self {
+        Self {
+            keys,
+            weights,
+            params,
+            options: FusedOptions::default(),
+            last_error: Mutex::new(None),
+            recorded: Mutex::new(None),
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: FusedOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The selection of the last forward pass, if `options.record` was set.
+    pub fn take_assignments(&self) -> Option<TokenAssignments> {
+        self.recorded.lock().take()
+    }
+
+    /// The typed error of the last failed forward pass.
+    pub fn take_error(&self) -> Option<KernelError> {
+        self.last_error.lock().take()
+    }
+
+    fn fail(&self, e: KernelError) -> candle_core::Error {
+        let msg = e.to_string();
+        *self.last_error.lock() = Some(e);
+        candle_core::Error::Msg(msg)
+    }
+
+    fn cpu_forward(
+        &self,
+        h: (&CpuStorage, &Layout),
+        h_norm: (&CpuStorage, &Layout),
+        q: (&CpuStorage, &Layout),
+    ) -> Result<(CpuStorage, Shape), KernelError> {
+        let (tokens, d_model) = h.1.shape().dims2()?;
+        let (q_tokens, key_dim) = q.1.shape().dims2()?;
+        let (candidates, keys_dim) = self.keys.dims2()?;
+        let dims = super::Dims {
+            tokens,
+            d_model,
+            key_dim,
+            candidates,
+        };
+        if h_norm.1.dims() != h.1.dims() {
+            return Err(KernelError::shape(
+                "hidden states",
+                h.1.dims(),
+                "h_norm",
+                h_norm.1.dims(),
+            ));
+        }
+        if q_tokens != tokens || keys_dim != key_dim {
+            return Err(KernelError::shape(
+                "queries",
+                q.1.dims(),
+                "keys",
+                self.keys.dims(),
+            ));
+        }
+        super::check_weights(&dims, self.keys.dims(), h.1.dims(), self.weights.as_ref())?;
+        let (keys_storage, keys_layout) = self.keys.storage_and_layout();
+        let Storage::Cpu(keys) = &*keys_storage else {
+            return Err(KernelError::DeviceMismatch {
+                left_name: "hidden states",
+                left: "cpu".into(),
+                right_name: "keys",
+                right: format!("{:?}", self.keys.device().location()),
+            });
+        };
+        let keys = (keys, keys_layout);
+        let isa = if self.options.portable {
+            Isa::Portable
+        } else {
+            Isa::detect()
+        };
+        let threads = self
+            .options
+            .max_threads
+            .unwrap_or_else(rayon::current_num_threads)
+            .clamp(1, rayon::current_num_threads().max(1));
+        let mut record = self.options.record.then(TokenAssignments::new);
+        let ctx = Ctx {
+            dims,
+            weights: self.weights.as_ref(),
+            params: &self.params,
+            isa,
+            threads,
+        };
+        let keys = match keys.0 {
+            CpuStorage::F32(k) => cpu::Keys::F32(contiguous("keys", k, keys.1)?),
+            CpuStorage::F16(k) => cpu::Keys::F16(contiguous("keys", k, keys.1)?),
+            other => return Err(unsupported("keys", other.dtype(), self.keys.dims())),
+        };
+        let out = match (h.0, h_norm.0, q.0) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F16(c)) => CpuStorage::F32(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F32(c)) => CpuStorage::F16(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F16(c)) => CpuStorage::F16(run(
+                &ctx,
+                [(a, h.1), (b, h_norm.1)],
+                (c, q.1),
+                keys,
+                record.as_mut(),
+            )?),
+            (a, b, _) if a.dtype() != b.dtype() => {
+                return Err(KernelError::DtypeMismatch {
+                    left_name: "hidden states",
+                    left: a.dtype(),
+                    left_shape: h.1.dims().to_vec(),
+                    right_name: "h_norm",
+                    right: b.dtype(),
+                    right_shape: h_norm.1.dims().to_vec(),
+                })
+            }
+            (a, _, c) => {
+                let (name, dtype, dims) = match a {
+                    CpuStorage::F32(_) | CpuStorage::F16(_) => ("queries", c.dtype(), q.1.dims()),
+                    _ => ("hidden states", a.dtype(), h.1.dims()),
+                };
+                return Err(unsupported(name, dtype, dims));
+            }
+        };
+        *self.recorded.lock() = record;
+        Ok((out, h.1.shape().clone()))
+    }
+}
+
+fn unsupported(name: &'static str, dtype: candle_core::DType, dims: &[usize]) -> KernelError {
+    KernelError::UnsupportedDtype {
+        name,
+        dtype,
+        shape: dims.to_vec(),
+        expected: "f32 or f16",
+    }
+}
+
+struct Ctx<'a> {
+    dims: super::Dims,
+    weights: &'a dyn AdapterWeights,
+    params: &'a SelectionParams,
+    isa: Isa,
+    threads: usize,
+}
+
+/// The contiguous element range a layout covers, or an error naming the input.
+fn contiguous<'a, T>(
+    name: &'static str,
+    data: &'a [T],
+    layout: &Layout,
+) -> Result<&'a [T], KernelError> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or(KernelError::NotContiguous(name))?;
+    data.get(start..end).ok_or(KernelError::NotContiguous(name))
+}
+
+fn run<H: Elem + Default + Clone, Q: Elem>(
+    ctx: &Ctx<'_>,
+    [(h, hl), (hn, hnl)]: [(&Vec<H>, &Layout); 2],
+    (q, ql): (&Vec<Q>, &Layout),
+    keys: cpu::Keys<'_>,
+    record: Option<&mut TokenAssignments>,
+) -> Result<Vec<H>, KernelError> {
+    let args = CpuArgs {
+        h: contiguous("hidden states", h, hl)?,
+        h_norm: contiguous("h_norm", hn, hnl)?,
+        q: contiguous("queries", q, ql)?,
+        keys,
+        tokens: ctx.dims.tokens,
+        d_model: ctx.dims.d_model,
+        key_dim: ctx.dims.key_dim,
+        candidates: ctx.dims.candidates,
+        weights: ctx.weights,
+        params: ctx.params,
+        isa: ctx.isa,
+        threads: ctx.threads,
+    };
+    // The output is the one allocation per call: candle takes ownership of it.
+    let mut out = vec![H::default(); ctx.dims.tokens * ctx.dims.d_model];
+    cpu::apply(&args, &mut out, record)?;
+    Ok(out)
+}
+
+impl CustomOp3 for FusedApplyOp {
+    fn name(&self) -> &'static str {
+        "mome-fused-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.cpu_forward((s1, l1), (s2, l2), (s3, l3))
+            .map_err(|e| self.fail(e))
+    }
+
+    // `cuda_fwd` is left to candle's default ("no cuda implementation") until the
+    // CUDA issue lands. It plugs in here: read `self.keys`' CudaStorage the way
+    // `cpu_forward` reads the CPU one, get device pointers of the candidates' A/B
+    // from the expert cache (a device-side `AdapterWeights` counterpart), launch the
+    // kernel from `kernels/` via cudarc, and test it against `reference_apply` with
+    // the same parity suite (`tests/fused_op_parity.rs`).
+}

@@ -1,0 +1,976 @@
+//! Parity of the fused apply operator against the candle-ops reference, edge cases,
+//! bad input, and gradients through the reference.
+//!
+//! # Tolerance
+//!
+//! Both paths read the same fp16 weights (exactly representable in f32) and the same
+//! activations; they differ only in f32 summation order (dots of length `d_model`
+//! and `rank`, blocked differently) and in ulp-level differences of the cosine and
+//! softmax. For f32 `h` an element may therefore differ by a few `d_model · ε`
+//! relative to the magnitude of the row's adapter delta: we allow
+//! `1e-3 · max|delta_row| + 1e-6`, 10–100× above what the arithmetic can produce
+//! and far below what a wrong expert, weight or row would give (O(1) relative).
+//! For f16 `h` both paths round the same f32 sum to f16, so a difference of one
+//! f16 ulp (`2⁻¹⁰ · |out|`) can appear when the f32 sums straddle a rounding
+//! boundary; that is added to the bound. Rows whose tokens select no expert are
+//! compared bit for bit.
+//!
+//! Selection is discontinuous (threshold, top-k), so random cases whose scores lie
+//! within 1e-4 of τ or of each other at the top-k boundary are skipped; they are
+//! ulp-level coin flips, not bugs.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use half::f16;
+use mome::kernels::{
+    fused_apply, fused_apply_explain, fused_apply_with, reference_apply, reference_select,
+    AdapterWeights, FusedApplyOp, FusedOptions, KernelError, OwnedAdapters,
+};
+use mome::select::{select, SelectError, SelectionParams, TokenAssignments};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+struct Case {
+    tokens: usize,
+    d_model: usize,
+    key_dim: usize,
+    candidates: usize,
+    rank: usize,
+    top_k: usize,
+    tau: f32,
+    temperature: f32,
+    h_f16: bool,
+    q_f16: bool,
+    keys_f16: bool,
+    penalty: bool,
+    seed: u64,
+}
+
+impl Case {
+    fn new(tokens: usize, d_model: usize, candidates: usize, rank: usize, top_k: usize) -> Self {
+        Case {
+            tokens,
+            d_model,
+            key_dim: 16,
+            candidates,
+            rank,
+            top_k,
+            tau: 0.0,
+            temperature: 0.5,
+            h_f16: false,
+            q_f16: false,
+            keys_f16: false,
+            penalty: false,
+            seed: 7,
+        }
+    }
+}
+
+struct Inputs {
+    h: Tensor,
+    h_norm: Tensor,
+    q: Tensor,
+    keys: Tensor,
+    weights: Arc<OwnedAdapters>,
+    a: Tensor,
+    b: Tensor,
+    params: SelectionParams,
+}
+
+fn randn(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
+}
+
+fn build(c: &Case) -> Inputs {
+    let dev = Device::Cpu;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let hdt = if c.h_f16 { DType::F16 } else { DType::F32 };
+    let qdt = if c.q_f16 { DType::F16 } else { DType::F32 };
+    let kdt = if c.keys_f16 { DType::F16 } else { DType::F32 };
+    let t = |v: Vec<f32>, r: usize, cols: usize, dt: DType| {
+        Tensor::from_vec(v, (r, cols), &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap()
+    };
+    // Residual rows are large, normalised rows are O(1): as in the backbone.
+    let h = t(
+        randn(&mut rng, c.tokens * c.d_model, 50.0),
+        c.tokens,
+        c.d_model,
+        hdt,
+    );
+    let h_norm = t(
+        randn(&mut rng, c.tokens * c.d_model, 1.0),
+        c.tokens,
+        c.d_model,
+        hdt,
+    );
+    let q = t(
+        randn(&mut rng, c.tokens * c.key_dim, 1.0),
+        c.tokens,
+        c.key_dim,
+        qdt,
+    );
+    let keys = t(
+        randn(&mut rng, c.candidates * c.key_dim, 1.0),
+        c.candidates,
+        c.key_dim,
+        kdt,
+    );
+    let weights = Arc::new(OwnedAdapters::random(
+        c.candidates,
+        c.rank,
+        c.d_model,
+        0.5,
+        c.seed ^ 0x5eed,
+    ));
+    let (a, b) = weights.to_tensors(&dev).unwrap();
+    let mut params = SelectionParams::new(c.tau, c.top_k, c.temperature);
+    if c.penalty {
+        params = params.with_penalty(randn(&mut rng, c.candidates, 0.1));
+    }
+    Inputs {
+        h,
+        h_norm,
+        q,
+        keys,
+        weights,
+        a,
+        b,
+        params,
+    }
+}
+
+fn rows_f32(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<Vec<u32>> {
+    match t.dtype() {
+        DType::F32 => t
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f32::to_bits).collect())
+            .collect(),
+        DType::F16 => t
+            .to_vec2::<f16>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v.to_bits() as u32).collect())
+            .collect(),
+        other => panic!("unexpected dtype {other:?}"),
+    }
+}
+
+/// Whether selection is well separated: no score within `margin` of τ, and the
+/// k-th and (k+1)-th passing scores not within `margin` of each other.
+fn well_separated(inp: &Inputs, margin: f32) -> bool {
+    let q = rows_f32(&inp.q);
+    let k = rows_f32(&inp.keys);
+    let pen = inp.params.penalty.clone();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    for qr in &q {
+        let qn = norm(qr);
+        let mut s: Vec<f64> = k
+            .iter()
+            .enumerate()
+            .map(|(j, kr)| {
+                let kn = norm(kr);
+                let cos = if qn == 0.0 || kn == 0.0 {
+                    0.0
+                } else {
+                    qr.iter()
+                        .zip(kr)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        / (qn * kn)
+                };
+                cos - pen.as_ref().map_or(0.0, |p| p[j] as f64)
+            })
+            .collect();
+        if s.iter()
+            .any(|v| (v - inp.params.tau as f64).abs() < margin as f64)
+        {
+            return false;
+        }
+        s.retain(|v| *v > inp.params.tau as f64);
+        s.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let kk = inp.params.top_k;
+        if s.len() > kk && (s[kk - 1] - s[kk]).abs() < margin as f64 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Asserts fused ≈ reference under the tolerance in the module docs; inactive rows
+/// bit for bit. Returns the fused assignments.
+fn check_parity(inp: &Inputs, options: FusedOptions) -> TokenAssignments {
+    let opts = FusedOptions {
+        record: true,
+        ..options
+    };
+    let (fused, asg) = fused_apply_with(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+        &opts,
+    )
+    .unwrap();
+    let asg = asg.unwrap();
+    let reference = reference_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        &inp.a,
+        &inp.b,
+        &inp.params,
+    )
+    .unwrap();
+    assert_eq!(fused.dims(), inp.h.dims());
+    assert_eq!(fused.dtype(), inp.h.dtype());
+
+    let (hf, ff, rf) = (rows_f32(&inp.h), rows_f32(&fused), rows_f32(&reference));
+    let (hb, fb) = (bits(&inp.h), bits(&fused));
+    let f16_out = inp.h.dtype() == DType::F16;
+    for t in 0..hf.len() {
+        let sel = asg.get(t).unwrap();
+        if sel.is_empty() {
+            assert_eq!(
+                fb[t], hb[t],
+                "token {t}: no expert, output must be the input bits"
+            );
+            assert_eq!(
+                bits(&reference.narrow(0, t, 1).unwrap())[0],
+                hb[t],
+                "reference row {t}"
+            );
+            continue;
+        }
+        let scale = hf[t]
+            .iter()
+            .zip(&rf[t])
+            .map(|(h, r)| (r - h).abs())
+            .fold(0.0f32, f32::max);
+        for i in 0..hf[t].len() {
+            let mut tol = 1e-3 * scale + 1e-6;
+            if f16_out {
+                tol += rf[t][i].abs() * 2f32.powi(-10);
+            }
+            let diff = (ff[t][i] - rf[t][i]).abs();
+            assert!(
+                diff <= tol,
+                "token {t} elem {i}: fused {} vs reference {} (|diff| {diff} > tol {tol}, delta scale {scale})",
+                ff[t][i],
+                rf[t][i]
+            );
+        }
+    }
+    asg
+}
+
+/// The fused selection must equal the reference's and the pure `select` function's:
+/// the same experts with weights to 1e-5, scores in non-increasing order, abstaining
+/// slots of the reference at weight 0. Experts are compared as sets because scores
+/// that are equal in exact arithmetic (e.g. parallel keys of different length) may
+/// come out an ulp apart in either order; which one is "first" is then rounding,
+/// and the output does not depend on it.
+fn check_selection(inp: &Inputs, asg: &TokenAssignments) {
+    let rs = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
+    let idx = rs.indices.to_vec2::<u32>().unwrap();
+    let w = rs.weights.to_vec2::<f32>().unwrap();
+    let q: Vec<f32> = rows_f32(&inp.q).concat();
+    let keys: Vec<f32> = rows_f32(&inp.keys).concat();
+    let pure = select(&q, &keys, inp.q.dims()[1], &inp.params).unwrap();
+    let sorted = |v: Vec<(u32, f32)>| {
+        let mut v = v;
+        v.sort_by_key(|e| e.0);
+        v
+    };
+    let same = |a: &[(u32, f32)], b: &[(u32, f32)], what: &str, t: usize| {
+        assert_eq!(
+            a.iter().map(|e| e.0).collect::<Vec<_>>(),
+            b.iter().map(|e| e.0).collect::<Vec<_>>(),
+            "token {t}: fused vs {what} experts"
+        );
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.1 - y.1).abs() < 1e-5,
+                "token {t} expert {}: fused weight {} vs {what} {}",
+                x.0,
+                x.1,
+                y.1
+            );
+        }
+    };
+    for (t, sel) in asg.iter().enumerate() {
+        let fused = sorted(sel.iter().map(|e| (e.candidate, e.weight)).collect());
+        let p = sorted(
+            pure.get(t)
+                .unwrap()
+                .iter()
+                .map(|e| (e.candidate, e.weight))
+                .collect(),
+        );
+        let r = sorted(
+            idx[t]
+                .iter()
+                .zip(&w[t])
+                .take(sel.len())
+                .map(|(i, w)| (*i, *w))
+                .collect(),
+        );
+        same(&fused, &p, "pure select", t);
+        same(&fused, &r, "reference", t);
+        for (s, ws) in w[t].iter().enumerate().skip(sel.len()) {
+            assert_eq!(*ws, 0.0, "token {t} slot {s}: abstaining slot weight");
+        }
+        assert!(
+            sel.windows(2).all(|p| p[0].score >= p[1].score),
+            "token {t}: not best first"
+        );
+        let total: f32 = sel.iter().map(|e| e.weight).sum();
+        assert!(sel.is_empty() || (total - 1.0).abs() < 1e-5);
+    }
+}
+
+fn all_options() -> [FusedOptions; 3] {
+    [
+        FusedOptions::default(),
+        FusedOptions {
+            portable: true,
+            ..FusedOptions::default()
+        },
+        FusedOptions {
+            max_threads: Some(1),
+            ..FusedOptions::default()
+        },
+    ]
+}
+
+fn run_case(c: &Case) -> TokenAssignments {
+    let inp = build(c);
+    let mut last = None;
+    for o in all_options() {
+        let asg = check_parity(&inp, o);
+        check_selection(&inp, &asg);
+        last = Some(asg);
+    }
+    last.unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fused_matches_reference_on_random_shapes(
+        tokens in 1usize..40,
+        d_model in 1usize..200,
+        key_dim in 1usize..40,
+        candidates in 1usize..24,
+        rank in prop::sample::select(vec![1usize, 2, 3, 8, 16, 64]),
+        top_k in 1usize..10,
+        tau in -0.3f32..0.4,
+        temperature in 0.05f32..2.0,
+        h_f16 in any::<bool>(),
+        q_f16 in any::<bool>(),
+        keys_f16 in any::<bool>(),
+        penalty in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let c = Case { tokens, d_model, key_dim, candidates, rank, top_k, tau, temperature, h_f16, q_f16, keys_f16, penalty, seed };
+        let inp = build(&c);
+        prop_assume!(well_separated(&inp, 1e-4));
+        for o in all_options() {
+            let asg = check_parity(&inp, o);
+            check_selection(&inp, &asg);
+        }
+    }
+}
+
+#[test]
+fn single_token() {
+    let asg = run_case(&Case::new(1, 576, 32, 8, 4));
+    assert_eq!(asg.tokens(), 1);
+}
+
+#[test]
+fn k_larger_than_candidates_above_tau() {
+    // τ = 0.3 with 16-dim random keys: only a few of the 12 candidates pass.
+    let mut c = Case::new(24, 64, 12, 8, 10);
+    c.tau = 0.3;
+    let asg = run_case(&c);
+    assert!(asg.iter().all(|s| s.len() < 10));
+    assert!(asg.total() > 0);
+    // k above K itself.
+    let mut c = Case::new(5, 33, 3, 4, 50);
+    c.tau = -1.0;
+    let asg = run_case(&c);
+    assert!(asg.iter().all(|s| s.len() == 3));
+}
+
+#[test]
+fn no_candidate_above_tau_returns_input_bits() {
+    for (h_f16, q_f16, keys_f16) in [
+        (false, false, false),
+        (true, false, true),
+        (false, true, false),
+        (true, true, true),
+    ] {
+        let mut c = Case::new(9, 77, 8, 8, 4);
+        c.tau = 1.0; // cosine ≤ 1, strict threshold: nobody passes
+        c.h_f16 = h_f16;
+        c.q_f16 = q_f16;
+        c.keys_f16 = keys_f16;
+        let inp = build(&c);
+        for o in all_options() {
+            let out = fused_apply_with(
+                &inp.h,
+                &inp.h_norm,
+                &inp.q,
+                &inp.keys,
+                inp.weights.clone(),
+                &inp.params,
+                &o,
+            )
+            .unwrap()
+            .0;
+            assert_eq!(bits(&out), bits(&inp.h));
+        }
+        let r = reference_apply(
+            &inp.h,
+            &inp.h_norm,
+            &inp.q,
+            &inp.keys,
+            &inp.a,
+            &inp.b,
+            &inp.params,
+        )
+        .unwrap();
+        assert_eq!(bits(&r), bits(&inp.h));
+    }
+    // Zero queries: cosine 0, not above τ = 0, and never NaN.
+    let c = Case::new(3, 16, 4, 2, 2);
+    let inp = build(&c);
+    let zq = Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap();
+    let out = fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &zq,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+    )
+    .unwrap();
+    assert_eq!(bits(&out), bits(&inp.h));
+}
+
+#[test]
+fn mixed_active_and_inactive_rows() {
+    let mut c = Case::new(40, 50, 6, 8, 2);
+    c.tau = 0.45;
+    let asg = run_case(&c);
+    assert!(
+        asg.active_tokens() > 0 && asg.active_tokens() < 40,
+        "{}",
+        asg.active_tokens()
+    );
+}
+
+#[test]
+fn rank_one_and_rank_sixty_four() {
+    run_case(&Case::new(7, 96, 10, 1, 3));
+    run_case(&Case::new(7, 96, 10, 64, 3));
+    // Many users per expert: exercises the transposed expand at both ranks.
+    let mut c = Case::new(64, 40, 3, 64, 3);
+    c.tau = -1.0;
+    run_case(&c);
+    c.rank = 1;
+    run_case(&c);
+}
+
+#[test]
+fn d_model_not_a_multiple_of_eight() {
+    for d in [1usize, 7, 13, 577] {
+        run_case(&Case::new(5, d, 6, 8, 3));
+    }
+}
+
+#[test]
+fn long_prompt_uses_parallel_token_blocks() {
+    let mut c = Case::new(300, 576, 32, 8, 4);
+    c.tau = -0.2;
+    c.h_f16 = true;
+    run_case(&c);
+}
+
+#[test]
+fn short_prompt_with_many_experts_splits_experts() {
+    let mut c = Case::new(2, 2048, 40, 8, 32);
+    c.tau = -1.0;
+    c.penalty = true;
+    let asg = run_case(&c);
+    assert_eq!(asg.total(), 64);
+}
+
+#[test]
+fn zero_tokens() {
+    let c = Case::new(0, 8, 4, 2, 2);
+    let inp = build(&c);
+    let out = fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+    )
+    .unwrap();
+    assert_eq!(out.dims(), [0, 8]);
+}
+
+#[test]
+fn explain_returns_the_selection() {
+    let inp = build(&Case::new(6, 32, 8, 4, 3));
+    let (out, asg) = fused_apply_explain(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+    )
+    .unwrap();
+    assert_eq!(out.dims(), [6, 32]);
+    assert_eq!(asg.tokens(), 6);
+    check_selection(&inp, &asg);
+}
+
+// ---------------------------------------------------------------- bad input
+
+fn err_of(r: Result<Tensor, KernelError>) -> KernelError {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn shape_mismatches_name_both_shapes() {
+    let inp = build(&Case::new(5, 576, 4, 8, 2));
+    let dev = Device::Cpu;
+    let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
+    let hn577 = Tensor::zeros((5, 577), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &hn577,
+        &inp.q,
+        &inp.keys,
+        w(),
+        &inp.params,
+    ));
+    assert_eq!(
+        e.to_string(),
+        "shape mismatch: hidden states [5, 576] vs h_norm [5, 577]"
+    );
+
+    let q4 = Tensor::zeros((4, 16), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &q4,
+        &inp.keys,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        e.to_string()
+            .contains("hidden states [5, 576] vs queries [4, 16]"),
+        "{e}"
+    );
+
+    let k15 = Tensor::zeros((4, 15), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &k15,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        e.to_string().contains("queries [5, 16] vs keys [4, 15]"),
+        "{e}"
+    );
+
+    let k3 = Tensor::zeros((3, 16), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &k3,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        e.to_string()
+            .contains("keys [3, 16] vs adapter weights [K, rank, d_model] [4, 8, 576]"),
+        "{e}"
+    );
+
+    let other = Arc::new(OwnedAdapters::random(4, 8, 512, 0.1, 1));
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        other,
+        &inp.params,
+    ));
+    assert!(
+        e.to_string()
+            .contains("hidden states [5, 576] vs adapter weights"),
+        "{e}"
+    );
+
+    let h3 = Tensor::zeros((1, 5, 576), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(&h3, &h3, &inp.q, &inp.keys, w(), &inp.params));
+    assert!(matches!(e, KernelError::BadRank { .. }), "{e}");
+
+    // The reference path checks the same things, plus A/B shapes.
+    let e = err_of(reference_apply(
+        &inp.h,
+        &hn577,
+        &inp.q,
+        &inp.keys,
+        &inp.a,
+        &inp.b,
+        &inp.params,
+    ));
+    assert_eq!(
+        e.to_string(),
+        "shape mismatch: hidden states [5, 576] vs h_norm [5, 577]"
+    );
+    let bt = inp.b.transpose(1, 2).unwrap();
+    let e = err_of(reference_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        &inp.a,
+        &bt,
+        &inp.params,
+    ));
+    assert!(
+        e.to_string()
+            .contains("A [K, rank, d_model] [4, 8, 576] vs B [K, d_model, rank] [4, 8, 576]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn dtype_mismatches_are_typed() {
+    let inp = build(&Case::new(2, 8, 3, 2, 2));
+    let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
+    let hn16 = inp.h_norm.to_dtype(DType::F16).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &hn16,
+        &inp.q,
+        &inp.keys,
+        w(),
+        &inp.params,
+    ));
+    assert!(matches!(e, KernelError::DtypeMismatch { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("hidden states F32 [2, 8] vs h_norm F16 [2, 8]"),
+        "{e}"
+    );
+    // Queries and keys may differ (f32 queries from the backbone, fp16 keys from
+    // the store), but each must be f32 or f16.
+    let qbf = inp.q.to_dtype(DType::BF16).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &qbf,
+        &inp.keys,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        e.to_string()
+            .contains("queries has dtype BF16 (shape [2, 16])"),
+        "{e}"
+    );
+    let k32 = inp.keys.to_dtype(DType::U32).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &k32,
+        w(),
+        &inp.params,
+    ));
+    assert!(e.to_string().contains("keys has dtype U32"), "{e}");
+    let hbf = inp.h.to_dtype(DType::BF16).unwrap();
+    let e = err_of(fused_apply(&hbf, &hbf, &inp.q, &inp.keys, w(), &inp.params));
+    assert!(matches!(e, KernelError::UnsupportedDtype { .. }), "{e}");
+}
+
+#[test]
+fn bad_parameters_and_non_finite_inputs_are_typed() {
+    let inp = build(&Case::new(3, 8, 4, 2, 2));
+    let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
+    let call =
+        |p: &SelectionParams| err_of(fused_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, w(), p));
+    assert!(matches!(
+        call(&SelectionParams::new(0.0, 0, 1.0)),
+        KernelError::Select(SelectError::ZeroTopK)
+    ));
+    assert!(matches!(
+        call(&SelectionParams::new(1.01, 2, 1.0)),
+        KernelError::Select(SelectError::TauOutOfRange(_))
+    ));
+    assert!(matches!(
+        call(&SelectionParams::new(0.0, 2, 0.0)),
+        KernelError::Select(SelectError::BadTemperature(_))
+    ));
+    assert!(matches!(
+        call(&SelectionParams::new(0.0, 2, f32::NAN)),
+        KernelError::Select(SelectError::BadTemperature(_))
+    ));
+    assert!(matches!(
+        call(&SelectionParams::new(0.0, 2, 1.0).with_penalty(vec![0.0; 3])),
+        KernelError::Select(SelectError::PenaltyLength {
+            got: 3,
+            candidates: 4
+        })
+    ));
+
+    let mut qv = rows_f32(&inp.q);
+    qv[1][3] = f32::NAN;
+    let qnan = Tensor::new(qv, &Device::Cpu).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &qnan,
+        &inp.keys,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        matches!(
+            e,
+            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
+        ),
+        "{e}"
+    );
+    let e = err_of(reference_apply(
+        &inp.h,
+        &inp.h_norm,
+        &qnan,
+        &inp.keys,
+        &inp.a,
+        &inp.b,
+        &inp.params,
+    ));
+    assert!(
+        matches!(
+            e,
+            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
+        ),
+        "{e}"
+    );
+
+    let mut kv = rows_f32(&inp.keys);
+    kv[2][0] = f32::INFINITY;
+    let kinf = Tensor::new(kv, &Device::Cpu).unwrap();
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &kinf,
+        w(),
+        &inp.params,
+    ));
+    assert!(
+        matches!(
+            e,
+            KernelError::Select(SelectError::NonFiniteKey { candidate: 2 })
+        ),
+        "{e}"
+    );
+
+    // Applied directly as a candle op, the error is a candle error with the same
+    // message, and the typed error stays retrievable.
+    let op = FusedApplyOp::new(inp.keys.clone(), w(), inp.params.clone());
+    let e = inp.h.apply_op3_no_bwd(&inp.h_norm, &qnan, &op).unwrap_err();
+    assert!(
+        e.to_string().contains("query of token 1 contains NaN"),
+        "{e}"
+    );
+    assert!(matches!(
+        op.take_error(),
+        Some(KernelError::Select(SelectError::NonFiniteQuery {
+            token: 1
+        }))
+    ));
+}
+
+/// A provider whose slices are shorter than it claims.
+struct Truncated(OwnedAdapters);
+
+impl AdapterWeights for Truncated {
+    fn num_candidates(&self) -> usize {
+        self.0.num_candidates()
+    }
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn d_model(&self) -> usize {
+        self.0.d_model()
+    }
+    fn a(&self, j: usize) -> &[f16] {
+        self.0.a(j)
+    }
+    fn b(&self, j: usize) -> &[f16] {
+        let b = self.0.b(j);
+        if j == 2 {
+            &b[..b.len() - 1]
+        } else {
+            b
+        }
+    }
+}
+
+#[test]
+fn short_weight_slices_are_reported_not_read() {
+    let inp = build(&Case::new(3, 8, 4, 2, 2));
+    let bad = Arc::new(Truncated(OwnedAdapters::random(4, 2, 8, 0.1, 3)));
+    let e = err_of(fused_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        bad,
+        &inp.params,
+    ));
+    assert!(
+        matches!(
+            e,
+            KernelError::WeightSlice {
+                which: "B",
+                candidate: 2,
+                len: 15,
+                expected: 16,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+// ---------------------------------------------------------------- autograd
+
+#[test]
+fn gradients_reach_a_and_b_through_the_reference() {
+    let mut c = Case::new(6, 24, 5, 4, 2);
+    c.tau = -1.0; // everyone passes: top-2 of 5
+    let inp = build(&c);
+    let a = Var::from_tensor(&inp.a.to_dtype(DType::F32).unwrap()).unwrap();
+    let b = Var::from_tensor(&inp.b.to_dtype(DType::F32).unwrap()).unwrap();
+    let loss = |a: &Tensor, b: &Tensor| {
+        // The delta alone keeps the loss O(1), so f32 finite differences are accurate.
+        (reference_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, a, b, &inp.params).unwrap()
+            - &inp.h)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let l = loss(a.as_tensor(), b.as_tensor());
+    let grads = l.backward().unwrap();
+    let ga = grads.get(a.as_tensor()).expect("no gradient for A");
+    let gb = grads.get(b.as_tensor()).expect("no gradient for B");
+
+    // Candidates nobody selected get exactly zero gradient; selected ones do not.
+    let sel = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
+    let used: std::collections::BTreeSet<u32> = sel
+        .indices
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap()
+        .into_iter()
+        .collect();
+    for j in 0..5usize {
+        let na = ga
+            .get(j)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let nb = gb
+            .get(j)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        if used.contains(&(j as u32)) {
+            assert!(na > 0.0 && nb > 0.0, "candidate {j}: zero gradient");
+        } else {
+            assert_eq!(
+                (na, nb),
+                (0.0, 0.0),
+                "candidate {j}: unselected but has gradient"
+            );
+        }
+    }
+
+    // One element of each against a central finite difference: the loss is quadratic
+    // in any single weight, so the central difference is exact up to f32 rounding.
+    let j = *used.iter().next().unwrap() as usize;
+    let eps = 1e-2f32;
+    for (which, var, g) in [("A", &a, ga), ("B", &b, gb)] {
+        let base = var.as_tensor().to_vec3::<f32>().unwrap();
+        let bump = |delta: f32| {
+            let mut v = base.clone();
+            v[j][0][1] += delta;
+            Tensor::new(v, &Device::Cpu).unwrap()
+        };
+        let (plus, minus) = if which == "A" {
+            (
+                loss(&bump(eps), b.as_tensor()),
+                loss(&bump(-eps), b.as_tensor()),
+            )
+        } else {
+            (
+                loss(a.as_tensor(), &bump(eps)),
+                loss(a.as_tensor(), &bump(-eps)),
+            )
+        };
+        let fd =
+            (plus.to_scalar::<f32>().unwrap() - minus.to_scalar::<f32>().unwrap()) / (2.0 * eps);
+        let an = g.to_vec3::<f32>().unwrap()[j][0][1];
+        assert!(
+            (fd - an).abs() <= 0.01 * an.abs().max(1.0),
+            "{which}: finite difference {fd} vs autograd {an}"
+        );
+    }
+}
