@@ -155,6 +155,15 @@ pub enum Error {
         /// The failure that poisoned the writer.
         reason: String,
     },
+    /// The fused apply operator refused its inputs or failed.
+    #[error(transparent)]
+    Kernel(#[from] crate::kernels::KernelError),
+    /// Stage-2 selection refused its parameters or inputs.
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+    /// The backbone failed (loading, tokenizing, forward, generation).
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// A request parameter outside its valid range.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {

@@ -22,7 +22,12 @@
 //! up to float rounding), and the candle reference re-derives everything from
 //! tensor ops; the parity tests check all three against each other.
 
+mod hook;
 pub mod math;
+mod retrieval;
+
+pub use hook::ExpertHook;
+pub use retrieval::{Candidates, Selection, StoreAdapters};
 
 use std::fmt;
 

@@ -176,7 +176,8 @@ impl ExpertRef {
         as_f16(bytes.get(range).unwrap_or(&[]))
     }
 
-    fn layout(&self) -> &RecordLayout {
+    /// Geometry of the record (key_dim, d_model, rank, layers).
+    pub fn layout(&self) -> &RecordLayout {
         &self.shard.layout
     }
 
