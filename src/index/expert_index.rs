@@ -152,6 +152,78 @@ fn read_meta(dir: &Path) -> Option<IndexMeta> {
     serde_json::from_slice(&raw).ok()
 }
 
+/// What a saved index records about itself (`DIR/index/index.json`).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct SavedIndexInfo {
+    /// Parameters it was built with.
+    pub params: IndexParams,
+    /// Key dimension.
+    pub dim: usize,
+    /// Store commit sequence the saved index covers: changes after it are replayed on open.
+    pub seq: u64,
+    /// Keys in the saved file.
+    pub count: usize,
+    /// Size of the index data file.
+    pub file_bytes: u64,
+}
+
+/// The saved index of the store in `store_dir`, without loading it: `Ok(None)` when
+/// there is no `index/index.json`.
+pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
+    let path = store_dir.join(INDEX_DIR).join(META_FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let meta: IndexMeta = serde_json::from_slice(&raw).map_err(|e| Error::CorruptMetadata {
+        what: format!("{}: {e}", path.display()),
+    })?;
+    Ok(Some(SavedIndexInfo {
+        params: meta.params,
+        dim: meta.dim,
+        seq: meta.seq,
+        count: meta.count,
+        file_bytes: meta.file_len,
+    }))
+}
+
+/// The newest delete sequence a saved index of the store in `store_dir` may still need
+/// to learn from a tombstone: tombstones deleted at or before the returned sequence are
+/// already reflected in the saved index (or no saved index exists that could need them)
+/// and may be purged by compaction.
+///
+/// * a readable `index.json`: its sequence;
+/// * no `index/` directory at all: `u64::MAX` (the next open rebuilds from the keys);
+/// * an `index/` directory whose metadata is missing or unreadable: 0 — a save may have
+///   been interrupted, so nothing is purged.
+pub fn tombstone_horizon(store_dir: &Path) -> u64 {
+    match saved_index_info(store_dir) {
+        Ok(Some(info)) => info.seq,
+        Ok(None) if !store_dir.join(INDEX_DIR).exists() => u64::MAX,
+        _ => 0,
+    }
+}
+
+/// Result of checking a saved index against its store ([`ExpertIndex::check_saved`]).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct IndexCheck {
+    /// The saved index's own description, when there is one.
+    pub saved: Option<SavedIndexInfo>,
+    /// Why the saved index cannot be loaded (it would be rebuilt on the next open).
+    pub unusable: Option<String>,
+    /// Store changes replayed on top of the saved index (the normal catch-up).
+    pub replayed: usize,
+    /// Keys in the index after the replay.
+    pub indexed: usize,
+    /// Live experts the index (after replay) does not hold.
+    pub missing: Vec<u64>,
+    /// Ids the index (after replay) holds that are not live experts.
+    pub stale: Vec<u64>,
+}
+
 fn file_crc(path: &Path) -> Result<(u64, u32)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     Ok((bytes.len() as u64, crc32c::crc32c(&bytes)))
@@ -302,6 +374,65 @@ impl ExpertIndex {
         Ok(index)
     }
 
+    /// Loads the saved index of `store` into memory, replays the store's changes after
+    /// its sequence exactly as an open would, and compares the result with the live
+    /// experts. Nothing is written: the saved index is checked, not repaired.
+    pub fn check_saved(store: &Store) -> Result<IndexCheck> {
+        let dir = store.dir().join(INDEX_DIR);
+        let mut check = IndexCheck {
+            saved: saved_index_info(store.dir())?,
+            ..Default::default()
+        };
+        let Some(info) = &check.saved else {
+            return Ok(check);
+        };
+        let dim = store.config().key_dim as usize;
+        let (index, seq) = match Self::try_load(&dir, dim, &info.params) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                check.unusable = Some(format!(
+                    "saved index has dimension {} or a format this build does not read",
+                    info.dim
+                ));
+                return Ok(check);
+            }
+            Err(e) => {
+                check.unusable = Some(e.to_string());
+                return Ok(check);
+            }
+        };
+        let replayed = std::cell::Cell::new(0usize);
+        let seen = store.changes_since(
+            seq,
+            |id, key| {
+                replayed.set(replayed.get() + 1);
+                index.add(id, &to_f32(key))
+            },
+            |id| {
+                replayed.set(replayed.get() + 1);
+                index.remove(id).map(|_| ())
+            },
+        )?;
+        check.replayed = replayed.get();
+        check.indexed = index.len();
+        let snap = store.snapshot();
+        if snap.seq() != seen {
+            return Err(Error::InvalidArgument {
+                name: "store",
+                reason: "the store changed while its index was being checked".into(),
+            });
+        }
+        check.missing = snap.ids().filter(|&id| !index.contains(id)).collect();
+        let present = snap.len() as usize - check.missing.len();
+        if index.len() > present {
+            // Only ids below the store's next id can have been indexed.
+            check.stale = (1..store.next_id())
+                .filter(|&id| !snap.contains(id) && index.contains(id))
+                .collect();
+        }
+        Ok(check)
+    }
+
     /// How the index was obtained on open.
     pub fn opened_from(&self) -> OpenedFrom {
         self.opened_from
@@ -325,6 +456,11 @@ impl ExpertIndex {
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    /// Whether `id` is in the index (whether or not it is live in the store).
+    pub fn contains(&self, id: u64) -> bool {
+        self.index.contains(id)
     }
 
     /// Approximate memory held by the index.

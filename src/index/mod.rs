@@ -10,7 +10,10 @@ mod expert_index;
 mod flat;
 mod hnsw;
 
-pub use expert_index::{ExpertIndex, IndexKind, IndexParams, OpenedFrom, Quantization};
+pub use expert_index::{
+    saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind, IndexParams,
+    OpenedFrom, Quantization, SavedIndexInfo,
+};
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
 
@@ -48,7 +51,7 @@ pub trait KeyIndex: Send + Sync {
     /// Searches several queries (`queries.len() == n * dim`), one result list each.
     fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let dim = self.dim();
-        if dim == 0 || queries.len() % dim != 0 {
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
             return Err(Error::DimMismatch {
                 what: "batch of queries (length must be a multiple of key_dim)".into(),
                 expected: dim,
