@@ -12,8 +12,10 @@
 //! they reference alive, so deletes and compaction never pull bytes from under a reader.
 
 mod commit;
+mod compact;
 mod config;
 mod expert;
+mod inspect;
 mod layout;
 mod loc_table;
 mod meta;
@@ -32,12 +34,14 @@ use half::f16;
 use parking_lot::Mutex;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+pub use compact::{plan_compaction, CompactionPlan, CompactionPolicy, CompactionReport};
 pub use config::{StoreConfig, WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE};
 pub use expert::{AdapterPair, ExpertMeta, ExpertRef, NewExpert, Provenance};
+pub use inspect::{RecordInfo, RecordState};
 pub use layout::RecordLayout;
 pub use loc_table::Loc;
 pub use meta::{ShardState, STORE_FORMAT_VERSION};
-pub use shard::{read_header, ShardHeader, SHARD_FORMAT_VERSION};
+pub use shard::{read_header, RecordHeader, ShardHeader, SHARD_FORMAT_VERSION};
 
 use commit::{GroupCommit, Op, Slot};
 use expert::StoredMeta;
@@ -199,6 +203,9 @@ pub struct StoreStats {
     pub live: u64,
     /// Deleted experts whose bytes are not reclaimed yet.
     pub deleted: u64,
+    /// Tombstones whose bytes compaction already reclaimed, kept because a saved index
+    /// may not have seen the delete yet.
+    pub reclaimed_tombstones: u64,
     /// Bytes per record.
     pub record_size: usize,
     /// Each shard.
@@ -245,6 +252,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     group: GroupCommit,
     orphans: Mutex<Vec<OrphanFile>>,
+    /// One compaction at a time (it allocates shards and switches metadata in steps).
+    compacting: Mutex<()>,
     // Held for the lifetime of the store: the advisory lock that keeps a second writer out.
     _lock: File,
 }
@@ -387,6 +396,11 @@ impl Store {
     /// Latest committed sequence number (one per group commit).
     pub fn seq(&self) -> u64 {
         self.state.load().seq
+    }
+
+    /// The id the next inserted expert will get; every id ever assigned is below it.
+    pub fn next_id(&self) -> u64 {
+        self.writer.lock().next_id
     }
 
     /// The live expert with this id, checksum-verified, as a zero-copy handle.
@@ -739,8 +753,9 @@ impl Store {
         read_shard_metas(&self.db)
     }
 
-    /// Tombstones: deleted id → where its bytes lie.
-    fn tombstones(&self) -> Result<BTreeMap<u64, Loc>> {
+    /// Tombstones: deleted id → where its bytes lie (or that they were reclaimed) and
+    /// the deleting sequence.
+    fn tombstones(&self) -> Result<BTreeMap<u64, DeadValue>> {
         let mut out = BTreeMap::new();
         for item in self
             .db
@@ -748,7 +763,7 @@ impl Store {
         {
             let (k, v) = item.map_err(|e| Error::rocks("scanning tombstones", e))?;
             let id = decode_id_key(&k)?;
-            out.insert(id, DeadValue::decode(id, &v)?.loc);
+            out.insert(id, DeadValue::decode(id, &v)?);
         }
         Ok(out)
     }
@@ -833,8 +848,13 @@ impl Store {
             *live_per.entry(loc.shard).or_default() += 1;
         }
         let mut dead_per: BTreeMap<u32, u32> = BTreeMap::new();
-        for loc in dead.values() {
-            *dead_per.entry(loc.shard).or_default() += 1;
+        let mut reclaimed = 0u64;
+        for d in dead.values() {
+            if d.reclaimed() {
+                reclaimed += 1;
+            } else {
+                *dead_per.entry(d.loc.shard).or_default() += 1;
+            }
         }
         let mut shards = Vec::new();
         let mut orphan_slots = 0u64;
@@ -855,7 +875,8 @@ impl Store {
         }
         Ok(StoreStats {
             live: snap.len(),
-            deleted: dead.len() as u64,
+            deleted: dead.len() as u64 - reclaimed,
+            reclaimed_tombstones: reclaimed,
             record_size: self.layout.record_size,
             shards,
             orphan_slots,
@@ -874,7 +895,14 @@ impl Store {
         let mut expected: BTreeMap<(u32, u32), u64> = BTreeMap::new();
         let mut report = VerifyReport::default();
         for (id, loc) in snap.state.locs.iter() {
-            expected.insert((loc.shard, loc.slot), id);
+            if let Some(other) = expected.insert((loc.shard, loc.slot), id) {
+                report.problems.push(Problem {
+                    id: Some(id),
+                    shard: Some(loc.shard),
+                    offset: Some(self.layout.slot_offset(loc.slot)),
+                    detail: format!("expert {other} points at the same record"),
+                });
+            }
             match metas.get(&loc.shard) {
                 Some(m) if loc.slot < m.used_slots => {}
                 _ => report.problems.push(Problem {
@@ -885,8 +913,28 @@ impl Store {
                 }),
             }
         }
-        for (&id, loc) in &dead {
-            expected.insert((loc.shard, loc.slot), id);
+        for (&id, d) in &dead {
+            if d.reclaimed() {
+                continue;
+            }
+            match metas.get(&d.loc.shard) {
+                Some(m) if d.loc.slot < m.used_slots => {
+                    if let Some(other) = expected.insert((d.loc.shard, d.loc.slot), id) {
+                        report.problems.push(Problem {
+                            id: Some(id),
+                            shard: Some(d.loc.shard),
+                            offset: Some(self.layout.slot_offset(d.loc.slot)),
+                            detail: format!("tombstone points at the record of expert {other}"),
+                        });
+                    }
+                }
+                _ => report.problems.push(Problem {
+                    id: Some(id),
+                    shard: Some(d.loc.shard),
+                    offset: Some(self.layout.slot_offset(d.loc.slot)),
+                    detail: "tombstone points outside the shard's committed records".into(),
+                }),
+            }
         }
         let total: u64 = metas.values().map(|m| m.used_slots as u64).sum();
         let pb = crate::progress::bar(total, "verify");
@@ -1184,6 +1232,7 @@ fn open_store(dir: &Path, expected: Option<&StoreConfig>) -> Result<Store> {
         }),
         group: GroupCommit::default(),
         orphans: Mutex::new(orphans),
+        compacting: Mutex::new(()),
         _lock: lock,
     })
 }
