@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -96,15 +96,49 @@ struct IndexMeta {
     /// Store commit sequence the saved index reflects.
     seq: u64,
     count: usize,
+    /// Name of the data file inside the index directory. Each save writes a new file and
+    /// only then switches `index.json` to it (one atomic rename), so a crash mid-save
+    /// leaves the previous pair intact. Absent in indexes saved before generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    /// Save counter that names the data file.
+    #[serde(default)]
+    generation: u64,
     file_len: u64,
     file_crc32c: u32,
 }
 
-fn data_file(kind: IndexKind) -> &'static str {
+impl IndexMeta {
+    /// The data file this metadata describes (a plain name inside the index directory).
+    fn data_path(&self, dir: &Path) -> Result<PathBuf> {
+        let name = self
+            .file
+            .as_deref()
+            .unwrap_or_else(|| legacy_data_file(self.params.kind));
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(Error::CorruptMetadata {
+                what: format!("index metadata names the data file {name:?}"),
+            });
+        }
+        Ok(dir.join(name))
+    }
+}
+
+/// Data file name of indexes saved before generation-named files.
+fn legacy_data_file(kind: IndexKind) -> &'static str {
     match kind {
         IndexKind::Hnsw => "keys.usearch",
         IndexKind::Flat => "keys.flat",
     }
+}
+
+/// Data file name of save number `generation`.
+fn data_file(kind: IndexKind, generation: u64) -> String {
+    let ext = match kind {
+        IndexKind::Hnsw => "usearch",
+        IndexKind::Flat => "flat",
+    };
+    format!("keys.{generation}.{ext}")
 }
 
 /// How the index came to be on open (for logs, stats and tests).
@@ -136,6 +170,8 @@ pub struct ExpertIndex {
     apply: RwLock<()>,
     dirty: AtomicBool,
     opened_from: OpenedFrom,
+    /// Number of the last save (names its data file).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ExpertIndex {
@@ -285,6 +321,7 @@ impl ExpertIndex {
             }
             None => (Self::rebuild(&store, dim, &params)?, OpenedFrom::Rebuilt),
         };
+        let generation = read_meta(&dir).map_or(0, |m| m.generation);
         let me = ExpertIndex {
             store,
             index,
@@ -293,6 +330,7 @@ impl ExpertIndex {
             apply: RwLock::new(()),
             dirty: AtomicBool::new(true),
             opened_from,
+            generation: AtomicU64::new(generation),
         };
         if me.opened_from != (OpenedFrom::Loaded { applied: 0 }) {
             me.save()?;
@@ -317,7 +355,7 @@ impl ExpertIndex {
             tracing::info!("saved index has another format or parameters; rebuilding");
             return Ok(None);
         }
-        let path = dir.join(data_file(meta.params.kind));
+        let path = meta.data_path(dir)?;
         let (len, crc) = file_crc(&path)?;
         if (len, crc) != (meta.file_len, meta.file_crc32c) {
             return Err(Error::CorruptMetadata {
@@ -525,14 +563,17 @@ impl ExpertIndex {
         Ok(all)
     }
 
-    /// Writes the index and the store sequence it covers, atomically (temp file, fsync,
-    /// rename, fsync of the directory).
+    /// Writes the index and the store sequence it covers, atomically: the data goes to a
+    /// new file (fsynced), then `index.json` is replaced by one rename (temp file, fsync,
+    /// rename, fsync of the directory), and only then are older data files removed. A
+    /// crash at any point leaves a consistent pair: the old one or the new one.
     pub fn save(&self) -> Result<()> {
         let _g = self.apply.write();
         let seq = self.store.seq();
-        let name = data_file(self.params.kind);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let name = data_file(self.params.kind, generation);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let path = self.dir.join(name);
+        let path = self.dir.join(&name);
         self.index.save(&tmp)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -545,6 +586,8 @@ impl ExpertIndex {
             dim: self.index.dim(),
             seq,
             count: self.index.len(),
+            file: Some(name.clone()),
+            generation,
             file_len,
             file_crc32c,
         };
@@ -564,8 +607,26 @@ impl ExpertIndex {
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io(&self.dir, e))?;
         self.dirty.store(false, Ordering::Release);
+        self.remove_old_data_files(&name);
         tracing::debug!(seq, len = meta.count, "index saved");
         Ok(())
+    }
+
+    /// Deletes data files other than `current` (earlier saves, leftovers of interrupted
+    /// ones). Failing to delete one only wastes space.
+    fn remove_old_data_files(&self, current: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("keys.") && name != current {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = name, error = %e, "could not remove an old index file");
+                }
+            }
+        }
     }
 }
 
