@@ -976,6 +976,16 @@ impl Store {
                         offset: Some(offset),
                         detail: format!("record holds expert {} instead", h.id),
                     }),
+                    // Every committed slot belongs to a live or a deleted expert: commits
+                    // reference all they append, and compaction moves tombstones with
+                    // their records. A slot nobody references is dangling.
+                    (Ok(h), None) => report.problems.push(Problem {
+                        id: Some(h.id),
+                        shard: Some(shard_id),
+                        offset: Some(offset),
+                        detail: "dangling record: no location or tombstone references it"
+                            .into(),
+                    }),
                     _ => {}
                 }
             }
