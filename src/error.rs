@@ -164,6 +164,37 @@ pub enum Error {
     /// The backbone failed (loading, tokenizing, forward, generation).
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),
+    /// No shard with this id is part of the store's committed metadata.
+    #[error("unknown shard {shard} (not in the store's metadata)")]
+    UnknownShard {
+        /// The shard asked for.
+        shard: u32,
+    },
+    /// An expert archive that is truncated, malformed or fails a checksum. Nothing was
+    /// written to the store.
+    #[error("archive {path} is malformed at byte {offset}: {reason}")]
+    CorruptArchive {
+        /// The archive file.
+        path: PathBuf,
+        /// Byte offset where reading failed.
+        offset: u64,
+        /// What is wrong (record number, expected versus found).
+        reason: String,
+    },
+    /// An archive whose experts do not fit the store (another shape or backbone).
+    #[error(
+        "archive {path} does not fit this store: `{field}` is {archive} in the archive but {store} in the store"
+    )]
+    IncompatibleArchive {
+        /// The archive file.
+        path: PathBuf,
+        /// The differing config field.
+        field: &'static str,
+        /// Its value in the archive.
+        archive: String,
+        /// Its value in the store.
+        store: String,
+    },
     /// A request parameter outside its valid range.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {

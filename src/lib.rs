@@ -38,6 +38,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod archive;
 pub mod error;
 pub mod index;
 pub mod kernels;

@@ -156,7 +156,12 @@ fn deleted_or_corrupt_index_file_is_rebuilt_with_the_same_results() {
     assert_eq!(answers(&index, &qs, 10), before);
     drop(index);
 
-    let data = dir.path().join("index/keys.usearch");
+    // The data file of the latest save (named by its generation).
+    let data = std::fs::read_dir(dir.path().join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "usearch"))
+        .unwrap();
     let mut bytes = std::fs::read(&data).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -96,15 +96,49 @@ struct IndexMeta {
     /// Store commit sequence the saved index reflects.
     seq: u64,
     count: usize,
+    /// Name of the data file inside the index directory. Each save writes a new file and
+    /// only then switches `index.json` to it (one atomic rename), so a crash mid-save
+    /// leaves the previous pair intact. Absent in indexes saved before generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    /// Save counter that names the data file.
+    #[serde(default)]
+    generation: u64,
     file_len: u64,
     file_crc32c: u32,
 }
 
-fn data_file(kind: IndexKind) -> &'static str {
+impl IndexMeta {
+    /// The data file this metadata describes (a plain name inside the index directory).
+    fn data_path(&self, dir: &Path) -> Result<PathBuf> {
+        let name = self
+            .file
+            .as_deref()
+            .unwrap_or_else(|| legacy_data_file(self.params.kind));
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(Error::CorruptMetadata {
+                what: format!("index metadata names the data file {name:?}"),
+            });
+        }
+        Ok(dir.join(name))
+    }
+}
+
+/// Data file name of indexes saved before generation-named files.
+fn legacy_data_file(kind: IndexKind) -> &'static str {
     match kind {
         IndexKind::Hnsw => "keys.usearch",
         IndexKind::Flat => "keys.flat",
     }
+}
+
+/// Data file name of save number `generation`.
+fn data_file(kind: IndexKind, generation: u64) -> String {
+    let ext = match kind {
+        IndexKind::Hnsw => "usearch",
+        IndexKind::Flat => "flat",
+    };
+    format!("keys.{generation}.{ext}")
 }
 
 /// How the index came to be on open (for logs, stats and tests).
@@ -136,6 +170,8 @@ pub struct ExpertIndex {
     apply: RwLock<()>,
     dirty: AtomicBool,
     opened_from: OpenedFrom,
+    /// Number of the last save (names its data file).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ExpertIndex {
@@ -150,6 +186,78 @@ impl std::fmt::Debug for ExpertIndex {
 fn read_meta(dir: &Path) -> Option<IndexMeta> {
     let raw = std::fs::read(dir.join(META_FILE)).ok()?;
     serde_json::from_slice(&raw).ok()
+}
+
+/// What a saved index records about itself (`DIR/index/index.json`).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct SavedIndexInfo {
+    /// Parameters it was built with.
+    pub params: IndexParams,
+    /// Key dimension.
+    pub dim: usize,
+    /// Store commit sequence the saved index covers: changes after it are replayed on open.
+    pub seq: u64,
+    /// Keys in the saved file.
+    pub count: usize,
+    /// Size of the index data file.
+    pub file_bytes: u64,
+}
+
+/// The saved index of the store in `store_dir`, without loading it: `Ok(None)` when
+/// there is no `index/index.json`.
+pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
+    let path = store_dir.join(INDEX_DIR).join(META_FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let meta: IndexMeta = serde_json::from_slice(&raw).map_err(|e| Error::CorruptMetadata {
+        what: format!("{}: {e}", path.display()),
+    })?;
+    Ok(Some(SavedIndexInfo {
+        params: meta.params,
+        dim: meta.dim,
+        seq: meta.seq,
+        count: meta.count,
+        file_bytes: meta.file_len,
+    }))
+}
+
+/// The newest delete sequence a saved index of the store in `store_dir` may still need
+/// to learn from a tombstone: tombstones deleted at or before the returned sequence are
+/// already reflected in the saved index (or no saved index exists that could need them)
+/// and may be purged by compaction.
+///
+/// * a readable `index.json`: its sequence;
+/// * no `index/` directory at all: `u64::MAX` (the next open rebuilds from the keys);
+/// * an `index/` directory whose metadata is missing or unreadable: 0 — a save may have
+///   been interrupted, so nothing is purged.
+pub fn tombstone_horizon(store_dir: &Path) -> u64 {
+    match saved_index_info(store_dir) {
+        Ok(Some(info)) => info.seq,
+        Ok(None) if !store_dir.join(INDEX_DIR).exists() => u64::MAX,
+        _ => 0,
+    }
+}
+
+/// Result of checking a saved index against its store ([`ExpertIndex::check_saved`]).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct IndexCheck {
+    /// The saved index's own description, when there is one.
+    pub saved: Option<SavedIndexInfo>,
+    /// Why the saved index cannot be loaded (it would be rebuilt on the next open).
+    pub unusable: Option<String>,
+    /// Store changes replayed on top of the saved index (the normal catch-up).
+    pub replayed: usize,
+    /// Keys in the index after the replay.
+    pub indexed: usize,
+    /// Live experts the index (after replay) does not hold.
+    pub missing: Vec<u64>,
+    /// Ids the index (after replay) holds that are not live experts.
+    pub stale: Vec<u64>,
 }
 
 fn file_crc(path: &Path) -> Result<(u64, u32)> {
@@ -213,6 +321,7 @@ impl ExpertIndex {
             }
             None => (Self::rebuild(&store, dim, &params)?, OpenedFrom::Rebuilt),
         };
+        let generation = read_meta(&dir).map_or(0, |m| m.generation);
         let me = ExpertIndex {
             store,
             index,
@@ -221,6 +330,7 @@ impl ExpertIndex {
             apply: RwLock::new(()),
             dirty: AtomicBool::new(true),
             opened_from,
+            generation: AtomicU64::new(generation),
         };
         if me.opened_from != (OpenedFrom::Loaded { applied: 0 }) {
             me.save()?;
@@ -245,7 +355,7 @@ impl ExpertIndex {
             tracing::info!("saved index has another format or parameters; rebuilding");
             return Ok(None);
         }
-        let path = dir.join(data_file(meta.params.kind));
+        let path = meta.data_path(dir)?;
         let (len, crc) = file_crc(&path)?;
         if (len, crc) != (meta.file_len, meta.file_crc32c) {
             return Err(Error::CorruptMetadata {
@@ -302,6 +412,65 @@ impl ExpertIndex {
         Ok(index)
     }
 
+    /// Loads the saved index of `store` into memory, replays the store's changes after
+    /// its sequence exactly as an open would, and compares the result with the live
+    /// experts. Nothing is written: the saved index is checked, not repaired.
+    pub fn check_saved(store: &Store) -> Result<IndexCheck> {
+        let dir = store.dir().join(INDEX_DIR);
+        let mut check = IndexCheck {
+            saved: saved_index_info(store.dir())?,
+            ..Default::default()
+        };
+        let Some(info) = &check.saved else {
+            return Ok(check);
+        };
+        let dim = store.config().key_dim as usize;
+        let (index, seq) = match Self::try_load(&dir, dim, &info.params) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                check.unusable = Some(format!(
+                    "saved index has dimension {} or a format this build does not read",
+                    info.dim
+                ));
+                return Ok(check);
+            }
+            Err(e) => {
+                check.unusable = Some(e.to_string());
+                return Ok(check);
+            }
+        };
+        let replayed = std::cell::Cell::new(0usize);
+        let seen = store.changes_since(
+            seq,
+            |id, key| {
+                replayed.set(replayed.get() + 1);
+                index.add(id, &to_f32(key))
+            },
+            |id| {
+                replayed.set(replayed.get() + 1);
+                index.remove(id).map(|_| ())
+            },
+        )?;
+        check.replayed = replayed.get();
+        check.indexed = index.len();
+        let snap = store.snapshot();
+        if snap.seq() != seen {
+            return Err(Error::InvalidArgument {
+                name: "store",
+                reason: "the store changed while its index was being checked".into(),
+            });
+        }
+        check.missing = snap.ids().filter(|&id| !index.contains(id)).collect();
+        let present = snap.len() as usize - check.missing.len();
+        if index.len() > present {
+            // Only ids below the store's next id can have been indexed.
+            check.stale = (1..store.next_id())
+                .filter(|&id| !snap.contains(id) && index.contains(id))
+                .collect();
+        }
+        Ok(check)
+    }
+
     /// How the index was obtained on open.
     pub fn opened_from(&self) -> OpenedFrom {
         self.opened_from
@@ -325,6 +494,11 @@ impl ExpertIndex {
     /// Whether nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
+    }
+
+    /// Whether `id` is in the index (whether or not it is live in the store).
+    pub fn contains(&self, id: u64) -> bool {
+        self.index.contains(id)
     }
 
     /// Approximate memory held by the index.
@@ -389,14 +563,17 @@ impl ExpertIndex {
         Ok(all)
     }
 
-    /// Writes the index and the store sequence it covers, atomically (temp file, fsync,
-    /// rename, fsync of the directory).
+    /// Writes the index and the store sequence it covers, atomically: the data goes to a
+    /// new file (fsynced), then `index.json` is replaced by one rename (temp file, fsync,
+    /// rename, fsync of the directory), and only then are older data files removed. A
+    /// crash at any point leaves a consistent pair: the old one or the new one.
     pub fn save(&self) -> Result<()> {
         let _g = self.apply.write();
         let seq = self.store.seq();
-        let name = data_file(self.params.kind);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let name = data_file(self.params.kind, generation);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let path = self.dir.join(name);
+        let path = self.dir.join(&name);
         self.index.save(&tmp)?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
@@ -409,6 +586,8 @@ impl ExpertIndex {
             dim: self.index.dim(),
             seq,
             count: self.index.len(),
+            file: Some(name.clone()),
+            generation,
             file_len,
             file_crc32c,
         };
@@ -428,8 +607,26 @@ impl ExpertIndex {
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io(&self.dir, e))?;
         self.dirty.store(false, Ordering::Release);
+        self.remove_old_data_files(&name);
         tracing::debug!(seq, len = meta.count, "index saved");
         Ok(())
+    }
+
+    /// Deletes data files other than `current` (earlier saves, leftovers of interrupted
+    /// ones). Failing to delete one only wastes space.
+    fn remove_old_data_files(&self, current: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with("keys.") && name != current {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = name, error = %e, "could not remove an old index file");
+                }
+            }
+        }
     }
 }
 

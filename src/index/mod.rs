@@ -10,7 +10,10 @@ mod expert_index;
 mod flat;
 mod hnsw;
 
-pub use expert_index::{ExpertIndex, IndexKind, IndexParams, OpenedFrom, Quantization};
+pub use expert_index::{
+    saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind, IndexParams,
+    OpenedFrom, Quantization, SavedIndexInfo,
+};
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
 

@@ -122,33 +122,54 @@ impl StoreConfig {
     /// Compares an explicitly given config with the stored one, naming the first
     /// differing field.
     pub(crate) fn check_matches(&self, given: &StoreConfig) -> Result<()> {
+        match self.first_difference(given, true) {
+            None => Ok(()),
+            Some((field, stored, given)) => Err(Error::ConfigMismatch {
+                field,
+                stored,
+                given,
+            }),
+        }
+    }
+
+    /// The first field in which experts of `self` and `other` differ, as
+    /// `(field, self's value, other's value)`; `None` when experts of one fit a store of
+    /// the other. `shard_size` is a storage choice of each store, not part of an
+    /// expert's identity, so it is ignored (archives move experts between stores).
+    pub fn expert_difference(&self, other: &StoreConfig) -> Option<(&'static str, String, String)> {
+        self.first_difference(other, false)
+    }
+
+    fn first_difference(
+        &self,
+        other: &StoreConfig,
+        with_storage: bool,
+    ) -> Option<(&'static str, String, String)> {
         fn cmp<T: PartialEq + std::fmt::Debug>(
             field: &'static str,
-            stored: &T,
-            given: &T,
-        ) -> Result<()> {
-            if stored == given {
-                Ok(())
-            } else {
-                Err(Error::ConfigMismatch {
-                    field,
-                    stored: format!("{stored:?}"),
-                    given: format!("{given:?}"),
-                })
-            }
+            a: &T,
+            b: &T,
+        ) -> Option<(&'static str, String, String)> {
+            (a != b).then(|| (field, format!("{a:?}"), format!("{b:?}")))
         }
-        cmp("d_model", &self.d_model, &given.d_model)?;
-        cmp("key_dim", &self.key_dim, &given.key_dim)?;
-        cmp("rank", &self.rank, &given.rank)?;
-        cmp("layers", &self.layers, &given.layers)?;
-        cmp("query_layer", &self.query_layer, &given.query_layer)?;
-        cmp("dtype", &self.dtype, &given.dtype)?;
-        cmp(
-            "backbone_digest",
-            &self.backbone_digest,
-            &given.backbone_digest,
-        )?;
-        cmp("shard_size", &self.shard_size, &given.shard_size)
+        cmp("d_model", &self.d_model, &other.d_model)
+            .or_else(|| cmp("key_dim", &self.key_dim, &other.key_dim))
+            .or_else(|| cmp("rank", &self.rank, &other.rank))
+            .or_else(|| cmp("layers", &self.layers, &other.layers))
+            .or_else(|| cmp("query_layer", &self.query_layer, &other.query_layer))
+            .or_else(|| cmp("dtype", &self.dtype, &other.dtype))
+            .or_else(|| {
+                cmp(
+                    "backbone_digest",
+                    &self.backbone_digest,
+                    &other.backbone_digest,
+                )
+            })
+            .or_else(|| {
+                with_storage
+                    .then(|| cmp("shard_size", &self.shard_size, &other.shard_size))
+                    .flatten()
+            })
     }
 }
 
@@ -185,5 +206,12 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         assert!(a.check_matches(&a.clone()).is_ok());
+        let c = a.clone().with_shard_size(1 << 20);
+        assert!(a.check_matches(&c).is_err());
+        assert_eq!(a.expert_difference(&c), None);
+        assert_eq!(
+            a.expert_difference(&b).map(|d| d.0),
+            Some("backbone_digest")
+        );
     }
 }

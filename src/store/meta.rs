@@ -132,6 +132,12 @@ impl LocValue {
     }
 }
 
+/// Shard id a tombstone points at once compaction has reclaimed the deleted expert's
+/// bytes. Shard ids start at 1, so 0 never names a file. Such a tombstone is kept only
+/// while a saved index may still need it to learn of the delete (its sequence is newer
+/// than the saved index's), and purged by a later compaction.
+pub(crate) const RECLAIMED_SHARD: u32 = 0;
+
 /// A tombstone: where a deleted expert's bytes still lie, and when it was deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DeadValue {
@@ -140,6 +146,11 @@ pub(crate) struct DeadValue {
 }
 
 impl DeadValue {
+    /// Whether compaction has already reclaimed the bytes (only the delete is recorded).
+    pub(crate) fn reclaimed(&self) -> bool {
+        self.loc.shard == RECLAIMED_SHARD
+    }
+
     pub(crate) fn encode(&self) -> [u8; 17] {
         LocValue {
             loc: self.loc,

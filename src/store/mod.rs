@@ -12,8 +12,10 @@
 //! they reference alive, so deletes and compaction never pull bytes from under a reader.
 
 mod commit;
+mod compact;
 mod config;
 mod expert;
+mod inspect;
 mod layout;
 mod loc_table;
 mod meta;
@@ -33,12 +35,14 @@ use half::f16;
 use parking_lot::Mutex;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+pub use compact::{plan_compaction, CompactionPlan, CompactionPolicy, CompactionReport};
 pub use config::{StoreConfig, WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE};
 pub use expert::{AdapterPair, ExpertMeta, ExpertRef, NewExpert, Provenance};
+pub use inspect::{RecordInfo, RecordState};
 pub use layout::RecordLayout;
 pub use loc_table::Loc;
 pub use meta::{ShardState, STORE_FORMAT_VERSION};
-pub use shard::{read_header, ShardHeader, SHARD_FORMAT_VERSION};
+pub use shard::{read_header, RecordHeader, ShardHeader, SHARD_FORMAT_VERSION};
 pub use usage::UsageAccumulator;
 
 use commit::{GroupCommit, Op, Slot};
@@ -201,6 +205,9 @@ pub struct StoreStats {
     pub live: u64,
     /// Deleted experts whose bytes are not reclaimed yet.
     pub deleted: u64,
+    /// Tombstones whose bytes compaction already reclaimed, kept because a saved index
+    /// may not have seen the delete yet.
+    pub reclaimed_tombstones: u64,
     /// Bytes per record.
     pub record_size: usize,
     /// Each shard.
@@ -247,6 +254,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     group: GroupCommit,
     orphans: Mutex<Vec<OrphanFile>>,
+    /// One compaction at a time (it allocates shards and switches metadata in steps).
+    compacting: Mutex<()>,
     // Held for the lifetime of the store: the advisory lock that keeps a second writer out.
     _lock: File,
 }
@@ -389,6 +398,11 @@ impl Store {
     /// Latest committed sequence number (one per group commit).
     pub fn seq(&self) -> u64 {
         self.state.load().seq
+    }
+
+    /// The id the next inserted expert will get; every id ever assigned is below it.
+    pub fn next_id(&self) -> u64 {
+        self.writer.lock().next_id
     }
 
     /// The live expert with this id, checksum-verified, as a zero-copy handle.
@@ -741,8 +755,9 @@ impl Store {
         read_shard_metas(&self.db)
     }
 
-    /// Tombstones: deleted id → where its bytes lie.
-    fn tombstones(&self) -> Result<BTreeMap<u64, Loc>> {
+    /// Tombstones: deleted id → where its bytes lie (or that they were reclaimed) and
+    /// the deleting sequence.
+    fn tombstones(&self) -> Result<BTreeMap<u64, DeadValue>> {
         let mut out = BTreeMap::new();
         for item in self
             .db
@@ -750,7 +765,7 @@ impl Store {
         {
             let (k, v) = item.map_err(|e| Error::rocks("scanning tombstones", e))?;
             let id = decode_id_key(&k)?;
-            out.insert(id, DeadValue::decode(id, &v)?.loc);
+            out.insert(id, DeadValue::decode(id, &v)?);
         }
         Ok(out)
     }
@@ -835,8 +850,13 @@ impl Store {
             *live_per.entry(loc.shard).or_default() += 1;
         }
         let mut dead_per: BTreeMap<u32, u32> = BTreeMap::new();
-        for loc in dead.values() {
-            *dead_per.entry(loc.shard).or_default() += 1;
+        let mut reclaimed = 0u64;
+        for d in dead.values() {
+            if d.reclaimed() {
+                reclaimed += 1;
+            } else {
+                *dead_per.entry(d.loc.shard).or_default() += 1;
+            }
         }
         let mut shards = Vec::new();
         let mut orphan_slots = 0u64;
@@ -857,7 +877,8 @@ impl Store {
         }
         Ok(StoreStats {
             live: snap.len(),
-            deleted: dead.len() as u64,
+            deleted: dead.len() as u64 - reclaimed,
+            reclaimed_tombstones: reclaimed,
             record_size: self.layout.record_size,
             shards,
             orphan_slots,
@@ -876,7 +897,14 @@ impl Store {
         let mut expected: BTreeMap<(u32, u32), u64> = BTreeMap::new();
         let mut report = VerifyReport::default();
         for (id, loc) in snap.state.locs.iter() {
-            expected.insert((loc.shard, loc.slot), id);
+            if let Some(other) = expected.insert((loc.shard, loc.slot), id) {
+                report.problems.push(Problem {
+                    id: Some(id),
+                    shard: Some(loc.shard),
+                    offset: Some(self.layout.slot_offset(loc.slot)),
+                    detail: format!("expert {other} points at the same record"),
+                });
+            }
             match metas.get(&loc.shard) {
                 Some(m) if loc.slot < m.used_slots => {}
                 _ => report.problems.push(Problem {
@@ -887,8 +915,28 @@ impl Store {
                 }),
             }
         }
-        for (&id, loc) in &dead {
-            expected.insert((loc.shard, loc.slot), id);
+        for (&id, d) in &dead {
+            if d.reclaimed() {
+                continue;
+            }
+            match metas.get(&d.loc.shard) {
+                Some(m) if d.loc.slot < m.used_slots => {
+                    if let Some(other) = expected.insert((d.loc.shard, d.loc.slot), id) {
+                        report.problems.push(Problem {
+                            id: Some(id),
+                            shard: Some(d.loc.shard),
+                            offset: Some(self.layout.slot_offset(d.loc.slot)),
+                            detail: format!("tombstone points at the record of expert {other}"),
+                        });
+                    }
+                }
+                _ => report.problems.push(Problem {
+                    id: Some(id),
+                    shard: Some(d.loc.shard),
+                    offset: Some(self.layout.slot_offset(d.loc.slot)),
+                    detail: "tombstone points outside the shard's committed records".into(),
+                }),
+            }
         }
         let total: u64 = metas.values().map(|m| m.used_slots as u64).sum();
         let pb = crate::progress::bar(total, "verify");
@@ -929,6 +977,15 @@ impl Store {
                         shard: Some(shard_id),
                         offset: Some(offset),
                         detail: format!("record holds expert {} instead", h.id),
+                    }),
+                    // Every committed slot belongs to a live or a deleted expert: commits
+                    // reference all they append, and compaction moves tombstones with
+                    // their records. A slot nobody references is dangling.
+                    (Ok(h), None) => report.problems.push(Problem {
+                        id: Some(h.id),
+                        shard: Some(shard_id),
+                        offset: Some(offset),
+                        detail: "dangling record: no location or tombstone references it".into(),
                     }),
                     _ => {}
                 }
@@ -1186,6 +1243,7 @@ fn open_store(dir: &Path, expected: Option<&StoreConfig>) -> Result<Store> {
         }),
         group: GroupCommit::default(),
         orphans: Mutex::new(orphans),
+        compacting: Mutex::new(()),
         _lock: lock,
     })
 }

@@ -1,19 +1,33 @@
 //! `mome`: the engine's command-line tool (admin and demo).
+//!
+//! Every subcommand opens the store itself (taking its writer lock), prints a human
+//! report or, with `--json`, one JSON object on stdout, and exits non-zero when it
+//! finds a problem or fails. Progress bars go to stderr, only on a terminal.
 
-use std::path::PathBuf;
+mod archive;
+mod compact;
+mod delete;
+mod inspect;
+mod search;
+mod smoke;
+mod stats;
+mod verify;
+
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use half::f16;
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
-use rand::{Rng, SeedableRng};
+use mome::store::Store;
 
 #[derive(Parser)]
 #[command(
     name = "mome",
     version,
-    about = "Memory experts for a frozen transformer: admin and demo tool"
+    about = "Memory experts for a frozen transformer: admin and demo tool",
+    long_about = "Memory experts for a frozen transformer: admin and demo tool.\n\n\
+        Every command takes the store directory with --db, prints a report (or one JSON \
+        object with --json) and exits with status 1 when it finds a problem or fails."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,32 +37,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Store smoke demo: create a store, insert random experts durably, reopen, read them back.
-    Smoke {
-        /// Store directory (created; must not exist or be empty).
-        #[arg(long)]
-        db: PathBuf,
-        /// Number of experts to insert.
-        #[arg(long, default_value_t = 1000)]
-        experts: u64,
-    },
-    /// Store statistics: experts, shards, orphans.
-    Stats {
-        /// Store directory.
-        #[arg(long)]
-        db: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check every record's checksum and metadata ⇄ shard consistency.
-    Verify {
-        /// Store directory.
-        #[arg(long)]
-        db: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Smoke(smoke::Args),
+    /// Store statistics: experts, shards, orphans, index coverage, config, usage.
+    Stats(stats::Args),
+    /// One expert (metadata, provenance, norms, checksum) or one shard's records.
+    Inspect(inspect::Args),
+    /// Check every record's checksum and metadata ⇄ shards ⇄ index consistency.
+    Verify(verify::Args),
+    /// Rewrite sparse shards to reclaim the bytes of deleted experts.
+    #[command(long_about = compact::LONG_ABOUT)]
+    Compact(compact::Args),
+    /// Write every live expert to a portable, checksummed archive.
+    #[command(long_about = archive::EXPORT_LONG_ABOUT)]
+    Export(archive::ExportArgs),
+    /// Insert the experts of an archive (new ids); the index follows.
+    #[command(long_about = archive::IMPORT_LONG_ABOUT)]
+    Import(archive::ImportArgs),
+    /// The experts retrieval selects for a prompt, with cosine scores (stage 1 only).
+    #[command(long_about = search::LONG_ABOUT)]
+    Search(search::Args),
+    /// Delete experts: tombstone in the store, removal from the index.
+    #[command(long_about = delete::LONG_ABOUT)]
+    Delete(delete::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,7 +69,19 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Smoke(a) => smoke::run(a),
+        Cmd::Stats(a) => stats::run(a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Verify(a) => verify::run(a),
+        Cmd::Compact(a) => compact::run(a),
+        Cmd::Export(a) => archive::export(a),
+        Cmd::Import(a) => archive::import(a),
+        Cmd::Search(a) => search::run(a),
+        Cmd::Delete(a) => delete::run(a),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -68,165 +90,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn random_expert(cfg: &StoreConfig, rng: &mut rand::rngs::SmallRng, i: u64) -> NewExpert {
-    let mut fill = |n: usize| -> Vec<f16> {
-        (0..n)
-            .map(|_| f16::from_f32(rng.random_range(-0.05f32..0.05)))
-            .collect()
-    };
-    let mat = (cfg.rank * cfg.d_model) as usize;
-    NewExpert {
-        key: fill(cfg.key_dim as usize),
-        layers: cfg
-            .layers
-            .iter()
-            .map(|_| AdapterPair {
-                a: fill(mat),
-                b: fill(mat),
-            })
-            .collect(),
-        provenance: Provenance::text(format!("smoke expert {i}")),
+/// Opens an existing store, saying which directory failed.
+fn open_store(db: &Path) -> Result<Store> {
+    Store::open(db).with_context(|| format!("opening store {}", db.display()))
+}
+
+/// Success unless `problems` is non-zero.
+fn exit_for(problems: usize) -> ExitCode {
+    if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.cmd {
-        Cmd::Smoke { db, experts } => {
-            // The reference shape: SmolLM2-135M (d_model 576), rank 8, four adapted layers.
-            let cfg = StoreConfig::new(576, 576, 8, vec![8, 12, 16, 20]).with_query_layer(8);
-            let store = Store::create(&db, cfg.clone())
-                .with_context(|| format!("creating store in {}", db.display()))?;
-            let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
-            let t = std::time::Instant::now();
-            let pb = mome::progress::bar(experts, "insert");
-            let mut keys = Vec::new();
-            let mut done = 0;
-            while done < experts {
-                let n = (experts - done).min(64);
-                let batch: Vec<NewExpert> = (done..done + n)
-                    .map(|i| random_expert(&cfg, &mut rng, i))
-                    .collect();
-                let first_key = batch[0].key.clone();
-                let ids = store.insert_batch(batch)?;
-                keys.push((ids[0], first_key));
-                done += n;
-                pb.inc(n);
-            }
-            pb.finish_and_clear();
-            let secs = t.elapsed().as_secs_f64();
-            println!(
-                "inserted {experts} experts durably in {secs:.2}s ({:.0} experts/s, {} bytes each)",
-                experts as f64 / secs,
-                store.layout().record_size
-            );
-            drop(store);
-            let store = Store::open(&db)?;
-            anyhow::ensure!(
-                store.len() == experts,
-                "reopened store has {} experts",
-                store.len()
-            );
-            for (id, key) in &keys {
-                let e = store.get(*id)?;
-                anyhow::ensure!(e.key() == &key[..], "expert {id} read back different bytes");
-            }
-            println!(
-                "reopened {}: {} experts, spot-checked {} byte-identical",
-                db.display(),
-                store.len(),
-                keys.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Stats { db, json } => {
-            let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-            let s = store.stats()?;
-            let orphan_bytes: u64 = s.orphan_files.iter().map(|o| o.bytes).sum();
-            if json {
-                let shards: Vec<_> = s
-                    .shards
-                    .iter()
-                    .map(|sh| {
-                        serde_json::json!({
-                            "id": sh.id, "state": format!("{:?}", sh.state).to_lowercase(),
-                            "used_slots": sh.used_slots, "live": sh.live, "dead": sh.dead,
-                            "bytes": sh.bytes, "live_fraction": sh.live_fraction(),
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "live": s.live, "deleted": s.deleted, "seq": s.seq,
-                        "record_size": s.record_size, "orphan_slots": s.orphan_slots,
-                        "orphan_files": s.orphan_files.len(), "orphan_bytes": orphan_bytes,
-                        "config": store.config(), "shards": shards,
-                    })
-                );
-            } else {
-                println!("store {}", db.display());
-                println!("  config: {:?}", store.config());
-                println!(
-                    "  experts: {} live, {} deleted; seq {}",
-                    s.live, s.deleted, s.seq
-                );
-                println!("  record size: {} bytes", s.record_size);
-                println!(
-                    "  orphans: {} slots, {} files ({} bytes)",
-                    s.orphan_slots,
-                    s.orphan_files.len(),
-                    orphan_bytes
-                );
-                println!("  shard  state   used   live   dead  live%     bytes");
-                for sh in &s.shards {
-                    println!(
-                        "  {:>5}  {:<6} {:>6} {:>6} {:>6} {:>5.1} {:>9}",
-                        sh.id,
-                        format!("{:?}", sh.state).to_lowercase(),
-                        sh.used_slots,
-                        sh.live,
-                        sh.dead,
-                        sh.live_fraction() * 100.0,
-                        sh.bytes
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Verify { db, json } => {
-            let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
-            let r = store.verify()?;
-            if json {
-                let problems: Vec<_> = r
-                    .problems
-                    .iter()
-                    .map(|p| serde_json::json!({"id": p.id, "shard": p.shard, "offset": p.offset, "detail": p.detail}))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"records_checked": r.records_checked, "problems": problems})
-                );
-            } else {
-                for p in &r.problems {
-                    println!(
-                        "PROBLEM expert {} shard {} offset {}: {}",
-                        p.id.map_or("?".into(), |v| v.to_string()),
-                        p.shard.map_or("?".into(), |v| v.to_string()),
-                        p.offset.map_or("?".into(), |v| v.to_string()),
-                        p.detail
-                    );
-                }
-                println!(
-                    "verified {} records: {} problems",
-                    r.records_checked,
-                    r.problems.len()
-                );
-            }
-            Ok(if r.problems.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-    }
+/// `Some(v)` as its value, `None` as `?`.
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".into(), |v| v.to_string())
 }

@@ -1,0 +1,749 @@
+//! Compaction: the live records of sparse sealed shards are copied into new shard files,
+//! the metadata switches to the copies in one synced RocksDB batch, and the old files are
+//! unlinked when the last snapshot or `ExpertRef` holding them drops.
+//!
+//! Two parts. [`plan_compaction`] is the policy: a pure function of per-shard figures
+//! that says which shards to rewrite (and which orphan files to delete). The runner
+//! ([`Store::compact`]) carries a plan out:
+//!
+//! 1. From one snapshot, the live records of the chosen shards are copied, in slot order,
+//!    into new shard files (checksum and expert id of every record re-checked on the
+//!    way; a corrupt record aborts the run and is named in the error). Each new file is
+//!    fsynced, then the directory. No lock is held: readers and writers carry on.
+//! 2. Under the writer lock (so no group commit interleaves): every copied expert that
+//!    is still live at its old location gets its new location, keeping its original
+//!    insertion sequence; an expert deleted while copying keeps its tombstone, moved to
+//!    the copy; the chosen shards leave the `shards` column family and the new ones enter
+//!    it, sealed; tombstones whose bytes are gone are purged or kept as "reclaimed" (see
+//!    below). One synced batch. Then the new in-memory state is published.
+//! 3. The old shards are marked obsolete; `Drop for Shard` unlinks each file when the last
+//!    reader lets go. Orphan files named by the plan are deleted.
+//!
+//! A crash before step 2's batch leaves the new files unreferenced: orphans, deleted by
+//! the next compaction. A crash after it leaves the old files unreferenced: orphans too.
+//! Shard ids are never reused, so an orphan can never be taken for a live shard.
+//!
+//! The active shard is never chosen: it is still being filled, and its dead records are
+//! reclaimed once it is sealed and becomes sparse like any other.
+//!
+//! Tombstones and the index: the saved index (`DIR/index/index.json`) covers the store up
+//! to a sequence `S`, and on open it replays tombstones deleted after `S`. A tombstone
+//! whose bytes compaction reclaims is therefore purged only when its delete is at or
+//! before `S` ([`crate::index::tombstone_horizon`]); otherwise it is kept with the
+//! location [`RECLAIMED_SHARD`] and purged by a later compaction, once the index has been
+//! saved past it. Compaction does not advance the commit sequence: it changes where
+//! bytes lie, not which experts exist.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+
+use super::layout::HEADER_SIZE;
+use super::meta::{
+    id_key, shard_key, DeadValue, LocValue, ShardMeta, CF_DEAD, CF_LOC, CF_META, CF_SHARDS,
+    K_NEXT_SHARD, RECLAIMED_SHARD,
+};
+use super::shard::{check_record, create_shard_file, parse_shard_file_name, Shard, ShardHeader};
+use super::{
+    cf, sync_dir, synced, Loc, OrphanFile, ShardState, ShardStats, State, Store, SHARDS_DIR,
+    SHARD_FORMAT_VERSION,
+};
+use crate::error::{Error, Result};
+
+/// Bytes gathered before one `pwrite` into a new shard.
+const WRITE_CHUNK: usize = 8 << 20;
+
+/// Which shards compaction rewrites. See [`plan_compaction`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct CompactionPolicy {
+    /// A sealed shard whose live records are fewer than this fraction of its committed
+    /// records is rewritten (0.5: at most half of a rewritten shard's bytes are copied).
+    pub min_live_fraction: f64,
+    /// Sealed shards whose live records would fill less than this fraction of a new
+    /// shard are merged together (small shards are left by earlier compactions).
+    pub merge_below_fraction: f64,
+    /// Upper bound on live bytes copied by one run, so that work comes in bounded steps.
+    /// A shard with no live record costs nothing and is always taken; the first shard
+    /// with live records is taken even if it alone exceeds the bound.
+    pub max_rewrite_bytes: u64,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        CompactionPolicy {
+            min_live_fraction: 0.5,
+            merge_below_fraction: 0.25,
+            max_rewrite_bytes: u64::MAX,
+        }
+    }
+}
+
+impl CompactionPolicy {
+    /// Checks that the fractions lie in `[0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("min_live_fraction", self.min_live_fraction),
+            ("merge_below_fraction", self.merge_below_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::InvalidArgument {
+                    name,
+                    reason: format!("must be between 0 and 1, got {v}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one compaction run will do.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CompactionPlan {
+    /// Sealed shards to rewrite, in the order chosen.
+    pub shards: Vec<u32>,
+    /// Live records to copy.
+    pub live_records: u64,
+    /// Committed slots of the chosen shards that are not copied (deleted or unreferenced).
+    pub dropped_records: u64,
+    /// New shard files the copies fill.
+    pub output_shards: u64,
+    /// File bytes of the chosen shards.
+    pub bytes_before: u64,
+    /// File bytes of the new shards.
+    pub bytes_after: u64,
+    /// Unreferenced shard files to delete.
+    pub orphan_files: Vec<OrphanFile>,
+}
+
+impl CompactionPlan {
+    /// Whether the run would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty() && self.orphan_files.is_empty()
+    }
+
+    /// Disk bytes the run frees: rewritten shards' surplus plus orphan files.
+    pub fn reclaimed_bytes(&self) -> u64 {
+        self.bytes_before.saturating_sub(self.bytes_after)
+            + self.orphan_files.iter().map(|o| o.bytes).sum::<u64>()
+    }
+}
+
+/// What a compaction run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct CompactionReport {
+    /// The plan that was carried out.
+    pub plan: CompactionPlan,
+    /// Ids of the shards written.
+    pub new_shards: Vec<u32>,
+    /// Records copied.
+    pub records_copied: u64,
+    /// Copied experts deleted while the copy ran (their copies are dead records now).
+    pub deleted_during_copy: u64,
+    /// Tombstones removed: their bytes are gone and the saved index has seen the delete.
+    pub tombstones_purged: u64,
+    /// Tombstones of reclaimed bytes kept because the saved index has not seen the delete.
+    pub tombstones_kept: u64,
+    /// Orphan files deleted.
+    pub orphans_removed: u64,
+}
+
+/// The compaction policy: which sealed shards to rewrite, given every shard's figures.
+///
+/// * Shards with a live fraction below `min_live_fraction` are chosen, sparsest first.
+/// * Sealed shards whose live records fill less than `merge_below_fraction` of a new
+///   shard (`slots_per_shard`) join when at least two of them exist or another shard is
+///   rewritten anyway, smallest first.
+/// * Live bytes copied stay within `max_rewrite_bytes` (see [`CompactionPolicy`]).
+/// * A choice that frees no dead record and does not reduce the number of shards is
+///   dropped, so that compacting a compacted store does nothing.
+/// * The active shard is never chosen. Every orphan file is deleted.
+pub fn plan_compaction(
+    shards: &[ShardStats],
+    orphans: &[OrphanFile],
+    record_size: usize,
+    slots_per_shard: u32,
+    policy: &CompactionPolicy,
+) -> CompactionPlan {
+    let sealed: Vec<&ShardStats> = shards
+        .iter()
+        .filter(|s| s.state == ShardState::Sealed && s.used_slots > 0)
+        .collect();
+    let mut sparse: Vec<&ShardStats> = sealed
+        .iter()
+        .copied()
+        .filter(|s| s.live_fraction() < policy.min_live_fraction)
+        .collect();
+    sparse.sort_by(|a, b| {
+        a.live_fraction()
+            .total_cmp(&b.live_fraction())
+            .then(a.id.cmp(&b.id))
+    });
+    let small_limit = policy.merge_below_fraction * f64::from(slots_per_shard.max(1));
+    let mut small: Vec<&ShardStats> = sealed
+        .iter()
+        .copied()
+        .filter(|s| {
+            s.live_fraction() >= policy.min_live_fraction && f64::from(s.live) < small_limit
+        })
+        .collect();
+    small.sort_by_key(|s| (s.live, s.id));
+    let mut candidates = sparse;
+    if small.len() >= 2 || !candidates.is_empty() {
+        candidates.extend(small);
+    }
+
+    let mut chosen: Vec<&ShardStats> = Vec::new();
+    let mut cost = 0u64;
+    for s in candidates {
+        let bytes = u64::from(s.live) * record_size as u64;
+        // The first shard with live records is taken whatever its size, so that every run
+        // makes progress.
+        if bytes > 0 && cost > 0 && cost.saturating_add(bytes) > policy.max_rewrite_bytes {
+            continue;
+        }
+        cost = cost.saturating_add(bytes);
+        chosen.push(s);
+    }
+
+    let live: u64 = chosen.iter().map(|s| u64::from(s.live)).sum();
+    let used: u64 = chosen.iter().map(|s| u64::from(s.used_slots)).sum();
+    let output_shards = live.div_ceil(u64::from(slots_per_shard.max(1)));
+    if used == live && output_shards >= chosen.len() as u64 {
+        chosen.clear();
+    }
+    let live: u64 = chosen.iter().map(|s| u64::from(s.live)).sum();
+    let output_shards = live.div_ceil(u64::from(slots_per_shard.max(1)));
+    CompactionPlan {
+        shards: chosen.iter().map(|s| s.id).collect(),
+        live_records: live,
+        dropped_records: chosen
+            .iter()
+            .map(|s| u64::from(s.used_slots - s.live.min(s.used_slots)))
+            .sum(),
+        output_shards,
+        bytes_before: chosen.iter().map(|s| s.bytes).sum(),
+        bytes_after: output_shards * HEADER_SIZE as u64 + live * record_size as u64,
+        orphan_files: orphans.to_vec(),
+    }
+}
+
+/// One copied record.
+struct Moved {
+    id: u64,
+    old: Loc,
+    new: Loc,
+    /// Insertion sequence, kept so that index catch-up does not see the expert as new.
+    seq: u64,
+}
+
+/// A new shard file written by the copy.
+struct NewShard {
+    id: u32,
+    used: u32,
+    shard: Arc<Shard>,
+}
+
+impl Store {
+    /// What [`Store::compact`] would do now with `policy` (nothing is changed).
+    pub fn compaction_plan(&self, policy: &CompactionPolicy) -> Result<CompactionPlan> {
+        policy.validate()?;
+        let stats = self.stats()?;
+        Ok(plan_compaction(
+            &stats.shards,
+            &stats.orphan_files,
+            self.layout.record_size,
+            self.layout.slots_per_shard(self.config.shard_size),
+            policy,
+        ))
+    }
+
+    /// Plans and runs one compaction (see the module documentation of `store::compact`
+    /// in ARCHITECTURE.md §Compaction). Safe while other threads read, search, insert and
+    /// delete; one compaction runs at a time.
+    pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionReport> {
+        let _one = self.compacting.lock();
+        let plan = self.compaction_plan(policy)?;
+        // Even with no shard to rewrite, a run purges the reclaimed tombstones that the
+        // saved index has seen since an earlier run.
+        self.run_compaction(plan)
+    }
+
+    fn run_compaction(&self, plan: CompactionPlan) -> Result<CompactionReport> {
+        let t = std::time::Instant::now();
+        let horizon = crate::index::tombstone_horizon(&self.dir);
+        let base = self.state.load_full();
+        let chosen: BTreeSet<u32> = plan.shards.iter().copied().collect();
+        let metas = self.shard_metas()?;
+        for s in &chosen {
+            if !matches!(metas.get(s), Some(m) if m.state == ShardState::Sealed) {
+                return Err(Error::InvalidArgument {
+                    name: "plan",
+                    reason: format!("shard {s} is not a sealed shard of this store"),
+                });
+            }
+        }
+        let mut sources: Vec<(Loc, u64)> = base
+            .locs
+            .iter()
+            .filter(|(_, l)| chosen.contains(&l.shard))
+            .map(|(id, l)| (l, id))
+            .collect();
+        sources.sort_unstable_by_key(|(l, _)| (l.shard, l.slot));
+
+        let mut created: Vec<PathBuf> = Vec::new();
+        let copied = self.copy_records(&base, &sources, &mut created);
+        let (moved, new_shards) = match copied {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing references the partial copies; remove them now rather than
+                // leave orphans for the next run.
+                for path in &created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        drop(sources);
+
+        let mut report = CompactionReport {
+            new_shards: new_shards.iter().map(|s| s.id).collect(),
+            records_copied: moved.len() as u64,
+            ..Default::default()
+        };
+        let by_id: HashMap<u64, usize> = moved.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        let (cf_loc, cf_dead, cf_shards, cf_meta) = (
+            cf(&self.db, CF_LOC)?,
+            cf(&self.db, CF_DEAD)?,
+            cf(&self.db, CF_SHARDS)?,
+            cf(&self.db, CF_META)?,
+        );
+        let mut batch = WriteBatch::default();
+        // Tombstones that existed when the copy started are settled without the writer
+        // lock; those of experts deleted during the copy (copied ids) are settled under it.
+        for (id, d) in self.tombstones()? {
+            if by_id.contains_key(&id) {
+                continue;
+            }
+            let here = chosen.contains(&d.loc.shard);
+            if !here && !d.reclaimed() {
+                continue;
+            }
+            if d.deleted_seq <= horizon {
+                batch.delete_cf(cf_dead, id_key(id));
+                report.tombstones_purged += 1;
+            } else {
+                if here {
+                    let kept = DeadValue {
+                        loc: Loc {
+                            shard: RECLAIMED_SHARD,
+                            slot: 0,
+                        },
+                        deleted_seq: d.deleted_seq,
+                    };
+                    batch.put_cf(cf_dead, id_key(id), kept.encode());
+                }
+                report.tombstones_kept += 1;
+            }
+        }
+
+        if chosen.is_empty() && batch.is_empty() {
+            report.orphans_removed = self.remove_orphans(&plan.orphan_files)?;
+            report.plan = plan;
+            return Ok(report);
+        }
+        let mut w = self.writer.lock();
+        if let Some(reason) = &w.poisoned {
+            let reason = reason.clone();
+            drop(w);
+            drop(new_shards);
+            for path in &created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(Error::Poisoned { reason });
+        }
+        let cur = self.state.load_full();
+        let mut locs = cur.locs.clone();
+        let mut shards = (*cur.shards).clone();
+        for m in &moved {
+            match cur.locs.get(m.id) {
+                Some(l) if l == m.old => {
+                    locs.set(m.id, Some(m.new));
+                    batch.put_cf(
+                        cf_loc,
+                        id_key(m.id),
+                        LocValue {
+                            loc: m.new,
+                            seq: m.seq,
+                        }
+                        .encode(),
+                    );
+                }
+                None => {
+                    // Deleted while copying: its tombstone names the old record; point it
+                    // at the copy so every slot of the new shard stays accounted for.
+                    if let Some((deleted_seq, _)) = self.tombstone(m.id)? {
+                        let moved_dead = DeadValue {
+                            loc: m.new,
+                            deleted_seq,
+                        };
+                        batch.put_cf(cf_dead, id_key(m.id), moved_dead.encode());
+                    }
+                    report.deleted_during_copy += 1;
+                }
+                Some(other) => {
+                    return Err(Error::CorruptMetadata {
+                        what: format!(
+                            "expert {} moved from shard {} slot {} to shard {} slot {} during compaction",
+                            m.id, m.old.shard, m.old.slot, other.shard, other.slot
+                        ),
+                    });
+                }
+            }
+        }
+        for s in &new_shards {
+            let meta = ShardMeta {
+                used_slots: s.used,
+                state: ShardState::Sealed,
+            };
+            batch.put_cf(cf_shards, shard_key(s.id), meta.encode());
+            shards.insert(s.id, s.shard.clone());
+        }
+        let mut old = Vec::with_capacity(chosen.len());
+        for &s in &chosen {
+            batch.delete_cf(cf_shards, shard_key(s));
+            if let Some(shard) = shards.remove(&s) {
+                old.push(shard);
+            }
+        }
+        batch.put_cf(cf_meta, K_NEXT_SHARD, w.next_shard.to_le_bytes());
+        if let Err(e) = self.db.write_opt(batch, &synced()) {
+            // Whether the batch reached the disk is unknown, so the new files may be
+            // referenced: keep them, and stop writing until a reopen settles it.
+            let e = Error::rocks("committing a compaction", e);
+            w.poisoned = Some(e.to_string());
+            return Err(e);
+        }
+        self.state.store(Arc::new(State {
+            locs,
+            shards: Arc::new(shards),
+            seq: cur.seq,
+        }));
+        drop(w);
+        drop(cur);
+        for shard in &old {
+            shard.obsolete.store(true, Ordering::Release);
+        }
+        drop(old);
+        drop(base);
+
+        report.orphans_removed = self.remove_orphans(&plan.orphan_files)?;
+        tracing::info!(
+            shards = ?plan.shards,
+            new = ?report.new_shards,
+            copied = report.records_copied,
+            seconds = t.elapsed().as_secs_f64(),
+            "compaction finished"
+        );
+        report.plan = plan;
+        Ok(report)
+    }
+
+    /// Copies the records at `sources` (sorted by location) into new shard files.
+    fn copy_records(
+        &self,
+        base: &State,
+        sources: &[(Loc, u64)],
+        created: &mut Vec<PathBuf>,
+    ) -> Result<(Vec<Moved>, Vec<NewShard>)> {
+        let rs = self.layout.record_size;
+        let cap = self.layout.slots_per_shard(self.config.shard_size);
+        let mut moved = Vec::with_capacity(sources.len());
+        let mut new_shards = Vec::new();
+        let pb = crate::progress::bar(sources.len() as u64, "compact");
+        for s in base.shards.values() {
+            s.advise_sequential();
+        }
+        for chunk in sources.chunks(cap as usize) {
+            let shard_id = {
+                let mut w = self.writer.lock();
+                if let Some(reason) = &w.poisoned {
+                    return Err(Error::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+                let id = w.next_shard;
+                w.next_shard += 1;
+                id
+            };
+            let header = ShardHeader {
+                version: SHARD_FORMAT_VERSION,
+                shard_id,
+                layout: self.layout,
+                capacity_slots: cap,
+            };
+            let path = self.shard_path(shard_id);
+            let file = create_shard_file(&path, &header)?;
+            created.push(path.clone());
+            let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK.min(chunk.len() * rs) + rs);
+            let mut flushed = 0u32;
+            for (slot, &(old, id)) in (0u32..).zip(chunk) {
+                let offset = self.layout.slot_offset(old.slot);
+                let corrupt = |reason: String| Error::CorruptRecord {
+                    id,
+                    shard: old.shard,
+                    offset,
+                    reason,
+                };
+                let src = base
+                    .shards
+                    .get(&old.shard)
+                    .ok_or_else(|| corrupt("shard not open".into()))?;
+                let bytes = src
+                    .record_bytes(old.slot)
+                    .ok_or_else(|| corrupt("record outside the mapping".into()))?;
+                let h = check_record(bytes).map_err(corrupt)?;
+                if h.id != id {
+                    return Err(corrupt(format!("record holds expert {}", h.id)));
+                }
+                buf.extend_from_slice(bytes);
+                moved.push(Moved {
+                    id,
+                    old,
+                    new: Loc {
+                        shard: shard_id,
+                        slot,
+                    },
+                    seq: h.seq,
+                });
+                if buf.len() >= WRITE_CHUNK {
+                    file.write_all_at(&buf, self.layout.slot_offset(flushed))
+                        .map_err(|e| Error::io(&path, e))?;
+                    flushed += (buf.len() / rs) as u32;
+                    buf.clear();
+                }
+                pb.inc(1);
+            }
+            if !buf.is_empty() {
+                file.write_all_at(&buf, self.layout.slot_offset(flushed))
+                    .map_err(|e| Error::io(&path, e))?;
+            }
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+            let shard = Shard::map(&file, path, &header)?;
+            new_shards.push(NewShard {
+                id: shard_id,
+                used: chunk.len() as u32,
+                shard: Arc::new(shard),
+            });
+        }
+        pb.finish_and_clear();
+        if !new_shards.is_empty() {
+            sync_dir(&self.dir.join(SHARDS_DIR))?;
+        }
+        Ok((moved, new_shards))
+    }
+
+    /// Deletes the given orphan files (those still known as orphans). A file whose shard
+    /// id is open is never deleted, whatever the list says.
+    fn remove_orphans(&self, files: &[OrphanFile]) -> Result<u64> {
+        if files.is_empty() {
+            return Ok(0);
+        }
+        let open = self.state.load_full();
+        let mut removed = 0u64;
+        let mut orphans = self.orphans.lock();
+        orphans.retain(|o| {
+            if !files.contains(o) {
+                return true;
+            }
+            let id = o
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_shard_file_name);
+            if id.is_none_or(|id| open.shards.contains_key(&id)) {
+                tracing::error!(path = %o.path.display(), "refusing to delete an orphan that names an open shard");
+                return true;
+            }
+            match std::fs::remove_file(&o.path) {
+                Ok(()) => {
+                    removed += 1;
+                    false
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    tracing::warn!(path = %o.path.display(), error = %e, "could not delete orphan shard file");
+                    true
+                }
+            }
+        });
+        drop(orphans);
+        if removed > 0 {
+            sync_dir(&self.dir.join(SHARDS_DIR))?;
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: u32, state: ShardState, used: u32, live: u32) -> ShardStats {
+        ShardStats {
+            id,
+            state,
+            used_slots: used,
+            capacity_slots: 100,
+            live,
+            dead: used - live,
+            bytes: HEADER_SIZE as u64 + u64::from(used) * 1000,
+        }
+    }
+
+    fn sealed(id: u32, used: u32, live: u32) -> ShardStats {
+        shard(id, ShardState::Sealed, used, live)
+    }
+
+    fn plan(shards: &[ShardStats], policy: &CompactionPolicy) -> CompactionPlan {
+        plan_compaction(shards, &[], 1000, 100, policy)
+    }
+
+    /// The shard figures after carrying `p` out (new shards full but the last, sealed).
+    fn apply(shards: &[ShardStats], p: &CompactionPlan) -> Vec<ShardStats> {
+        let mut out: Vec<ShardStats> = shards
+            .iter()
+            .filter(|s| !p.shards.contains(&s.id))
+            .cloned()
+            .collect();
+        let mut left = p.live_records as u32;
+        let mut id = shards.iter().map(|s| s.id).max().unwrap_or(0) + 1;
+        while left > 0 {
+            let n = left.min(100);
+            out.push(sealed(id, n, n));
+            left -= n;
+            id += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn full_shards_and_the_active_shard_are_left_alone() {
+        let shards = vec![
+            sealed(1, 100, 100),
+            sealed(2, 100, 90),
+            shard(3, ShardState::Active, 40, 0),
+        ];
+        let p = plan(&shards, &CompactionPolicy::default());
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn sparse_shards_are_chosen_sparsest_first() {
+        let shards = vec![
+            sealed(1, 100, 40),
+            sealed(2, 100, 10),
+            sealed(3, 100, 50), // exactly at the threshold: kept
+            sealed(4, 100, 0),
+        ];
+        let p = plan(&shards, &CompactionPolicy::default());
+        assert_eq!(p.shards, vec![4, 2, 1]);
+        assert_eq!(p.live_records, 50);
+        assert_eq!(p.dropped_records, 250);
+        assert_eq!(p.output_shards, 1);
+        assert_eq!(p.bytes_before, 3 * (HEADER_SIZE as u64 + 100_000));
+        assert_eq!(p.bytes_after, HEADER_SIZE as u64 + 50_000);
+        assert!(p.reclaimed_bytes() > 0);
+    }
+
+    #[test]
+    fn small_shards_merge_only_in_company() {
+        let policy = CompactionPolicy::default();
+        // One small, fully live shard alone: rewriting it would change nothing.
+        assert!(plan(&[sealed(1, 100, 100), sealed(2, 10, 10)], &policy).is_empty());
+        // Two merge into one.
+        let p = plan(&[sealed(1, 10, 10), sealed(2, 20, 20)], &policy);
+        assert_eq!(p.shards, vec![1, 2]);
+        assert_eq!(p.output_shards, 1);
+        // One small shard joins a sparse shard that is rewritten anyway.
+        let p = plan(&[sealed(1, 100, 30), sealed(2, 20, 20)], &policy);
+        assert_eq!(p.shards, vec![1, 2]);
+        assert_eq!(p.output_shards, 1);
+    }
+
+    #[test]
+    fn the_byte_budget_bounds_a_run_but_empty_shards_are_free() {
+        let mut policy = CompactionPolicy {
+            max_rewrite_bytes: 25_000,
+            ..Default::default()
+        };
+        let shards = vec![sealed(1, 100, 20), sealed(2, 100, 10), sealed(3, 100, 0)];
+        let p = plan(&shards, &policy);
+        // Sparsest first: 3 (free), 2 (10 records), then 1 would exceed the budget.
+        assert_eq!(p.shards, vec![3, 2]);
+        policy.max_rewrite_bytes = 0;
+        let p = plan(&shards, &policy);
+        // The first shard with live records is taken even past the budget: progress.
+        assert_eq!(p.shards, vec![3, 2]);
+    }
+
+    #[test]
+    fn compacting_a_compacted_store_does_nothing() {
+        let policy = CompactionPolicy::default();
+        let mut shards = vec![
+            sealed(1, 100, 5),
+            sealed(2, 100, 49),
+            sealed(3, 100, 100),
+            sealed(4, 100, 30),
+            sealed(5, 12, 12),
+            sealed(6, 100, 70),
+            shard(7, ShardState::Active, 3, 1),
+        ];
+        for round in 0..3 {
+            let p = plan(&shards, &policy);
+            if round > 0 {
+                assert!(p.is_empty(), "round {round}: {p:?}");
+            } else {
+                assert!(!p.is_empty());
+                let before: u32 = shards.iter().map(|s| s.live).sum();
+                shards = apply(&shards, &p);
+                assert_eq!(shards.iter().map(|s| s.live).sum::<u32>(), before);
+            }
+        }
+    }
+
+    #[test]
+    fn orphans_are_always_deleted_and_policy_is_checked() {
+        let orphan = OrphanFile {
+            path: PathBuf::from("shards/00000009.shard"),
+            bytes: 4096,
+        };
+        let p = plan_compaction(
+            &[sealed(1, 100, 100)],
+            std::slice::from_ref(&orphan),
+            1000,
+            100,
+            &CompactionPolicy::default(),
+        );
+        assert!(p.shards.is_empty());
+        assert_eq!(p.orphan_files, vec![orphan]);
+        assert_eq!(p.reclaimed_bytes(), 4096);
+        let bad = CompactionPolicy {
+            min_live_fraction: 1.5,
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(Error::InvalidArgument {
+                name: "min_live_fraction",
+                ..
+            })
+        ));
+    }
+}
