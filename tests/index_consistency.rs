@@ -290,3 +290,29 @@ fn bad_queries_are_typed_errors() {
         Err(Error::DimMismatch { .. })
     ));
 }
+
+#[test]
+fn parallel_adds_leave_no_unreachable_expert() {
+    // usearch's concurrent inserts can strand a node no search reaches; add_reachable
+    // re-inserts those. Every key must find itself, build after build.
+    use mome::index::{add_reachable, HnswIndex};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let items: Vec<(u64, Vec<f32>)> = (0..500u64)
+        .map(|i| {
+            (
+                i + 1,
+                (0..32).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+            )
+        })
+        .collect();
+    for _ in 0..20 {
+        let idx = HnswIndex::new(32, &exact_hnsw()).unwrap();
+        add_reachable(&idx, &items).unwrap();
+        for (id, key) in &items {
+            assert!(
+                idx.search(key, 10).unwrap().iter().any(|h| h.id == *id),
+                "expert {id} unreachable"
+            );
+        }
+    }
+}

@@ -115,6 +115,10 @@ impl KeyIndex for FlatIndex {
         Ok(())
     }
 
+    fn is_exact(&self) -> bool {
+        true
+    }
+
     fn remove(&self, id: u64) -> Result<bool> {
         let mut g = self.inner.write();
         let Some(p) = g.pos.remove(&id) else {

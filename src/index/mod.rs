@@ -11,8 +11,8 @@ mod flat;
 mod hnsw;
 
 pub use expert_index::{
-    saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind, IndexParams,
-    OpenedFrom, Quantization, SavedIndexInfo,
+    add_reachable, saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind,
+    IndexParams, OpenedFrom, Quantization, SavedIndexInfo,
 };
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
@@ -62,6 +62,10 @@ pub trait KeyIndex: Send + Sync {
             .chunks_exact(dim)
             .map(|q| self.search(q, k))
             .collect()
+    }
+    /// Whether searches are exact (no reachability to check after adds).
+    fn is_exact(&self) -> bool {
+        false
     }
     /// Serialises the index to `path`.
     fn save(&self, path: &std::path::Path) -> Result<()>;
