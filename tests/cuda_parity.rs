@@ -42,6 +42,24 @@ fn gpu(test: &str) -> Option<&'static CudaFusedApply> {
     }
 }
 
+/// Reports the device (or why there is none). tools/gpu-check.sh runs it first, alone,
+/// with `MOME_REQUIRE_GPU=1`, to fail fast on a machine without a GPU.
+#[test]
+fn probe_device() {
+    let Some(rt) = gpu("probe_device") else {
+        return;
+    };
+    let info = rt.info();
+    println!("device: {info}");
+    println!("limits: {:?}", info.limits);
+    println!(
+        "peak bandwidth: attributes {:?} B/s, table {:?}",
+        info.peak_bandwidth_attr(),
+        info.peak_bandwidth_table()
+    );
+    assert!(info.limits.sm_count > 0);
+}
+
 #[derive(Debug, Clone)]
 struct Case {
     tokens: usize,

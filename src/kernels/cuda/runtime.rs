@@ -613,6 +613,8 @@ impl CudaFusedApply {
 
     /// The whole operator on CPU tensors: upload, launch, download. Same contract as
     /// [`super::super::fused_apply_with`] (returns the selection when `record`).
+    // The arguments of `fused_apply_with`, plus the receiver.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply_host(
         &self,
         h: &Tensor,
