@@ -83,8 +83,9 @@ pub enum CudaError {
         /// What is wrong.
         what: String,
     },
-    /// A lease or layer does not belong to this cache.
-    #[error("device expert cache: {0}")]
+    /// Device buffers that do not belong together (a lease of another cache, a layer
+    /// out of range, inputs uploaded without the penalty the parameters name).
+    #[error("CUDA path: {0}")]
     BadLease(String),
 }
 

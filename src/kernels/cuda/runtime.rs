@@ -516,7 +516,8 @@ impl CudaFusedApply {
 
     /// Enqueues one launch: `inputs.out += Σ w · B (A h̃)` per the selection, optionally
     /// recording the selection. Asynchronous; returns the plan used. Calls without
-    /// tokens, candidates or slots do nothing.
+    /// tokens, candidates or slots do nothing. The penalty used is the one `inputs` was
+    /// uploaded with (`params.penalty` must be present exactly when it is).
     pub fn launch(
         &self,
         inputs: &mut DeviceInputs,
@@ -532,6 +533,22 @@ impl CudaFusedApply {
                 "device adapters [d_model, K]",
                 &[adapters.d_model, adapters.candidates],
             ));
+        }
+        if params.penalty.is_some() != inputs.penalty.is_some() {
+            return Err(CudaError::BadLease(format!(
+                "the selection parameters {} a penalty but the device inputs were uploaded {} one",
+                if params.penalty.is_some() {
+                    "have"
+                } else {
+                    "have no"
+                },
+                if inputs.penalty.is_some() {
+                    "with"
+                } else {
+                    "without"
+                },
+            ))
+            .into());
         }
         let slots = params.slots(inputs.candidates);
         if inputs.tokens == 0 || slots == 0 || inputs.d_model == 0 {
