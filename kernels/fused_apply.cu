@@ -69,11 +69,16 @@ struct Params {
     int off_misc;
 };
 
+#ifdef MOME_EMULATE
+// tools/kernel-emu: the kernel compiled as C++ on the CPU (see cuda_emu.h there).
+__device__ __forceinline__ float h2f(f16raw h) { return mome_emu_h2f(h); }
+#else
 __device__ __forceinline__ float h2f(f16raw h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+#endif
 
 __device__ __forceinline__ float lo_f(unsigned int w) { return h2f((f16raw)(w & 0xffffu)); }
 __device__ __forceinline__ float hi_f(unsigned int w) { return h2f((f16raw)(w >> 16)); }
@@ -126,7 +131,11 @@ __device__ __forceinline__ void fused_apply(
     const u64* __restrict__ b_ptr, int* __restrict__ err, int* __restrict__ rec_count,
     int* __restrict__ rec_idx, float* __restrict__ rec_score,
     float* __restrict__ rec_weight) {
+#ifdef MOME_EMULATE
+    float4* smem4 = mome_emu_smem();
+#else
     extern __shared__ float4 smem4[];
+#endif
     float* sm = reinterpret_cast<float*>(smem4);
     int* smi = reinterpret_cast<int*>(smem4);
 

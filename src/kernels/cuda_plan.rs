@@ -557,6 +557,62 @@ mod tests {
         }
     }
 
+    /// The same offsets are asserted by the C++ port of this layout in
+    /// tools/kernel-emu/main.cpp, which runs the kernel on the CPU.
+    #[test]
+    fn layout_matches_the_emulator_fixture() {
+        let offsets = |l: SmemLayout| {
+            [
+                l.qs,
+                l.scores,
+                l.hn,
+                l.delta,
+                l.zpart,
+                l.z,
+                l.qinv,
+                l.cnt,
+                l.touched,
+                l.sel_idx,
+                l.sel_w,
+                l.sel_sc,
+                l.ecount,
+                l.eoff,
+                l.used,
+                l.users_tok,
+                l.users_w,
+                l.misc,
+                l.words,
+            ]
+        };
+        let p = |d, kd, k, rank, slots| CudaPlanInput {
+            tokens: 100,
+            d_model: d,
+            key_dim: kd,
+            candidates: k,
+            rank,
+            slots,
+            key_elem_bytes: 4,
+        };
+        let a = p(200, 16, 24, 8, 4);
+        assert_eq!(shrink_split(200, 8).0, 1);
+        assert_eq!(
+            offsets(smem_layout(5, &a, 1).unwrap()),
+            [
+                0, 80, 0, 1000, 2000, 2040, 2080, 2088, 2096, 2104, 2124, 2144, 2164, 2188, 2212,
+                2236, 2256, 2276, 2280
+            ]
+        );
+        let b = p(301, 40, 37, 1, 9);
+        assert_eq!(shrink_split(301, 1), (3, 128));
+        assert_eq!(
+            offsets(smem_layout(3, &b, 3).unwrap()),
+            [
+                0, 120, 0, 904, 1808, 1820, 1824, 1828, 1832, 1836, 1864, 1892, 1920, 1960, 2000,
+                2040, 2068, 2096, 2100
+            ]
+        );
+    }
+
     #[test]
     fn shrink_split_keeps_warps_busy() {
         assert_eq!(shrink_split(576, 8), (1, 640));

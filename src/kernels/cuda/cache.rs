@@ -262,7 +262,7 @@ impl DeviceExpertCache {
         let i = self.next_staging % self.staging.len().max(1);
         self.next_staging = self.next_staging.wrapping_add(1);
         let Some(stage) = self.staging.get_mut(i) else {
-            return Err(CudaError::BadLease("no staging buffer".into()));
+            return Err(CudaError::Invalid("no staging buffer".into()));
         };
         // Waits until the previous copy out of this staging buffer has finished.
         stage
@@ -273,7 +273,7 @@ impl DeviceExpertCache {
         let mut dst = self
             .pool
             .try_slice_mut(range)
-            .ok_or_else(|| CudaError::BadLease(format!("slot {slot} outside the pool")))?;
+            .ok_or_else(|| CudaError::Invalid(format!("slot {slot} outside the pool")))?;
         self.copy_stream
             .memcpy_htod(&*stage, &mut dst)
             .map_err(drv("cuMemcpyHtoDAsync"))?;
@@ -290,10 +290,10 @@ impl DeviceExpertCache {
         layer: usize,
     ) -> Result<DeviceAdapters, CudaError> {
         if lease.cache_id != self.cache_id {
-            return Err(CudaError::BadLease("lease of another cache".into()));
+            return Err(CudaError::Invalid("lease of another cache".into()));
         }
         if layer >= self.layout.layers {
-            return Err(CudaError::BadLease(format!(
+            return Err(CudaError::Invalid(format!(
                 "layer {layer} of {} adapted layers",
                 self.layout.layers
             )));

@@ -83,10 +83,11 @@ pub enum CudaError {
         /// What is wrong.
         what: String,
     },
-    /// Device buffers that do not belong together (a lease of another cache, a layer
-    /// out of range, inputs uploaded without the penalty the parameters name).
+    /// Inputs the CUDA path cannot take: buffers that do not belong together (a lease
+    /// of another cache, a layer out of range, inputs uploaded without the penalty the
+    /// parameters name) or a call without tokens, width or candidates.
     #[error("CUDA path: {0}")]
-    BadLease(String),
+    Invalid(String),
 }
 
 /// Whether the CUDA path is usable in this process, and on which device: `Ok` with the

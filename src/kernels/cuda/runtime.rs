@@ -535,7 +535,7 @@ impl CudaFusedApply {
             ));
         }
         if params.penalty.is_some() != inputs.penalty.is_some() {
-            return Err(CudaError::BadLease(format!(
+            return Err(CudaError::Invalid(format!(
                 "the selection parameters {} a penalty but the device inputs were uploaded {} one",
                 if params.penalty.is_some() {
                     "have"
@@ -629,7 +629,8 @@ impl CudaFusedApply {
     }
 
     /// The whole operator on CPU tensors: upload, launch, download. Same contract as
-    /// [`super::super::fused_apply_with`] (returns the selection when `record`).
+    /// [`super::super::fused_apply_with`] (returns the selection when `record`), for
+    /// calls with at least one token, one candidate and `d_model ≥ 1`.
     // The arguments of `fused_apply_with`, plus the receiver.
     #[allow(clippy::too_many_arguments)]
     pub fn apply_host(
@@ -645,6 +646,14 @@ impl CudaFusedApply {
         let dims = check_activations(h, h_norm, q, keys)?;
         check_weights(&dims, keys.dims(), h.dims(), weights)?;
         params.validate(dims.candidates)?;
+        if dims.tokens == 0 || dims.d_model == 0 || params.slots(dims.candidates) == 0 {
+            return Err(CudaError::Invalid(format!(
+                "the CUDA kernel needs T ≥ 1, d_model ≥ 1 and K ≥ 1 (got {}, {}, {}); \
+                 fused_apply runs such calls on the CPU",
+                dims.tokens, dims.d_model, dims.candidates
+            ))
+            .into());
+        }
         let mut inputs = DeviceInputs::upload(self, h, h_norm, q, keys, params.penalty.as_deref())?;
         let adapters = DeviceAdapters::upload(self, weights)?;
         let slots = params.slots(dims.candidates);
