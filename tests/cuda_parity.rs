@@ -51,6 +51,8 @@ fn probe_device() {
     };
     let info = rt.info();
     println!("device: {info}");
+    let (driver, nvrtc) = mome::kernels::cuda::runtime::library_versions();
+    println!("libraries: driver API {driver:?}, NVRTC {nvrtc:?}");
     println!("limits: {:?}", info.limits);
     println!(
         "peak bandwidth: attributes {:?} B/s, table {:?}",

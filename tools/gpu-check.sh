@@ -37,7 +37,11 @@ done
 for f in "$CARRY"/lib/*.gz; do
     [ -e "$f" ] && gzip -dc "$f" >"$WORK/lib/$(basename "$f" .gz)"
 done
-if [ ! -e "$WORK/lib/libnvrtc.so.12" ]; then
+if [ -e "$WORK/lib/libnvrtc.so.12" ]; then
+    # cudarc tries `libnvrtc.so` first: make that name ours too, so a CUDA image's own
+    # (unversioned) libnvrtc.so cannot win the search.
+    ln -sf libnvrtc.so.12 "$WORK/lib/libnvrtc.so"
+else
     # No NVRTC carried: use the machine's (a CUDA 13 image has libnvrtc.so.13, which
     # cudarc's 12.x loader does not look for) under the name it does look for.
     sys_nvrtc=$( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libnvrtc\.so\.1[0-9]*$'; \
@@ -84,7 +88,7 @@ if ! step probe 60 "$OUT/probe.log" "$WORK/bin/cuda_parity" --exact probe_device
     say "FAIL: no GPU — ${reason:-see probe.log}"
     exit 3
 fi
-grep -E '^(device|limits|peak)' "$OUT/probe.log" | tee -a "$OUT/summary.txt"
+grep -E '^(device|libraries|limits|peak)' "$OUT/probe.log" | tee -a "$OUT/summary.txt"
 
 # 2. Parity of the CUDA path (one test at a time: they share one stream).
 step cuda_parity 180 "$OUT/cuda_parity.log" "$WORK/bin/cuda_parity" --test-threads=1 || fail=1

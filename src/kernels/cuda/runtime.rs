@@ -486,6 +486,7 @@ impl CudaFusedApply {
             .load_function(&name)
             .map_err(drv("cuModuleGetFunction"))?;
         let max_smem = i32::try_from(self.info.limits.smem_per_block_optin).unwrap_or(i32::MAX);
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: `f` is a live function of a module this context just loaded; the
         // attribute and value are valid for any kernel (the opt-in maximum the device
         // reports).
@@ -682,6 +683,30 @@ impl CudaFusedApply {
     }
 }
 
+/// Versions of the loaded libraries: (driver API version, e.g. 13000 for 13.0; NVRTC
+/// (major, minor)). `None` where the library is missing.
+pub fn library_versions() -> (Option<i32>, Option<(i32, i32)>) {
+    // SAFETY: dlopen probes without preconditions; the version calls only write the
+    // integers passed by pointer, which live on this stack frame.
+    unsafe {
+        let driver = cudarc::driver::sys::is_culib_present()
+            .then(|| {
+                let mut v = 0i32;
+                let r = cudarc::driver::sys::cuDriverGetVersion(&mut v);
+                (r == cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS).then_some(v)
+            })
+            .flatten();
+        let nvrtc = cudarc::nvrtc::sys::is_culib_present()
+            .then(|| {
+                let (mut major, mut minor) = (0i32, 0i32);
+                let r = cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor);
+                (r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+            })
+            .flatten();
+        (driver, nvrtc)
+    }
+}
+
 /// Dtype variants of the kernel: letters for (h̃, queries, keys), `f` = f32, `h` = f16.
 pub const VARIANTS: [&str; 8] = ["fff", "ffh", "fhf", "fhh", "hff", "hfh", "hhf", "hhh"];
 
@@ -788,6 +813,11 @@ mod tests {
 
     #[test]
     fn no_driver_is_an_error_not_a_panic() {
+        let (driver, nvrtc) = library_versions();
+        if let Some((major, _)) = nvrtc {
+            assert!(major >= 11, "{nvrtc:?}");
+        }
+        assert!(driver.is_none_or(|v| v >= 11000), "{driver:?}");
         // On machines without a GPU this is the CPU-fallback path; with one it succeeds.
         match CudaFusedApply::new(0) {
             Ok(rt) => assert!(!rt.info().name.is_empty()),
