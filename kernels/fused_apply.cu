@@ -86,6 +86,15 @@ __device__ __forceinline__ float hi_f(unsigned int w) { return h2f((f16raw)(w >>
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(f16raw x) { return h2f(x); }
 
+// 4 consecutive values as f32 (16-byte aligned f32, 8-byte aligned f16).
+__device__ __forceinline__ float4 load4(const float* p) {
+    return __ldg(reinterpret_cast<const float4*>(p));
+}
+__device__ __forceinline__ float4 load4(const f16raw* p) {
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+    return make_float4(lo_f(w.x), hi_f(w.x), lo_f(w.y), hi_f(w.y));
+}
+
 __device__ __forceinline__ bool finite_f(float x) { return fabsf(x) <= 3.402823466e38f; }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -191,6 +200,8 @@ __device__ __forceinline__ void fused_apply(
     __syncthreads();
 
     // ---- 2. scores[u][j] = cos(q_u, key_j) − penalty_j (one warp per key)
+    // key_dim % 4 == 0: key rows and q rows (in shared memory) are 4-element aligned.
+    const bool vec_k = (kd & 3) == 0;
     for (int j = warp; j < K; j += MOME_WARPS) {
         const KT* key = keys + (long long)j * kd;
         float acc[MOME_MAX_TILE];
@@ -198,13 +209,40 @@ __device__ __forceinline__ void fused_apply(
         for (int u = 0; u < MOME_MAX_TILE; ++u) acc[u] = 0.0f;
         float kk = 0.0f;
         bool bad = false;
-        for (int i = lane; i < kd; i += 32) {
-            float kv = to_f32(key[i]);
-            bad |= !finite_f(kv);
-            kk = fmaf(kv, kv, kk);
+        if (vec_k) {
+            // 4 elements per lane and load (8 or 16 bytes), the next ones in flight.
+            int i = lane * 4;
+            float4 nx = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (i < kd) nx = load4(key + i);
+#pragma unroll 1
+            for (; i < kd; i += 128) {
+                const float4 kv = nx;
+                if (i + 128 < kd) nx = load4(key + i + 128);
+                bad |= !(finite_f(kv.x) && finite_f(kv.y) && finite_f(kv.z) && finite_f(kv.w));
+                kk = fmaf(kv.x, kv.x, kk);
+                kk = fmaf(kv.y, kv.y, kk);
+                kk = fmaf(kv.z, kv.z, kk);
+                kk = fmaf(kv.w, kv.w, kk);
 #pragma unroll
-            for (int u = 0; u < MOME_MAX_TILE; ++u)
-                if (u < nt) acc[u] = fmaf(qs[u * kd + i], kv, acc[u]);
+                for (int u = 0; u < MOME_MAX_TILE; ++u) {
+                    if (u < nt) {
+                        const float4 x = *reinterpret_cast<const float4*>(qs + u * kd + i);
+                        acc[u] = fmaf(x.x, kv.x, acc[u]);
+                        acc[u] = fmaf(x.y, kv.y, acc[u]);
+                        acc[u] = fmaf(x.z, kv.z, acc[u]);
+                        acc[u] = fmaf(x.w, kv.w, acc[u]);
+                    }
+                }
+            }
+        } else {
+            for (int i = lane; i < kd; i += 32) {
+                float kv = to_f32(key[i]);
+                bad |= !finite_f(kv);
+                kk = fmaf(kv, kv, kk);
+#pragma unroll
+                for (int u = 0; u < MOME_MAX_TILE; ++u)
+                    if (u < nt) acc[u] = fmaf(qs[u * kd + i], kv, acc[u]);
+            }
         }
         kk = warp_sum(kk);
 #pragma unroll

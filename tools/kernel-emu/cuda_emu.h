@@ -31,6 +31,7 @@ struct float4 {
     float x, y, z, w;
 };
 inline uint2 make_uint2(unsigned int a, unsigned int b) { return uint2{a, b}; }
+inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 
 struct EmuDim {
     unsigned int x = 0, y = 0, z = 0;
