@@ -97,6 +97,7 @@ fn time_cpu(iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    let started = Instant::now();
     let rt = match CudaFusedApply::global() {
         Ok(rt) => rt,
         Err(e) => {
@@ -249,4 +250,5 @@ fn main() {
         let _ = weights.num_candidates();
     }
     println!("\nplan = tile × tiles × expert splits. Weights: K × (A + B) fp16, device-resident.");
+    println!("benchmark ran {:.0} s", started.elapsed().as_secs_f64());
 }

@@ -91,11 +91,11 @@ fi
 grep -E '^(device|libraries|limits|peak)' "$OUT/probe.log" | tee -a "$OUT/summary.txt"
 
 # 2. Parity of the CUDA path (one test at a time: they share one stream).
-step cuda_parity 180 "$OUT/cuda_parity.log" "$WORK/bin/cuda_parity" --test-threads=1 || fail=1
+step cuda_parity 150 "$OUT/cuda_parity.log" "$WORK/bin/cuda_parity" --test-threads=1 || fail=1
 # 3. The CPU suite with its default-option calls dispatched to the GPU (proptest too).
-step fused_op_parity 120 "$OUT/fused_op_parity.log" "$WORK/bin/fused_op_parity" || fail=1
+step fused_op_parity 90 "$OUT/fused_op_parity.log" "$WORK/bin/fused_op_parity" || fail=1
 # 4. Benchmark (not a test): the Markdown table for docs/BENCHMARKS.md.
-step bench 180 "$OUT/bench.md" "$WORK/bin/cuda_fused" --bench || fail=1
+step bench 150 "$OUT/bench.md" "$WORK/bin/cuda_fused" --bench || fail=1
 
 say "done in $(( $(date +%s) - start ))s: $([ $fail -eq 0 ] && echo 'all passed' || echo 'FAILURES')"
 exit $fail
