@@ -33,6 +33,8 @@
 //!   and the path memory tuning trains through.
 
 pub mod cpu;
+pub mod cuda;
+pub mod cuda_plan;
 pub mod op;
 pub mod plan;
 pub mod reference;
@@ -142,6 +144,9 @@ pub enum KernelError {
     /// An error from candle itself.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An error of the CUDA path (driver, NVRTC, plan, expert cache).
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
 }
 
 impl KernelError {
@@ -511,8 +516,19 @@ pub fn fused_apply_with(
     let dims = check_activations(h, h_norm, q, keys)?;
     check_weights(&dims, keys.dims(), h.dims(), weights.as_ref())?;
     params.validate(dims.candidates)?;
+    // CUDA path (feature `cuda`): taken when a GPU was found at run time, else the CPU
+    // kernel below. `portable` asks for a specific CPU kernel, so it stays on the CPU.
+    #[cfg(feature = "cuda")]
+    if !options.portable {
+        if let Some(r) =
+            cuda::runtime::try_apply(h, h_norm, q, keys, weights.as_ref(), params, options.record)
+        {
+            return r;
+        }
+    }
     if !matches!(h.device(), Device::Cpu) {
-        // The CUDA issue replaces this with a dispatch to `FusedApplyOp::cuda_fwd`.
+        // Tensors on a candle GPU device: candle's CUDA backend is not built (it needs
+        // nvcc); the CUDA path above takes CPU tensors. See docs/CUDA.md.
         return Err(KernelError::UnsupportedDevice(format!(
             "{:?}",
             h.device().location()

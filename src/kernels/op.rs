@@ -281,10 +281,8 @@ impl CustomOp3 for FusedApplyOp {
             .map_err(|e| self.fail(e))
     }
 
-    // `cuda_fwd` is left to candle's default ("no cuda implementation") until the
-    // CUDA issue lands. It plugs in here: read `self.keys`' CudaStorage the way
-    // `cpu_forward` reads the CPU one, get device pointers of the candidates' A/B
-    // from the expert cache (a device-side `AdapterWeights` counterpart), launch the
-    // kernel from `kernels/` via cudarc, and test it against `reference_apply` with
-    // the same parity suite (`tests/fused_op_parity.rs`).
+    // `cuda_fwd` is left to candle's default: candle's CUDA backend is not built (it
+    // needs nvcc), so no tensor can reach it. The CUDA path is dispatched in
+    // `fused_apply_with` instead (src/kernels/cuda/runtime.rs); docs/CUDA.md says how it
+    // would plug in here.
 }

@@ -1,0 +1,775 @@
+//! Parity of the CUDA fused operator with the candle-ops reference (and the CPU kernel),
+//! on the shapes of `tests/fused_op_parity.rs`, plus the device expert cache.
+//!
+//! Built only with `--features cuda`. Without a driver or GPU every test prints
+//! "SKIPPED: no CUDA driver/GPU" and passes — unless `MOME_REQUIRE_GPU=1`, which turns
+//! that into a failure (the GPU check script sets it).
+//!
+//! Tolerance: as in `fused_op_parity.rs` (`1e-3 · max|delta_row| + 1e-6`, plus one f16
+//! ulp for f16 `h`); rows whose tokens select nothing are compared bit for bit. When a
+//! tile's experts are split over several CTAs the GPU adds their shares with atomics,
+//! in no fixed order: that changes the f32 rounding, not the tolerance.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+use mome::kernels::cuda::{
+    CudaError, CudaFusedApply, DeviceExpertCache, DeviceInputs, DeviceRecord, ExpertLayout,
+    ExpertSource,
+};
+use mome::kernels::{
+    fused_apply, fused_apply_with, reference_apply, reference_select, AdapterWeights, FusedOptions,
+    KernelError, OwnedAdapters,
+};
+use mome::select::{select, SelectError, SelectionParams, TokenAssignments};
+use rand::{Rng, SeedableRng};
+
+/// The launcher, or `None` (after printing why) when this machine has no usable GPU.
+fn gpu(test: &str) -> Option<&'static CudaFusedApply> {
+    match CudaFusedApply::global() {
+        Ok(rt) => {
+            eprintln!("{test}: running on {}", rt.info());
+            Some(rt)
+        }
+        Err(e) => {
+            if std::env::var("MOME_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("MOME_REQUIRE_GPU=1 but the CUDA path is unavailable: {e}");
+            }
+            println!("SKIPPED: no CUDA driver/GPU ({e}) — {test}");
+            None
+        }
+    }
+}
+
+/// Reports the device (or why there is none). tools/gpu-check.sh runs it first, alone,
+/// with `MOME_REQUIRE_GPU=1`, to fail fast on a machine without a GPU.
+#[test]
+fn probe_device() {
+    let Some(rt) = gpu("probe_device") else {
+        return;
+    };
+    let info = rt.info();
+    println!("device: {info}");
+    let (driver, nvrtc) = mome::kernels::cuda::runtime::library_versions();
+    println!("libraries: driver API {driver:?}, NVRTC {nvrtc:?}");
+    println!("limits: {:?}", info.limits);
+    println!(
+        "peak bandwidth: attributes {:?} B/s, table {:?}",
+        info.peak_bandwidth_attr(),
+        info.peak_bandwidth_table()
+    );
+    assert!(info.limits.sm_count > 0);
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    tokens: usize,
+    d_model: usize,
+    key_dim: usize,
+    candidates: usize,
+    rank: usize,
+    top_k: usize,
+    tau: f32,
+    temperature: f32,
+    h_f16: bool,
+    q_f16: bool,
+    keys_f16: bool,
+    penalty: bool,
+    seed: u64,
+}
+
+impl Case {
+    fn new(tokens: usize, d_model: usize, candidates: usize, rank: usize, top_k: usize) -> Self {
+        Case {
+            tokens,
+            d_model,
+            key_dim: 16,
+            candidates,
+            rank,
+            top_k,
+            tau: 0.0,
+            temperature: 0.5,
+            h_f16: false,
+            q_f16: false,
+            keys_f16: false,
+            penalty: false,
+            seed: 7,
+        }
+    }
+}
+
+struct Inputs {
+    h: Tensor,
+    h_norm: Tensor,
+    q: Tensor,
+    keys: Tensor,
+    weights: Arc<OwnedAdapters>,
+    params: SelectionParams,
+}
+
+fn randn(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
+}
+
+fn build(c: &Case) -> Inputs {
+    let dev = Device::Cpu;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
+    let dt = |f| if f { DType::F16 } else { DType::F32 };
+    let t = |v: Vec<f32>, r: usize, cols: usize, d: DType| {
+        Tensor::from_vec(v, (r, cols), &dev)
+            .unwrap()
+            .to_dtype(d)
+            .unwrap()
+    };
+    let h = t(
+        randn(&mut rng, c.tokens * c.d_model, 50.0),
+        c.tokens,
+        c.d_model,
+        dt(c.h_f16),
+    );
+    let h_norm = t(
+        randn(&mut rng, c.tokens * c.d_model, 1.0),
+        c.tokens,
+        c.d_model,
+        dt(c.h_f16),
+    );
+    let q = t(
+        randn(&mut rng, c.tokens * c.key_dim, 1.0),
+        c.tokens,
+        c.key_dim,
+        dt(c.q_f16),
+    );
+    let keys = t(
+        randn(&mut rng, c.candidates * c.key_dim, 1.0),
+        c.candidates,
+        c.key_dim,
+        dt(c.keys_f16),
+    );
+    let weights = Arc::new(OwnedAdapters::random(
+        c.candidates,
+        c.rank,
+        c.d_model,
+        0.5,
+        c.seed ^ 0x5eed,
+    ));
+    let mut params = SelectionParams::new(c.tau, c.top_k, c.temperature);
+    if c.penalty {
+        params = params.with_penalty(randn(&mut rng, c.candidates, 0.1));
+    }
+    Inputs {
+        h,
+        h_norm,
+        q,
+        keys,
+        weights,
+        params,
+    }
+}
+
+fn rows_f32(t: &Tensor) -> Vec<Vec<f32>> {
+    t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<Vec<u32>> {
+    match t.dtype() {
+        DType::F32 => t
+            .to_vec2::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(f32::to_bits).collect())
+            .collect(),
+        DType::F16 => t
+            .to_vec2::<f16>()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| v.to_bits() as u32).collect())
+            .collect(),
+        other => panic!("unexpected dtype {other:?}"),
+    }
+}
+
+/// No score within `margin` of τ, nor at the top-k boundary (see fused_op_parity.rs).
+fn well_separated(inp: &Inputs, margin: f64) -> bool {
+    let q = rows_f32(&inp.q);
+    let k = rows_f32(&inp.keys);
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let tau = inp.params.tau as f64;
+    for qr in &q {
+        let qn = norm(qr);
+        let mut s: Vec<f64> = k
+            .iter()
+            .enumerate()
+            .map(|(j, kr)| {
+                let kn = norm(kr);
+                let cos = if qn == 0.0 || kn == 0.0 {
+                    0.0
+                } else {
+                    qr.iter()
+                        .zip(kr)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        / (qn * kn)
+                };
+                cos - inp.params.penalty.as_ref().map_or(0.0, |p| p[j] as f64)
+            })
+            .collect();
+        if s.iter().any(|v| (v - tau).abs() < margin) {
+            return false;
+        }
+        s.retain(|v| *v > tau);
+        s.sort_by(|a, b| b.partial_cmp(a).unwrap());
+        let kk = inp.params.top_k;
+        if s.len() > kk && (s[kk - 1] - s[kk]).abs() < margin {
+            return false;
+        }
+    }
+    true
+}
+
+/// `out` ≈ `expected` under the module tolerance; rows without experts bit for bit.
+fn assert_close(inp: &Inputs, out: &Tensor, expected: &Tensor, asg: &TokenAssignments, what: &str) {
+    assert_eq!(out.dims(), inp.h.dims());
+    assert_eq!(out.dtype(), inp.h.dtype());
+    let (hf, of, ef) = (rows_f32(&inp.h), rows_f32(out), rows_f32(expected));
+    let (hb, ob) = (bits(&inp.h), bits(out));
+    let f16_out = inp.h.dtype() == DType::F16;
+    for t in 0..hf.len() {
+        if asg.get(t).unwrap().is_empty() {
+            assert_eq!(ob[t], hb[t], "{what}: token {t} has no expert: input bits");
+            continue;
+        }
+        let scale = hf[t]
+            .iter()
+            .zip(&ef[t])
+            .map(|(h, r)| (r - h).abs())
+            .fold(0.0f32, f32::max);
+        for i in 0..hf[t].len() {
+            let mut tol = 1e-3 * scale + 1e-6;
+            if f16_out {
+                tol += ef[t][i].abs() * 2f32.powi(-10);
+            }
+            let diff = (of[t][i] - ef[t][i]).abs();
+            assert!(
+                diff <= tol,
+                "{what}: token {t} elem {i}: cuda {} vs expected {} (|diff| {diff} > tol {tol})",
+                of[t][i],
+                ef[t][i]
+            );
+        }
+    }
+}
+
+/// The GPU's selection equals the reference's and the pure `select`'s (as sets, weights
+/// to 1e-5), best first, weights summing to 1.
+fn check_selection(inp: &Inputs, asg: &TokenAssignments) {
+    let rs = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
+    let idx = rs.indices.to_vec2::<u32>().unwrap();
+    let w = rs.weights.to_vec2::<f32>().unwrap();
+    let q: Vec<f32> = rows_f32(&inp.q).concat();
+    let keys: Vec<f32> = rows_f32(&inp.keys).concat();
+    let pure = select(&q, &keys, inp.q.dims()[1], &inp.params).unwrap();
+    assert_eq!(asg.tokens(), inp.q.dims()[0]);
+    let sorted = |mut v: Vec<(u32, f32)>| {
+        v.sort_by_key(|e| e.0);
+        v
+    };
+    for (t, sel) in asg.iter().enumerate() {
+        let g = sorted(sel.iter().map(|e| (e.candidate, e.weight)).collect());
+        let p = sorted(
+            pure.get(t)
+                .unwrap()
+                .iter()
+                .map(|e| (e.candidate, e.weight))
+                .collect(),
+        );
+        let r = sorted(
+            idx[t]
+                .iter()
+                .zip(&w[t])
+                .take(sel.len())
+                .map(|(i, w)| (*i, *w))
+                .collect(),
+        );
+        for (other, what) in [(&p, "pure select"), (&r, "reference")] {
+            assert_eq!(
+                g.iter().map(|e| e.0).collect::<Vec<_>>(),
+                other.iter().map(|e| e.0).collect::<Vec<_>>(),
+                "token {t}: cuda vs {what} experts"
+            );
+            for (x, y) in g.iter().zip(other.iter()) {
+                assert!(
+                    (x.1 - y.1).abs() < 1e-5,
+                    "token {t} expert {}: cuda weight {} vs {what} {}",
+                    x.0,
+                    x.1,
+                    y.1
+                );
+            }
+        }
+        assert!(
+            sel.windows(2).all(|p| p[0].score >= p[1].score),
+            "token {t}: order"
+        );
+        let total: f32 = sel.iter().map(|e| e.weight).sum();
+        assert!(sel.is_empty() || (total - 1.0).abs() < 1e-5);
+    }
+}
+
+fn reference(inp: &Inputs) -> Tensor {
+    let (a, b) = inp.weights.to_tensors(&Device::Cpu).unwrap();
+    reference_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, &a, &b, &inp.params).unwrap()
+}
+
+/// The CPU kernel (forced with `portable`, which the CUDA dispatch leaves alone).
+fn cpu(inp: &Inputs) -> Tensor {
+    let opts = FusedOptions {
+        portable: true,
+        ..FusedOptions::default()
+    };
+    fused_apply_with(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+        &opts,
+    )
+    .unwrap()
+    .0
+}
+
+fn run_gpu(rt: &CudaFusedApply, inp: &Inputs) -> (Tensor, TokenAssignments) {
+    let (out, asg) = rt
+        .apply_host(
+            &inp.h,
+            &inp.h_norm,
+            &inp.q,
+            &inp.keys,
+            inp.weights.as_ref(),
+            &inp.params,
+            true,
+        )
+        .unwrap();
+    (out, asg.unwrap())
+}
+
+/// GPU vs the candle reference (and the selection); with `via_cpu`, vs the CPU kernel
+/// instead (for shapes whose reference would gather gigabytes).
+fn run_case_with(rt: &CudaFusedApply, c: &Case, via_cpu: bool) -> TokenAssignments {
+    let inp = build(c);
+    let (out, asg) = run_gpu(rt, &inp);
+    let expected = if via_cpu { cpu(&inp) } else { reference(&inp) };
+    assert_close(&inp, &out, &expected, &asg, &format!("{c:?}"));
+    check_selection(&inp, &asg);
+    asg
+}
+
+fn run_case(rt: &CudaFusedApply, c: &Case) -> TokenAssignments {
+    run_case_with(rt, c, false)
+}
+
+#[test]
+fn single_token() {
+    let Some(rt) = gpu("single_token") else {
+        return;
+    };
+    let asg = run_case(rt, &Case::new(1, 576, 32, 8, 4));
+    assert_eq!(asg.tokens(), 1);
+    let mut c = Case::new(1, 4096, 256, 16, 32);
+    c.key_dim = 256;
+    c.tau = -1.0;
+    c.keys_f16 = true;
+    let asg = run_case(rt, &c);
+    assert_eq!(asg.total(), 32);
+}
+
+#[test]
+fn k_larger_than_candidates_above_tau() {
+    let Some(rt) = gpu("k_larger_than_candidates_above_tau") else {
+        return;
+    };
+    let mut c = Case::new(24, 64, 12, 8, 10);
+    c.tau = 0.3;
+    let asg = run_case(rt, &c);
+    assert!(asg.iter().all(|s| s.len() < 10));
+    assert!(asg.total() > 0);
+    let mut c = Case::new(5, 33, 3, 4, 50);
+    c.tau = -1.0;
+    let asg = run_case(rt, &c);
+    assert!(asg.iter().all(|s| s.len() == 3));
+}
+
+#[test]
+fn no_candidate_above_tau_returns_input_bits() {
+    let Some(rt) = gpu("no_candidate_above_tau_returns_input_bits") else {
+        return;
+    };
+    for (h_f16, q_f16, keys_f16) in [
+        (false, false, false),
+        (true, false, true),
+        (false, true, false),
+        (true, true, true),
+    ] {
+        let mut c = Case::new(9, 77, 8, 8, 4);
+        c.tau = 1.0;
+        c.h_f16 = h_f16;
+        c.q_f16 = q_f16;
+        c.keys_f16 = keys_f16;
+        let inp = build(&c);
+        let (out, asg) = run_gpu(rt, &inp);
+        assert_eq!(asg.total(), 0);
+        assert_eq!(bits(&out), bits(&inp.h), "{c:?}");
+    }
+    // Zero queries: cosine 0, not above τ = 0, never NaN.
+    let mut inp = build(&Case::new(3, 16, 4, 2, 2));
+    inp.q = Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap();
+    let (out, _) = run_gpu(rt, &inp);
+    assert_eq!(bits(&out), bits(&inp.h));
+}
+
+#[test]
+fn mixed_active_and_inactive_rows() {
+    let Some(rt) = gpu("mixed_active_and_inactive_rows") else {
+        return;
+    };
+    let mut c = Case::new(40, 50, 6, 8, 2);
+    c.tau = 0.45;
+    let asg = run_case(rt, &c);
+    assert!(asg.active_tokens() > 0 && asg.active_tokens() < 40);
+}
+
+#[test]
+fn rank_one_and_rank_sixty_four() {
+    let Some(rt) = gpu("rank_one_and_rank_sixty_four") else {
+        return;
+    };
+    run_case(rt, &Case::new(7, 96, 10, 1, 3));
+    run_case(rt, &Case::new(7, 96, 10, 64, 3));
+    let mut c = Case::new(64, 40, 3, 64, 3);
+    c.tau = -1.0;
+    run_case(rt, &c);
+    c.rank = 1;
+    run_case(rt, &c);
+    c.rank = 3; // B rows not 8-byte aligned: scalar path
+    run_case(rt, &c);
+}
+
+#[test]
+fn d_model_not_a_multiple_of_eight() {
+    let Some(rt) = gpu("d_model_not_a_multiple_of_eight") else {
+        return;
+    };
+    for d in [1usize, 6, 7, 13, 577, 580] {
+        run_case(rt, &Case::new(5, d, 6, 8, 3));
+    }
+}
+
+#[test]
+fn every_dtype_variant() {
+    let Some(rt) = gpu("every_dtype_variant") else {
+        return;
+    };
+    for v in 0..8u32 {
+        let mut c = Case::new(20, 200, 24, 8, 4);
+        c.tau = -0.1;
+        c.h_f16 = v & 4 != 0;
+        c.q_f16 = v & 2 != 0;
+        c.keys_f16 = v & 1 != 0;
+        c.seed = 100 + v as u64;
+        run_case(rt, &c);
+    }
+}
+
+#[test]
+fn long_prompts_up_to_4096_tokens() {
+    let Some(rt) = gpu("long_prompts_up_to_4096_tokens") else {
+        return;
+    };
+    let mut c = Case::new(300, 576, 32, 8, 4);
+    c.tau = -0.2;
+    c.h_f16 = true;
+    run_case(rt, &c);
+    let mut c = Case::new(4096, 64, 16, 8, 4);
+    c.tau = -0.1;
+    run_case(rt, &c);
+    // Wide and long: against the CPU kernel (the reference would gather gigabytes).
+    let mut c = Case::new(4096, 576, 64, 8, 8);
+    c.key_dim = 64;
+    c.tau = -0.1;
+    c.keys_f16 = true;
+    run_case_with(rt, &c, true);
+    let mut c = Case::new(64, 4096, 256, 16, 32);
+    c.key_dim = 128;
+    c.tau = -1.0;
+    run_case_with(rt, &c, true);
+}
+
+#[test]
+fn short_prompt_with_many_experts_and_penalty() {
+    let Some(rt) = gpu("short_prompt_with_many_experts_and_penalty") else {
+        return;
+    };
+    let mut c = Case::new(2, 2048, 40, 8, 32);
+    c.tau = -1.0;
+    c.penalty = true;
+    let asg = run_case(rt, &c);
+    assert_eq!(asg.total(), 64);
+}
+
+#[test]
+fn random_shapes() {
+    let Some(rt) = gpu("random_shapes") else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
+    let mut ran = 0;
+    for i in 0..120u64 {
+        let ranks = [1usize, 2, 3, 8, 16, 64];
+        let c = Case {
+            tokens: rng.random_range(1..40),
+            d_model: rng.random_range(1..200),
+            key_dim: rng.random_range(1..40),
+            candidates: rng.random_range(1..24),
+            rank: ranks[rng.random_range(0..ranks.len())],
+            top_k: rng.random_range(1..10),
+            tau: rng.random_range(-0.3..0.4),
+            temperature: rng.random_range(0.05..2.0),
+            h_f16: rng.random(),
+            q_f16: rng.random(),
+            keys_f16: rng.random(),
+            penalty: rng.random(),
+            seed: i,
+        };
+        let inp = build(&c);
+        if !well_separated(&inp, 1e-4) {
+            continue;
+        }
+        let (out, asg) = run_gpu(rt, &inp);
+        assert_close(&inp, &out, &reference(&inp), &asg, &format!("{c:?}"));
+        check_selection(&inp, &asg);
+        ran += 1;
+        if ran == 60 {
+            break;
+        }
+    }
+    assert!(ran >= 30, "only {ran} well-separated cases");
+}
+
+#[test]
+fn dispatch_uses_the_gpu_and_matches() {
+    let Some(_rt) = gpu("dispatch_uses_the_gpu_and_matches") else {
+        return;
+    };
+    let mut c = Case::new(33, 128, 16, 8, 4);
+    c.tau = -0.2;
+    let inp = build(&c);
+    let (out, asg) = fused_apply_with(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        inp.weights.clone(),
+        &inp.params,
+        &FusedOptions {
+            record: true,
+            ..FusedOptions::default()
+        },
+    )
+    .unwrap();
+    let asg = asg.unwrap();
+    assert_close(&inp, &out, &reference(&inp), &asg, "dispatch");
+    check_selection(&inp, &asg);
+    // Degenerate calls stay on the CPU path and keep its contract.
+    let inp0 = build(&Case::new(0, 8, 4, 2, 2));
+    let out = fused_apply(
+        &inp0.h,
+        &inp0.h_norm,
+        &inp0.q,
+        &inp0.keys,
+        inp0.weights.clone(),
+        &inp0.params,
+    )
+    .unwrap();
+    assert_eq!(out.dims(), [0, 8]);
+}
+
+#[test]
+fn non_finite_inputs_are_typed_errors() {
+    let Some(rt) = gpu("non_finite_inputs_are_typed_errors") else {
+        return;
+    };
+    let inp = build(&Case::new(3, 8, 4, 2, 2));
+    let mut qv = rows_f32(&inp.q);
+    qv[1][3] = f32::NAN;
+    let qnan = Tensor::new(qv, &Device::Cpu).unwrap();
+    let e = rt
+        .apply_host(
+            &inp.h,
+            &inp.h_norm,
+            &qnan,
+            &inp.keys,
+            inp.weights.as_ref(),
+            &inp.params,
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
+        ),
+        "{e}"
+    );
+    let mut kv = rows_f32(&inp.keys);
+    kv[2][0] = f32::INFINITY;
+    let kinf = Tensor::new(kv, &Device::Cpu).unwrap();
+    let e = rt
+        .apply_host(
+            &inp.h,
+            &inp.h_norm,
+            &inp.q,
+            &kinf,
+            inp.weights.as_ref(),
+            &inp.params,
+            false,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::Select(SelectError::NonFiniteKey { candidate: 2 })
+        ),
+        "{e}"
+    );
+}
+
+/// Experts of `layers` layers, each layer laid out `A` then `B` (the cache's slot layout).
+struct Store {
+    layout: ExpertLayout,
+    experts: Vec<Vec<f16>>,
+}
+
+impl ExpertSource for Store {
+    fn expert_weights(&self, id: u64) -> Option<&[f16]> {
+        self.experts.get(id as usize).map(Vec::as_slice)
+    }
+}
+
+impl Store {
+    fn new(n: usize, layout: ExpertLayout) -> Self {
+        let experts = (0..n)
+            .map(|i| {
+                let o = OwnedAdapters::random(
+                    layout.layers,
+                    layout.rank,
+                    layout.d_model,
+                    0.5,
+                    i as u64,
+                );
+                (0..layout.layers)
+                    .flat_map(|l| o.a(l).iter().chain(o.b(l)).copied().collect::<Vec<_>>())
+                    .collect()
+            })
+            .collect();
+        Self { layout, experts }
+    }
+
+    /// The candidates' weights at `layer` as a CPU provider.
+    fn owned(&self, ids: &[u64], layer: usize) -> OwnedAdapters {
+        let per = self.layout.rank * self.layout.d_model;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for &id in ids {
+            let e = &self.experts[id as usize];
+            let l = &e[layer * 2 * per..(layer + 1) * 2 * per];
+            a.extend_from_slice(&l[..per]);
+            b.extend_from_slice(&l[per..]);
+        }
+        OwnedAdapters::new(ids.len(), self.layout.rank, self.layout.d_model, a, b).unwrap()
+    }
+}
+
+#[test]
+fn expert_cache_hits_misses_pins_and_parity() {
+    let Some(rt) = gpu("expert_cache_hits_misses_pins_and_parity") else {
+        return;
+    };
+    let layout = ExpertLayout {
+        layers: 3,
+        rank: 8,
+        d_model: 96,
+    };
+    let store = Store::new(12, layout);
+    let mut cache = DeviceExpertCache::new(rt, layout, 6).unwrap();
+
+    let ids = [3u64, 7, 1, 9];
+    let lease = cache.acquire(&ids, &store).unwrap();
+    let s = cache.stats();
+    assert_eq!((s.counters.misses, s.counters.hits, s.resident), (4, 0, 4));
+    assert_eq!(s.bytes_copied, 4 * layout.slot_values() as u64 * 2);
+
+    // Apply layer 2 from the cache and compare with the CPU kernel on the same weights.
+    let mut c = Case::new(17, 96, 4, 8, 3);
+    c.tau = -0.3;
+    let mut inp = build(&c);
+    inp.weights = Arc::new(store.owned(&ids, 2));
+    let mut dev = DeviceInputs::upload(rt, &inp.h, &inp.h_norm, &inp.q, &inp.keys, None).unwrap();
+    let adapters = cache.adapters(rt, &lease, 2).unwrap();
+    let mut rec = DeviceRecord::new(rt, 17, 3).unwrap();
+    rt.launch(&mut dev, &adapters, &inp.params, Some(&mut rec))
+        .unwrap();
+    dev.check(rt).unwrap();
+    let out = Tensor::from_vec(dev.download(rt).unwrap(), (17, 96), &Device::Cpu).unwrap();
+    let asg = rec.download(rt).unwrap();
+    assert_close(&inp, &out, &cpu(&inp), &asg, "cache layer 2");
+    assert!(cache.adapters(rt, &lease, 3).is_err(), "layer out of range");
+
+    // Pinned experts survive pressure; released ones are evicted LRU-first.
+    let lease2 = cache.acquire(&[3, 4, 5], &store).unwrap();
+    let s = cache.stats();
+    assert_eq!((s.counters.hits, s.counters.misses), (1, 6));
+    // 6 slots: {3,7,1,9,4,5} all pinned → a new expert does not fit.
+    let e = cache.acquire(&[11], &store).unwrap_err();
+    assert!(matches!(e, CudaError::CacheFull { slots: 6 }), "{e}");
+    cache.release(lease);
+    let lease3 = cache.acquire(&[11, 10], &store).unwrap();
+    assert!(
+        !cache.contains(7) && !cache.contains(1),
+        "oldest unpinned evicted first"
+    );
+    assert!(cache.contains(3) && cache.contains(9));
+    assert_eq!(cache.stats().counters.evictions, 2);
+    cache.release(lease2);
+    cache.release(lease3);
+    // An unknown expert is a typed error and leaves nothing pinned.
+    let e = cache.acquire(&[0, 99], &store).unwrap_err();
+    assert!(matches!(e, CudaError::Expert { id: 99, .. }), "{e}");
+    let all: Vec<u64> = (0..6).collect();
+    let lease4 = cache.acquire(&all, &store).unwrap();
+    cache.release(lease4);
+    rt.synchronize().unwrap();
+}
+
+/// The run-time compile (NVRTC only, no GPU needed): every variant, sm_80 and sm_90.
+/// Skipped where libnvrtc cannot be loaded (point LD_LIBRARY_PATH at it to run it).
+#[test]
+fn nvrtc_compiles_every_variant() {
+    use mome::kernels::cuda::runtime::{compile_variant, VARIANTS};
+    for cc in [(8, 0), (9, 0)] {
+        for v in VARIANTS {
+            match compile_variant(v, cc) {
+                Ok(ptx) => {
+                    let src = ptx.to_src();
+                    assert!(src.contains(&format!(".entry mome_fused_apply_{v}")), "{v}");
+                    assert_eq!(src.matches(".entry ").count(), 1, "one variant per compile");
+                }
+                Err(CudaError::NoNvrtc) => {
+                    println!("SKIPPED: no NVRTC library — nvrtc_compiles_every_variant");
+                    return;
+                }
+                Err(e) => panic!("{v} sm_{}{}: {e}", cc.0, cc.1),
+            }
+        }
+    }
+}
