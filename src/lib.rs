@@ -38,6 +38,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod engine;
 pub mod error;
 pub mod index;
 pub mod kernels;
@@ -45,6 +46,7 @@ pub mod model;
 pub mod progress;
 pub mod select;
 pub mod store;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use store::{ExpertRef, NewExpert, Provenance, Snapshot, Store, StoreConfig};

@@ -9,6 +9,11 @@ use half::f16;
 use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 
+// Memory tuning subcommands (issue 7), one file each.
+mod ask;
+mod eval;
+mod memorize;
+
 #[derive(Parser)]
 #[command(
     name = "mome",
@@ -22,6 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    // --- memory tuning (issue 7) ---
+    /// Memorize facts from a JSONL file: train one expert per fact, verify, commit.
+    Memorize(memorize::Args),
+    /// Answer a prompt with the experts the engine selects.
+    Ask(ask::Args),
+    /// Exact recall of facts and locality on unrelated prompts (JSON).
+    Eval(eval::Args),
+    // --- end memory tuning ---
     /// Store smoke demo: create a store, insert random experts durably, reopen, read them back.
     Smoke {
         /// Store directory (created; must not exist or be empty).
@@ -91,6 +104,9 @@ fn random_expert(cfg: &StoreConfig, rng: &mut rand::rngs::SmallRng, i: u64) -> N
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
+        Cmd::Memorize(a) => memorize::run(a),
+        Cmd::Ask(a) => ask::run(a),
+        Cmd::Eval(a) => eval::run(a),
         Cmd::Smoke { db, experts } => {
             // The reference shape: SmolLM2-135M (d_model 576), rank 8, four adapted layers.
             let cfg = StoreConfig::new(576, 576, 8, vec![8, 12, 16, 20]).with_query_layer(8);
