@@ -105,8 +105,15 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
             r.query.iter().map(|&x| f16::from_f32(x)).collect(),
             Arc::new(trained[i].layers.clone()),
         );
-        let hook =
-            RequestHook::new(set, params.clone(), &[2, 3], 4, d, &[r.query.clone()]).unwrap();
+        let hook = RequestHook::new(
+            set,
+            params.clone(),
+            &[2, 3],
+            4,
+            d,
+            std::slice::from_ref(&r.query),
+        )
+        .unwrap();
         let mut input = r.prompt.clone();
         input.extend_from_slice(&r.targets[..r.targets.len() - 1]);
         let logits = model

@@ -254,6 +254,9 @@ pub fn default_store_config(model: &Llama) -> StoreConfig {
         .with_backbone_digest(model.digest())
 }
 
+/// Selected candidates of a request: (candidate index, weight).
+type Picked = Vec<(usize, f32)>;
+
 fn kerr(e: candle_core::Error) -> Error {
     Error::Kernel(e.into())
 }
@@ -435,7 +438,7 @@ impl Engine {
         query: &[f32],
         set: CandidateSet,
         max_tokens: usize,
-    ) -> Result<(Vec<u32>, Vec<(usize, f32)>)> {
+    ) -> Result<(Vec<u32>, Picked)> {
         let cfg = self.store.config();
         let selected = set.select(query, cfg.key_dim as usize, &self.params.selection)?;
         let opts = self.backbone.greedy_options(max_tokens);
