@@ -432,7 +432,11 @@ impl Engine {
         Ok((CandidateSet::from_stored(refs), kept))
     }
 
-    fn generate(
+    /// Greedy generation after `tokens` with the request query `query` over an
+    /// explicit candidate set (e.g. uncommitted experts during verification, or a
+    /// benchmark's peer adapter). Returns the tokens and the selected (candidate
+    /// index, weight).
+    pub fn generate_with(
         &self,
         tokens: &[u32],
         query: &[f32],
@@ -483,7 +487,7 @@ impl Engine {
         };
         let ids = set.ids();
         let (out, selected) = if opts.use_experts {
-            self.generate(&tokens, &query, set, opts.max_tokens)?
+            self.generate_with(&tokens, &query, set, opts.max_tokens)?
         } else {
             let g = self.backbone.model.generate(
                 &tokens,
@@ -587,7 +591,7 @@ impl Engine {
                     }
                 }
                 let set = set.top_by_score(&rows[i].query, self.params.k_candidates);
-                let (got, _) = self.generate(
+                let (got, _) = self.generate_with(
                     &rows[i].prompt,
                     &rows[i].query,
                     set,

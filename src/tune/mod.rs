@@ -96,10 +96,12 @@ fn kerr(e: candle_core::Error) -> Error {
 }
 
 /// The training hook: per row, `h + w_own·B (A h̃) + Σ_neighbours w_j B_j (A_j h̃)`.
+/// Built each step for the rows still training.
 struct TrainHook {
     layer_pos: Vec<(usize, usize)>,
-    /// Per adapted layer: trainable A `[B, r, d]`, B `[B, d, r]`.
-    vars: Vec<(Var, Var)>,
+    /// Per adapted layer: A `[B, r, d]`, B `[B, d, r]` (stacked per-row `Var`s), or
+    /// 2-D `[r, d]`, `[d, r]` for one adapter shared by every row.
+    weights: Vec<(Tensor, Tensor)>,
     /// `[B, 1, 1]` weight of each row's own expert.
     own_w: Tensor,
     /// Per adapted layer: neighbours folded into one low-rank pair per row,
@@ -118,9 +120,15 @@ impl AdapterHook for TrainHook {
         let Some(&(_, pos)) = self.layer_pos.iter().find(|(l, _)| *l == layer) else {
             return Ok(h.clone());
         };
-        let (a, b) = &self.vars[pos];
-        let z = h_norm.matmul(&a.as_tensor().transpose(1, 2)?)?; // [B, T, r]
-        let y = z.matmul(&b.as_tensor().transpose(1, 2)?)?; // [B, T, d]
+        let (a, b) = &self.weights[pos];
+        let y = if a.rank() == 2 {
+            h_norm
+                .broadcast_matmul(&a.t()?)?
+                .broadcast_matmul(&b.t()?)?
+        } else {
+            let z = h_norm.matmul(&a.transpose(1, 2)?)?; // [B, T, r]
+            z.matmul(&b.transpose(1, 2)?)? // [B, T, d]
+        };
         let mut out = (h + y.broadcast_mul(&self.own_w)?)?;
         if let Some((na, nb)) = &self.neighbours[pos] {
             let z = h_norm.matmul(&na.transpose(1, 2)?)?;
@@ -131,12 +139,43 @@ impl AdapterHook for TrainHook {
 }
 
 /// Trains one batch of rows (see the module docs). `params` is the inference
-/// selection; `layers` the store's adapted layers (ascending), `rank` its rank.
+/// selection; `sites` the store's adapted layers, `rank` its rank. `on_step(step,
+/// converged)` reports progress. Rows leave the batch as they converge, so later
+/// steps only pay for the rows still training.
 pub fn train_batch(
     model: &Llama,
     sites: &AdapterSites,
     rank: usize,
     params: &SelectionParams,
+    rows: &[TrainRow],
+    opts: &TuneOptions,
+    on_step: impl FnMut(usize, usize),
+) -> Result<Vec<TrainedRow>> {
+    train(model, sites, rank, Some(params), rows, opts, on_step)
+}
+
+/// The peer baseline: one adapter of the same shape *shared* by all rows and applied
+/// unconditionally (a plain LoRA fine-tune), trained for exactly `opts.max_steps`
+/// steps on all rows. Returns its layers and the final mean loss.
+pub fn train_shared(
+    model: &Llama,
+    sites: &AdapterSites,
+    rank: usize,
+    rows: &[TrainRow],
+    opts: &TuneOptions,
+) -> Result<(Vec<AdapterPair>, f32)> {
+    let out = train(model, sites, rank, None, rows, opts, |_, _| {})?;
+    let first = out.into_iter().next().ok_or(Error::EmptyBatch {
+        what: "memory tuning",
+    })?;
+    Ok((first.layers, first.loss))
+}
+
+fn train(
+    model: &Llama,
+    sites: &AdapterSites,
+    rank: usize,
+    params: Option<&SelectionParams>,
     rows: &[TrainRow],
     opts: &TuneOptions,
     mut on_step: impl FnMut(usize, usize),
@@ -146,6 +185,7 @@ pub fn train_batch(
             what: "memory tuning",
         });
     };
+    let shared = params.is_none();
     let d = model.d_model();
     let key_dim = first.query.len();
     let layers = sites.adapted_layers().to_vec();
@@ -162,6 +202,11 @@ pub fn train_batch(
                 reason: format!("row {i}: empty prompt/targets or query of the wrong length"),
             });
         }
+        let Some(params) = params else {
+            own_w.push(1.0);
+            picked.push(Vec::new());
+            continue;
+        };
         let mut keys: Vec<f32> = r.query.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
         for n in &r.neighbours {
             keys.extend(n.key().iter().map(|x| x.to_f32()));
@@ -183,7 +228,7 @@ pub fn train_batch(
         );
     }
 
-    // Inputs: prompt ++ targets[..n-1], right-padded; prediction positions.
+    // Inputs: prompt ++ targets[..n-1], right-padded.
     let seqs: Vec<Vec<u32>> = rows
         .iter()
         .map(|r| {
@@ -203,54 +248,40 @@ pub fn train_batch(
         })
         .collect();
     let refs: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
-    let mut positions = Vec::new();
-    let mut targets = Vec::new();
-    let mut row_of = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        for (k, &t) in r.targets.iter().enumerate() {
-            positions.push((i * t_max + r.prompt.len() - 1 + k) as u32);
-            targets.push(t);
-            row_of.push(i);
-        }
-    }
-    let n_pred = positions.len();
     let b = rows.len();
-    // Row-mean matrix [B, N].
-    let mut mean_m = vec![0f32; b * n_pred];
-    for (j, &i) in row_of.iter().enumerate() {
-        mean_m[i * n_pred + j] = 1.0 / rows[i].targets.len() as f32;
-    }
-    let mean_m = Tensor::from_vec(mean_m, (b, n_pred), &device).map_err(kerr)?;
-    let pos_t = Tensor::from_vec(positions, n_pred, &device).map_err(kerr)?;
-    let tgt_t = Tensor::from_vec(targets.clone(), n_pred, &device).map_err(kerr)?;
 
     // The frozen prefix, once.
-    let first_adapted = sites.first_adapted();
     let cached = model.embed(&refs, 0)?;
     let cached = model
         .run_layers(
             cached,
-            first_adapted,
+            sites.first_adapted(),
             None,
             &Pass::queries_only(sites, Mode::Fast),
         )?
         .detach();
 
-    // Trainable weights and frozen neighbour mixes.
+    // Trainable weights, one pair of Vars per row and layer (one in all for `shared`).
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    let mut vars = Vec::with_capacity(n_layers);
-    let mut all_vars = Vec::with_capacity(2 * n_layers);
-    for _ in 0..n_layers {
-        let a: Vec<f32> = (0..b * rank * d)
-            .map(|_| rng.random_range(-opts.init_scale..=opts.init_scale))
-            .collect();
-        let a = Var::from_tensor(&Tensor::from_vec(a, (b, rank, d), &device).map_err(kerr)?)
-            .map_err(kerr)?;
-        let bm = Var::zeros((b, d, rank), DType::F32, &device).map_err(kerr)?;
-        all_vars.push(a.clone());
-        all_vars.push(bm.clone());
-        vars.push((a, bm));
+    let n_sets = if shared { 1 } else { b };
+    let mut vars: Vec<Vec<(Var, Var)>> = Vec::with_capacity(n_sets);
+    let mut all_vars = Vec::with_capacity(2 * n_layers * n_sets);
+    for _ in 0..n_sets {
+        let mut per = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
+            let a: Vec<f32> = (0..rank * d)
+                .map(|_| rng.random_range(-opts.init_scale..=opts.init_scale))
+                .collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (rank, d), &device).map_err(kerr)?)
+                .map_err(kerr)?;
+            let bm = Var::zeros((d, rank), DType::F32, &device).map_err(kerr)?;
+            all_vars.push(a.clone());
+            all_vars.push(bm.clone());
+            per.push((a, bm));
+        }
+        vars.push(per);
     }
+    // Frozen neighbour mixes, per layer `[B, s·r, d]` / `[B, d, s·r]`.
     let s_max = picked.iter().map(Vec::len).max().unwrap_or(0);
     let mut neighbours = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
@@ -284,12 +315,6 @@ pub fn train_batch(
             Tensor::from_vec(nb, (b, d, w), &device).map_err(kerr)?,
         )));
     }
-    let hook = TrainHook {
-        layer_pos: layers.iter().enumerate().map(|(p, &l)| (l, p)).collect(),
-        vars,
-        own_w: Tensor::from_vec(own_w.clone(), (b, 1, 1), &device).map_err(kerr)?,
-        neighbours,
-    };
     let mut opt = AdamW::new(
         all_vars.clone(),
         ParamsAdamW {
@@ -300,6 +325,20 @@ pub fn train_batch(
     )
     .map_err(kerr)?;
 
+    let snapshot = |set: usize| -> Result<Vec<AdapterPair>> {
+        vars[set]
+            .iter()
+            .map(|(a, bm)| {
+                let to16 = |t: &Tensor| -> candle_core::Result<Vec<f16>> {
+                    t.to_dtype(DType::F16)?.flatten_all()?.to_vec1::<f16>()
+                };
+                Ok(AdapterPair {
+                    a: to16(a.as_tensor()).map_err(kerr)?,
+                    b: to16(bm.as_tensor()).map_err(kerr)?,
+                })
+            })
+            .collect()
+    };
     let mut out: Vec<Option<TrainedRow>> = vec![None; b];
     for (i, w) in own_w.iter().enumerate() {
         if *w == 0.0 {
@@ -312,15 +351,98 @@ pub fn train_batch(
             });
         }
     }
-    let adapters = Adapters { sites, hook: &hook };
-    let pass = Pass::adapted(adapters, Mode::Differentiable);
     let n = model.num_layers();
-    let mut last = Vec::new();
+    let layer_pos: Vec<(usize, usize)> = layers.iter().enumerate().map(|(p, &l)| (l, p)).collect();
+    let mut last = vec![f32::NAN; b];
+    let mut last_step = 0usize;
     for step in 1..=opts.max_steps {
-        let hidden = model.run_layers(cached.clone(), n, None, &pass)?;
-        let flat = hidden.h.reshape((b * t_max, d)).map_err(kerr)?;
-        let gathered = flat
-            .index_select(&pos_t, 0)
+        // The rows still training (all of them for a shared adapter).
+        let active: Vec<usize> = (0..b).filter(|&i| shared || out[i].is_none()).collect();
+        if active.is_empty() {
+            break;
+        }
+        last_step = step;
+        let ba = active.len();
+        let t_act = active.iter().map(|&i| seqs[i].len()).max().unwrap_or(1);
+        let mut positions = Vec::new();
+        let mut targets = Vec::new();
+        let mut row_of = Vec::new();
+        for (k, &i) in active.iter().enumerate() {
+            let r = &rows[i];
+            for (j, &t) in r.targets.iter().enumerate() {
+                positions.push((k * t_act + r.prompt.len() - 1 + j) as u32);
+                targets.push(t);
+                row_of.push(k);
+            }
+        }
+        let n_pred = positions.len();
+        let mut mean_m = vec![0f32; ba * n_pred];
+        for (j, &k) in row_of.iter().enumerate() {
+            mean_m[k * n_pred + j] = 1.0 / rows[active[k]].targets.len() as f32;
+        }
+        let f = || -> candle_core::Result<_> {
+            let idx = Tensor::from_vec(
+                active.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                ba,
+                &device,
+            )?;
+            let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.index_select(&idx, 0)?.narrow(1, 0, t_act)
+            };
+            let hidden = Hidden {
+                h: pick(&cached.h)?,
+                queries: cached.queries.as_ref().map(pick).transpose()?,
+                next_layer: cached.next_layer,
+                pos: 0,
+            };
+            let mut weights = Vec::with_capacity(n_layers);
+            for l in 0..n_layers {
+                if shared {
+                    let (a, bm) = &vars[0][l];
+                    weights.push((a.as_tensor().clone(), bm.as_tensor().clone()));
+                } else {
+                    let a: Vec<&Tensor> =
+                        active.iter().map(|&i| vars[i][l].0.as_tensor()).collect();
+                    let bm: Vec<&Tensor> =
+                        active.iter().map(|&i| vars[i][l].1.as_tensor()).collect();
+                    weights.push((Tensor::stack(&a, 0)?, Tensor::stack(&bm, 0)?));
+                }
+            }
+            let nbs = neighbours
+                .iter()
+                .map(|o| {
+                    o.as_ref()
+                        .map(|(a, bm)| {
+                            Ok::<_, candle_core::Error>((
+                                a.index_select(&idx, 0)?,
+                                bm.index_select(&idx, 0)?,
+                            ))
+                        })
+                        .transpose()
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let w: Vec<f32> = active.iter().map(|&i| own_w[i]).collect();
+            let hook = TrainHook {
+                layer_pos: layer_pos.clone(),
+                weights,
+                own_w: Tensor::from_vec(w, (ba, 1, 1), &device)?,
+                neighbours: nbs,
+            };
+            Ok((
+                hidden,
+                hook,
+                Tensor::from_vec(positions.clone(), n_pred, &device)?,
+                Tensor::from_vec(targets.clone(), n_pred, &device)?,
+                Tensor::from_vec(mean_m.clone(), (ba, n_pred), &device)?,
+            ))
+        };
+        let (hidden, hook, pos_t, tgt_t, mean_t) = f().map_err(kerr)?;
+        let pass = Pass::adapted(Adapters { sites, hook: &hook }, Mode::Differentiable);
+        let hidden = model.run_layers(hidden, n, None, &pass)?;
+        let gathered = hidden
+            .h
+            .reshape((ba * t_act, d))
+            .and_then(|f| f.index_select(&pos_t, 0))
             .and_then(|g| g.unsqueeze(0))
             .map_err(kerr)?;
         let logits = model.logits(
@@ -337,40 +459,29 @@ pub fn train_batch(
             let logits = logits.squeeze(0)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let nll = logp.gather(&tgt_t.unsqueeze(1)?, 1)?.neg()?; // [N, 1]
-            let row_loss = mean_m.matmul(&nll)?.squeeze(1)?; // [B]
+            let row_loss = mean_t.matmul(&nll)?.squeeze(1)?; // [Ba]
             let argmax = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            Ok((row_loss.sum_all()?, row_loss.to_vec1::<f32>()?, argmax))
+            let total = if shared {
+                row_loss.mean_all()?
+            } else {
+                row_loss.sum_all()?
+            };
+            Ok((total, row_loss.to_vec1::<f32>()?, argmax))
         };
         let (loss, row_loss, argmax) = f().map_err(kerr)?;
-        let mut exact = vec![true; b];
-        for (j, &i) in row_of.iter().enumerate() {
+        let mut exact = vec![true; ba];
+        for (j, &k) in row_of.iter().enumerate() {
             if argmax[j] != targets[j] {
-                exact[i] = false;
+                exact[k] = false;
             }
         }
-        let snapshot = |i: usize| -> Result<Vec<AdapterPair>> {
-            hook.vars
-                .iter()
-                .map(|(a, bm)| {
-                    let to16 = |t: &Tensor| -> candle_core::Result<Vec<f16>> {
-                        t.get(i)?
-                            .to_dtype(DType::F16)?
-                            .flatten_all()?
-                            .to_vec1::<f16>()
-                    };
-                    Ok(AdapterPair {
-                        a: to16(a.as_tensor()).map_err(kerr)?,
-                        b: to16(bm.as_tensor()).map_err(kerr)?,
-                    })
-                })
-                .collect()
-        };
-        for i in 0..b {
-            if out[i].is_none() && exact[i] && row_loss[i] < opts.loss_threshold {
-                tracing::debug!(row = i, step, loss = row_loss[i], "row converged");
+        for (k, &i) in active.iter().enumerate() {
+            last[i] = row_loss[k];
+            if !shared && exact[k] && row_loss[k] < opts.loss_threshold {
+                tracing::debug!(row = i, step, loss = row_loss[k], "row converged");
                 out[i] = Some(TrainedRow {
                     layers: snapshot(i)?,
-                    loss: row_loss[i],
+                    loss: row_loss[k],
                     steps: step as u32,
                     converged: true,
                     own_weight: own_w[i],
@@ -378,49 +489,41 @@ pub fn train_batch(
             }
         }
         on_step(step, out.iter().filter(|o| o.is_some()).count());
-        last = row_loss;
-        if out.iter().all(Option::is_some) {
-            break;
-        }
-        if step == opts.max_steps {
-            for i in 0..b {
-                if out[i].is_none() {
-                    out[i] = Some(TrainedRow {
-                        layers: snapshot(i)?,
-                        loss: last[i],
-                        steps: step as u32,
-                        converged: false,
-                        own_weight: own_w[i],
-                    });
-                }
-            }
+        if step == opts.max_steps || out.iter().all(Option::is_some) {
             break;
         }
         let grads = loss.backward().map_err(kerr)?;
-        for (k, v) in all_vars.iter().enumerate() {
-            if grads.get(v.as_tensor()).is_none() {
-                return Err(Error::Training {
-                    reason: format!(
-                        "trainable tensor {k} (layer {}, {}) received no gradient: an op without backward is on the path",
-                        k / 2,
-                        if k % 2 == 0 { "A" } else { "B" }
-                    ),
-                });
+        for &i in &active {
+            let set = if shared { 0 } else { i };
+            for (l, (a, bm)) in vars[set].iter().enumerate() {
+                for (which, v) in [("A", a), ("B", bm)] {
+                    if grads.get(v.as_tensor()).is_none() {
+                        return Err(Error::Training {
+                            reason: format!(
+                                "{which} of row {i} at adapted layer {} received no gradient: an op without backward is on the path",
+                                layers[l]
+                            ),
+                        });
+                    }
+                }
             }
         }
         opt.step(&grads).map_err(kerr)?;
     }
     tracing::debug!(?last, "batch done");
-    Ok(out
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or(TrainedRow {
-                layers: Vec::new(),
-                loss: f32::NAN,
-                steps: 0,
+    let mut result = Vec::with_capacity(b);
+    for i in 0..b {
+        let done = out[i].take();
+        result.push(match done {
+            Some(r) => r,
+            None => TrainedRow {
+                layers: snapshot(if shared { 0 } else { i })?,
+                loss: last[i],
+                steps: last_step as u32,
                 converged: false,
-                own_weight: 0.0,
-            })
-        })
-        .collect())
+                own_weight: own_w[i],
+            },
+        });
+    }
+    Ok(result)
 }
