@@ -5,7 +5,7 @@
 //! plain LoRA fine-tune of one shared adapter of the same shape on the same facts, for
 //! the same total number of optimizer steps, applied unconditionally.
 //!
-//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--no-peer]`
+//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--no-peer]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -168,10 +168,14 @@ fn main() -> anyhow::Result<()> {
 
     let facts = random_facts(n_facts, 7);
     let plain: Vec<Fact> = facts.iter().map(|(f, _)| f.clone()).collect();
+    let lr_milli = arg(&args, "--lr-milli", 50);
     let opts = TuneOptions {
         batch_size: batch,
+        lr: lr_milli as f64 / 1000.0,
+        loss_threshold: arg(&args, "--loss-milli", 50) as f32 / 1000.0,
         ..TuneOptions::default()
     };
+    println!("lr {}, loss threshold {}", opts.lr, opts.loss_threshold);
     let mut batch_steps = Vec::new();
     let mut cur = 0usize;
     let report = engine.memorize(&plain, &opts, &mut |ev| match ev {

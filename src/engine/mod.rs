@@ -552,6 +552,7 @@ impl Engine {
             }
             let cfg = self.store.config().clone();
             let n_rows = rows.len();
+            let t_train = Instant::now();
             let trained = train_batch(
                 &self.backbone.model,
                 &self.sites,
@@ -567,6 +568,8 @@ impl Engine {
                     })
                 },
             )?;
+            let train_secs = t_train.elapsed().as_secs_f64();
+            let t_verify = Instant::now();
             // The batch's converged experts, as inference will see them once committed.
             let keys: Vec<Vec<f16>> = rows
                 .iter()
@@ -605,6 +608,12 @@ impl Engine {
                     statuses.push(FactStatus::VerifyFailed { got });
                 }
             }
+            tracing::info!(
+                rows = n_rows,
+                train_secs,
+                verify_secs = t_verify.elapsed().as_secs_f64(),
+                "batch trained and verified"
+            );
             let mut new = Vec::new();
             let mut slots = Vec::new();
             for (i, s) in statuses.iter().enumerate() {
