@@ -396,10 +396,9 @@ fn train(
                 pos: 0,
             };
             let mut weights = Vec::with_capacity(n_layers);
-            for l in 0..n_layers {
+            for (l, (a0, b0)) in vars[0].iter().enumerate() {
                 if shared {
-                    let (a, bm) = &vars[0][l];
-                    weights.push((a.as_tensor().clone(), bm.as_tensor().clone()));
+                    weights.push((a0.as_tensor().clone(), b0.as_tensor().clone()));
                 } else {
                     let a: Vec<&Tensor> =
                         active.iter().map(|&i| vars[i][l].0.as_tensor()).collect();
