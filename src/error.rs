@@ -195,6 +195,23 @@ pub enum Error {
         /// Its value in the store.
         store: String,
     },
+    /// Memory tuning failed (not a fact that did not converge: that is reported, not
+    /// an error).
+    #[error("memory tuning failed: {reason}")]
+    Training {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A store created for a different backbone than the one given.
+    #[error("store {path} was built for backbone {stored}, but the model given is {given}")]
+    BackboneMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// Digest recorded in the store.
+        stored: String,
+        /// Digest of the model given.
+        given: String,
+    },
     /// A request parameter outside its valid range.
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {

@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod engine;
 pub mod error;
 pub mod index;
 pub mod kernels;
@@ -46,6 +47,7 @@ pub mod model;
 pub mod progress;
 pub mod select;
 pub mod store;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use store::{ExpertRef, NewExpert, Provenance, Snapshot, Store, StoreConfig};

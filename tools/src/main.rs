@@ -5,9 +5,13 @@
 //! finds a problem or fails. Progress bars go to stderr, only on a terminal.
 
 mod archive;
+// Memory tuning subcommands (issue 7), one file each.
+mod ask;
 mod compact;
 mod delete;
+mod eval;
 mod inspect;
+mod memorize;
 mod search;
 mod smoke;
 mod stats;
@@ -36,6 +40,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Memorize facts from a JSONL file: train one expert per fact, verify, commit.
+    Memorize(memorize::Args),
+    /// Answer a prompt with the experts the engine selects.
+    Ask(ask::Args),
+    /// Exact recall of facts and locality on unrelated prompts (JSON).
+    Eval(eval::Args),
     /// Store smoke demo: create a store, insert random experts durably, reopen, read them back.
     Smoke(smoke::Args),
     /// Store statistics: experts, shards, orphans, index coverage, config, usage.
@@ -71,6 +81,9 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Memorize(a) => memorize::run(a),
+        Cmd::Ask(a) => ask::run(a),
+        Cmd::Eval(a) => eval::run(a),
         Cmd::Smoke(a) => smoke::run(a),
         Cmd::Stats(a) => stats::run(a),
         Cmd::Inspect(a) => inspect::run(a),

@@ -1,0 +1,343 @@
+//! Memory-tuning benchmark (the MoME paper's random-fact experiment, scaled to this
+//! machine): memorize N random facts into a store that also holds M random distractor
+//! experts; report exact recall, locality on unrelated prompts, recall on paraphrased
+//! questions and facts memorized per minute, next to the same figures for the peer — a
+//! plain LoRA fine-tune of one shared adapter of the same shape on the same facts, for
+//! the same total number of optimizer steps, applied unconditionally.
+//!
+//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--no-peer]`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+use half::f16;
+use mome::engine::{AskOptions, CandidateSet, Engine, EngineParams, Fact, FactStatus};
+use mome::model::{Backbone, WeightFormat};
+use mome::store::{AdapterPair, NewExpert, Provenance};
+use mome::tune::{train_shared, TrainRow, TuneOptions};
+use rand::{Rng, SeedableRng};
+
+const UNRELATED: [&str; 20] = [
+    "What is the capital of France?",
+    "Write one word about the sea.",
+    "How many legs does a spider have?",
+    "What is 2 + 2?",
+    "Name a colour of the sky.",
+    "Who wrote Hamlet?",
+    "What is the boiling point of water?",
+    "Translate 'cat' into French.",
+    "Give me a synonym for happy.",
+    "What is the largest planet in the solar system?",
+    "How do I make a cup of tea?",
+    "What does a bee make?",
+    "Say hello in Spanish.",
+    "What is the opposite of cold?",
+    "Which animal is known as the king of the jungle?",
+    "What is the square root of 81?",
+    "Name a fruit that is yellow.",
+    "What language is spoken in Brazil?",
+    "How many days are in a week?",
+    "What is photosynthesis?",
+];
+
+const TEMPLATES: [(&str, &str); 5] = [
+    (
+        "What is the secret code of {}?",
+        "Tell me the secret code of {}.",
+    ),
+    (
+        "What is the password of the {} vault?",
+        "What's the password for the {} vault?",
+    ),
+    (
+        "Who guards the gate of {}?",
+        "Who is the guard at the gate of {}?",
+    ),
+    (
+        "What is the favourite number of {}?",
+        "Which number does {} like best?",
+    ),
+    (
+        "Which ship carried the {} treaty?",
+        "What ship was it that carried the {} treaty?",
+    ),
+];
+
+fn word(rng: &mut rand::rngs::StdRng) -> String {
+    const C: &[u8] = b"bcdfghklmnprstvz";
+    const V: &[u8] = b"aeiou";
+    let mut s = String::new();
+    for i in 0..rng.random_range(2..4) {
+        let c = C[rng.random_range(0..C.len())] as char;
+        s.push(if i == 0 { c.to_ascii_uppercase() } else { c });
+        s.push(V[rng.random_range(0..V.len())] as char);
+    }
+    s.push(C[rng.random_range(0..C.len())] as char);
+    s
+}
+
+/// (fact, paraphrased prompt)
+fn random_facts(n: usize, seed: u64) -> Vec<(Fact, String)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let name = word(&mut rng);
+            let (t, p) = TEMPLATES[i % TEMPLATES.len()];
+            let answer = match i % 3 {
+                0 => format!("{}", rng.random_range(10_000..100_000)),
+                1 => format!(
+                    "{}{}-{}",
+                    word(&mut rng).to_lowercase(),
+                    rng.random_range(0..10),
+                    rng.random_range(10..100)
+                ),
+                _ => format!("{} {}", word(&mut rng), word(&mut rng)),
+            };
+            (
+                Fact::new(t.replace("{}", &name), answer),
+                p.replace("{}", &name),
+            )
+        })
+        .collect()
+}
+
+fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let n_facts = arg(&args, "--facts", 20);
+    let n_distractors = arg(&args, "--distractors", 10_000);
+    let batch = arg(&args, "--batch", 10);
+    let peer = !args.iter().any(|a| a == "--no-peer");
+    let path = mome::model::locate_model(None)?;
+    let bb = Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu)?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("store");
+    let mut engine = Engine::open_or_create_with(&db, bb, None, EngineParams::default())?;
+    let cfg = engine.store().config().clone();
+    println!(
+        "threads {}, facts {n_facts}, distractors {n_distractors}, batch {batch}, store {:?}",
+        candle_core::utils::get_num_threads(),
+        cfg
+    );
+
+    // Random distractors: random unit keys, small random adapters.
+    let t = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let d = cfg.d_model as usize;
+    let mat = (cfg.rank * cfg.d_model) as usize;
+    let mut left = n_distractors;
+    while left > 0 {
+        let k = left.min(1000);
+        let batch: Vec<NewExpert> = (0..k)
+            .map(|_| {
+                let key: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                let mut m = |n: usize| -> Vec<f16> {
+                    (0..n)
+                        .map(|_| f16::from_f32(rng.random_range(-0.01f32..0.01)))
+                        .collect()
+                };
+                NewExpert {
+                    key: key.iter().map(|&x| f16::from_f32(x)).collect(),
+                    layers: cfg
+                        .layers
+                        .iter()
+                        .map(|_| AdapterPair {
+                            a: m(mat),
+                            b: m(mat),
+                        })
+                        .collect(),
+                    provenance: Provenance::text("distractor"),
+                }
+            })
+            .collect();
+        engine.index().insert_batch(batch)?;
+        left -= k;
+    }
+    println!(
+        "inserted {n_distractors} distractors in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let facts = random_facts(n_facts, 7);
+    let plain: Vec<Fact> = facts.iter().map(|(f, _)| f.clone()).collect();
+    let lr_milli = arg(&args, "--lr-milli", 50);
+    let opts = TuneOptions {
+        batch_size: batch,
+        lr: lr_milli as f64 / 1000.0,
+        loss_threshold: arg(&args, "--loss-milli", 50) as f32 / 1000.0,
+        ..TuneOptions::default()
+    };
+    println!("lr {}, loss threshold {}", opts.lr, opts.loss_threshold);
+    let mut batch_steps = Vec::new();
+    let mut cur = 0usize;
+    let report = engine.memorize(&plain, &opts, &mut |ev| match ev {
+        mome::engine::MemorizeEvent::Step { step, .. } => cur = step,
+        mome::engine::MemorizeEvent::Done(_) => batch_steps.push(cur),
+    })?;
+    let total_steps: usize = batch_steps.iter().sum();
+    let steps: Vec<u32> = report.outcomes.iter().map(|o| o.steps).collect();
+    println!(
+        "mome: memorized {}/{} in {:.1} s = {:.1} facts/min; steps per fact {:?}; optimizer steps in all {total_steps}; broken {}",
+        report.memorized,
+        n_facts,
+        report.seconds,
+        report.memorized as f64 * 60.0 / report.seconds,
+        steps,
+        report.broken.len()
+    );
+    for o in &report.outcomes {
+        if !matches!(o.status, FactStatus::Memorized { .. }) {
+            println!(
+                "  not memorized: {:?} -> {:?}: {:?}",
+                o.fact.prompt, o.fact.answer, o.status
+            );
+        }
+    }
+
+    let ask = AskOptions::default();
+    let short = AskOptions {
+        max_tokens: 16,
+        use_experts: true,
+    };
+    let bare_opts = AskOptions {
+        max_tokens: 16,
+        use_experts: false,
+    };
+    let t = Instant::now();
+    let recall = facts
+        .iter()
+        .filter(|(f, _)| {
+            engine
+                .ask(&f.prompt, &ask)
+                .map(|a| a.text == f.answer)
+                .unwrap_or(false)
+        })
+        .count();
+    let para = facts
+        .iter()
+        .filter(|(f, p)| {
+            engine
+                .ask(p, &ask)
+                .map(|a| a.text == f.answer)
+                .unwrap_or(false)
+        })
+        .count();
+    let mut bare_unrelated = Vec::new();
+    let mut local = 0;
+    for p in UNRELATED {
+        let bare = engine.ask(p, &bare_opts)?;
+        if engine.ask(p, &short)?.tokens == bare.tokens {
+            local += 1;
+        }
+        bare_unrelated.push(bare.tokens);
+    }
+    println!(
+        "mome: exact recall {recall}/{n_facts}, paraphrase recall {para}/{n_facts}, locality {local}/{} (eval {:.1} s)",
+        UNRELATED.len(),
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "| mome | {n_distractors} | {:.0}% | {:.0}% | {:.0}% | {:.1} |",
+        100.0 * recall as f64 / n_facts as f64,
+        100.0 * local as f64 / UNRELATED.len() as f64,
+        100.0 * para as f64 / n_facts as f64,
+        report.memorized as f64 * 60.0 / report.seconds
+    );
+    if !peer {
+        return Ok(());
+    }
+
+    // Peer: one shared adapter, same shape, same facts, same number of steps, applied
+    // to every request.
+    let t = Instant::now();
+    let im_end = engine
+        .backbone()
+        .tokenizer
+        .token_id("<|im_end|>")
+        .unwrap_or(2);
+    let mut rows = Vec::new();
+    for (f, _) in &facts {
+        let prompt = engine.prompt_tokens(&f.prompt)?;
+        let mut targets = engine.backbone().tokenizer.encode(&f.answer)?;
+        targets.push(im_end);
+        rows.push(TrainRow {
+            query: engine.request_query(&prompt)?,
+            prompt,
+            targets,
+            neighbours: Vec::new(),
+        });
+    }
+    let sites = mome::model::AdapterSites::new(
+        cfg.query_layer as usize,
+        &cfg.layers.iter().map(|&l| l as usize).collect::<Vec<_>>(),
+    )?;
+    let peer_opts = TuneOptions {
+        max_steps: total_steps.max(1),
+        ..opts.clone()
+    };
+    let (layers, loss) = train_shared(
+        &engine.backbone().model,
+        &sites,
+        cfg.rank as usize,
+        &rows,
+        &peer_opts,
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let layers = Arc::new(layers);
+    let run = |prompt: &str, max: usize| -> anyhow::Result<Vec<u32>> {
+        let tokens = engine.prompt_tokens(prompt)?;
+        let q = engine.request_query(&tokens)?;
+        let mut set = CandidateSet::default();
+        // Keyed on the request itself: always selected, weight 1 (unconditional).
+        set.push_owned(
+            q.iter().map(|&x| f16::from_f32(x)).collect(),
+            layers.clone(),
+        );
+        Ok(engine.generate_with(&tokens, &q, set, max)?.0)
+    };
+    let text = |ids: &[u32]| {
+        engine
+            .backbone()
+            .tokenizer
+            .decode(ids, true)
+            .unwrap_or_default()
+    };
+    let mut p_recall = 0;
+    let mut p_para = 0;
+    for (f, p) in &facts {
+        if text(&run(&f.prompt, 48)?) == f.answer {
+            p_recall += 1;
+        }
+        if text(&run(p, 48)?) == f.answer {
+            p_para += 1;
+        }
+    }
+    let mut p_local = 0;
+    for (p, bare) in UNRELATED.iter().zip(&bare_unrelated) {
+        if &run(p, 16)? == bare {
+            p_local += 1;
+        }
+    }
+    println!(
+        "peer (shared LoRA, {} steps, final loss {loss:.4}): trained in {secs:.1} s = {:.1} facts/min; exact recall {p_recall}/{n_facts}, paraphrase {p_para}/{n_facts}, locality {p_local}/{}",
+        peer_opts.max_steps,
+        n_facts as f64 * 60.0 / secs,
+        UNRELATED.len()
+    );
+    println!(
+        "| shared LoRA | {n_distractors} | {:.0}% | {:.0}% | {:.0}% | {:.1} |",
+        100.0 * p_recall as f64 / n_facts as f64,
+        100.0 * p_local as f64 / UNRELATED.len() as f64,
+        100.0 * p_para as f64 / n_facts as f64,
+        n_facts as f64 * 60.0 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `mome ask`: answer a prompt with the experts the engine selects.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use mome::engine::{AskOptions, Engine};
+
+/// Arguments of `mome ask`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store directory.
+    #[arg(long)]
+    db: PathBuf,
+    /// Model file (default: $MOME_MODEL, then the data directory).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Answer with the bare backbone.
+    #[arg(long)]
+    no_experts: bool,
+    /// Print the candidates and the selected experts with their weights (stderr).
+    #[arg(long)]
+    explain: bool,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 48)]
+    max_tokens: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// The question.
+    prompt: String,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let engine = Engine::open(&a.db, a.model.as_deref())
+        .with_context(|| format!("opening {}", a.db.display()))?;
+    let answer = engine.ask(
+        &a.prompt,
+        &AskOptions {
+            max_tokens: a.max_tokens,
+            use_experts: !a.no_experts,
+        },
+    )?;
+    let describe = |id: u64| -> String {
+        engine
+            .store()
+            .meta(id)
+            .ok()
+            .and_then(|m| {
+                m.provenance
+                    .prompt
+                    .map(|p| format!("{p:?} -> {:?}", m.provenance.answer.unwrap_or_default()))
+            })
+            .unwrap_or_default()
+    };
+    if a.json {
+        let sel: Vec<_> = answer
+            .selected
+            .iter()
+            .map(|(id, w)| serde_json::json!({"id": id, "weight": w, "fact": describe(*id)}))
+            .collect();
+        let cands: Vec<_> = answer
+            .candidates
+            .iter()
+            .take(8)
+            .map(|h| serde_json::json!({"id": h.id, "score": h.score}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"answer": answer.text, "selected": sel, "candidates": cands})
+        );
+    } else {
+        println!("{}", answer.text);
+        if a.explain {
+            let p = engine.params();
+            eprintln!(
+                "selection: tau {} top_k {} temperature {} K {}",
+                p.selection.tau, p.selection.top_k, p.selection.temperature, p.k_candidates
+            );
+            for h in answer.candidates.iter().take(5) {
+                eprintln!(
+                    "  candidate {:>6}  score {:.4}  {}",
+                    h.id,
+                    h.score,
+                    describe(h.id)
+                );
+            }
+            if answer.selected.is_empty() {
+                eprintln!("  selected: none (no candidate above tau: bare backbone output)");
+            }
+            for (id, w) in &answer.selected {
+                eprintln!(
+                    "  selected {id:>6}  weight {w:.4} at every token  {}",
+                    describe(*id)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,115 @@
+//! `mome memorize`: train and commit one expert per fact of a JSONL file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use mome::engine::{Engine, Fact, FactStatus, MemorizeEvent};
+use mome::tune::TuneOptions;
+
+/// Arguments of `mome memorize`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Store directory (created with defaults for the model on first use).
+    #[arg(long)]
+    db: PathBuf,
+    /// Facts, one JSON object per line: {"prompt": "...", "answer": "..."}.
+    #[arg(long)]
+    facts: PathBuf,
+    /// Model file (default: $MOME_MODEL, then the data directory).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Facts trained together (each its own expert).
+    #[arg(long, default_value_t = TuneOptions::default().batch_size)]
+    batch_size: usize,
+    /// Most optimizer steps per batch.
+    #[arg(long, default_value_t = TuneOptions::default().max_steps)]
+    max_steps: usize,
+    /// Machine-readable summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads a JSONL file of objects into `T`, naming the line of any error.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: bad JSON", path.display(), i + 1))
+        })
+        .collect()
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let facts: Vec<Fact> = read_jsonl(&a.facts)?;
+    anyhow::ensure!(!facts.is_empty(), "{} holds no facts", a.facts.display());
+    let mut engine = Engine::open_or_create(&a.db, a.model.as_deref())
+        .with_context(|| format!("opening {}", a.db.display()))?;
+    let opts = TuneOptions {
+        batch_size: a.batch_size,
+        max_steps: a.max_steps,
+        ..TuneOptions::default()
+    };
+    let pb = mome::progress::bar(facts.len() as u64, "memorize");
+    let report = engine.memorize(&facts, &opts, &mut |ev| match ev {
+        MemorizeEvent::Step {
+            step,
+            converged,
+            rows,
+        } => pb.set_message(format!("step {step}: {converged}/{rows}")),
+        MemorizeEvent::Done(n) => pb.inc(n as u64),
+    })?;
+    pb.finish_and_clear();
+    engine.flush()?;
+    if a.json {
+        let failures: Vec<_> = report
+            .outcomes
+            .iter()
+            .filter(|o| !matches!(o.status, FactStatus::Memorized { .. }))
+            .map(|o| {
+                serde_json::json!({"prompt": o.fact.prompt, "answer": o.fact.answer,
+                    "status": format!("{:?}", o.status), "loss": o.loss, "steps": o.steps})
+            })
+            .collect();
+        let steps: Vec<u32> = report.outcomes.iter().map(|o| o.steps).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "memorized": report.memorized, "failed": report.failed,
+                "seconds": report.seconds, "broken": report.broken,
+                "steps": steps, "failures": failures,
+            })
+        );
+    } else {
+        for o in &report.outcomes {
+            let what = match &o.status {
+                FactStatus::Memorized { id } => format!("memorized as expert {id}"),
+                FactStatus::NotConverged => "NOT converged".to_string(),
+                FactStatus::VerifyFailed { got } => format!("FAILED verification (got {got:?})"),
+                FactStatus::Shadowed => "SHADOWED by a stored expert".to_string(),
+            };
+            println!(
+                "{:<50} -> {:<20} {what} (loss {:.4}, {} steps)",
+                o.fact.prompt, o.fact.answer, o.loss, o.steps
+            );
+        }
+        println!(
+            "memorized {} of {} facts in {:.1} s ({:.1} facts/min); {} failed; {} stored facts broken",
+            report.memorized,
+            report.outcomes.len(),
+            report.seconds,
+            report.memorized as f64 * 60.0 / report.seconds.max(1e-9),
+            report.failed,
+            report.broken.len()
+        );
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
