@@ -1,26 +1,30 @@
-//! `mome verify`: checksums, metadata ⇄ shards ⇄ index consistency, recall (notice).
+//! `mome verify`: checksums, metadata ⇄ shards ⇄ index consistency, and with
+//! `--recall` the replay of every stored fact through the engine.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
-use mome::index::ExpertIndex;
-use serde_json::json;
+use std::sync::Arc;
 
-/// Why `--recall` cannot replay facts yet.
-const RECALL_NOTICE: &str = "recall replay is not available yet: it needs memory tuning's \
-    answer path (selection + fused apply), which has not landed; no fact was replayed";
+use anyhow::Result;
+use mome::engine::{AskOptions, Engine};
+use mome::index::ExpertIndex;
+use mome::model::{Backbone, WeightFormat};
+use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Store directory.
     #[arg(long)]
     db: PathBuf,
-    /// Also replay every stored fact through the model and report those no longer
-    /// recalled exactly. Not available until memory tuning lands: prints a notice and
-    /// leaves the exit status to the other checks.
+    /// Also replay every stored fact (experts whose provenance has a prompt and an
+    /// answer) through the engine and report each one whose greedy answer is no longer
+    /// exactly the stored answer.
     #[arg(long)]
     recall: bool,
+    /// Model file (GGUF) for `--recall`; default: $MOME_MODEL or the data directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Machine-readable output (one JSON object).
     #[arg(long)]
     json: bool,
@@ -79,6 +83,50 @@ pub fn run(args: Args) -> Result<ExitCode> {
         });
     }
 
+    // Recall replay runs last, through the engine, which takes over the store handle.
+    let live = snap.len();
+    drop(snap);
+    let mut recall_checked = None;
+    if args.recall {
+        // Facts are the experts whose provenance has a prompt and an answer; the model is
+        // loaded only when there is one to replay.
+        let mut facts: Vec<(u64, String, String)> = Vec::new();
+        for id in store.snapshot().ids() {
+            let p = store.meta(id)?.provenance;
+            if let (Some(prompt), Some(answer)) = (p.prompt, p.answer) {
+                facts.push((id, prompt, answer));
+            }
+        }
+        if !facts.is_empty() {
+            let backbone = Backbone::locate_and_load(
+                args.model.as_deref(),
+                WeightFormat::F32,
+                &candle_core::Device::Cpu,
+            )?;
+            let engine = Engine::from_parts(Arc::new(store), backbone)?;
+            let pb = mome::progress::bar(facts.len() as u64, "recall");
+            let opts = AskOptions::default();
+            for (id, prompt, answer) in &facts {
+                let got = engine.ask(prompt, &opts)?;
+                pb.inc(1);
+                if &got.text != answer {
+                    let loc = engine.store().snapshot().location(*id);
+                    rows.push(Row {
+                        id: Some(*id),
+                        shard: loc.map(|l| l.shard),
+                        offset: loc.map(|l| layout.slot_offset(l.slot)),
+                        detail: format!(
+                            "fact no longer recalled exactly: {prompt:?} answers {:?}, stored {answer:?}",
+                            got.text
+                        ),
+                    });
+                }
+            }
+            pb.finish_and_clear();
+        }
+        recall_checked = Some(facts.len());
+    }
+
     if args.json {
         let problems: Vec<_> = rows
             .iter()
@@ -92,15 +140,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }),
             None => json!({"saved": false}),
         };
-        let recall = if args.recall {
-            json!({"checked": false, "notice": RECALL_NOTICE})
-        } else {
-            json!({"checked": false})
+        let recall = match recall_checked {
+            Some(n) => json!({"checked": true, "facts": n}),
+            None => json!({"checked": false}),
         };
         println!(
             "{}",
             json!({
-                "records_checked": report.records_checked, "live": snap.len(),
+                "records_checked": report.records_checked, "live": live,
                 "index": index, "recall": recall, "problems": problems,
             })
         );
@@ -121,13 +168,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 s.count,
                 check.replayed,
                 check.indexed,
-                snap.len()
+                live
             ),
             Some(_) => {}
             None => println!("index: none saved (built on first open); nothing to check"),
         }
-        if args.recall {
-            println!("recall: {RECALL_NOTICE}");
+        if let Some(n) = recall_checked {
+            println!("recall: replayed {n} stored facts through the engine");
         }
         println!(
             "verified {} records: {} problems",

@@ -1,0 +1,76 @@
+//! `mome verify --recall` replays every stored fact through the engine (real model) and
+//! names each expert whose fact is no longer answered exactly. Skipped when the model is
+//! missing (fails under CI, which fetches it).
+
+mod common;
+
+use common::{mome, s};
+use half::f16;
+use mome::engine::{AskOptions, Engine};
+use mome::store::{AdapterPair, NewExpert, Provenance};
+
+#[test]
+fn verify_recall_names_facts_that_are_not_recalled() {
+    if let Err(e) = mome::model::locate_model(None) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI without the model: {e}"
+        );
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("store");
+    let (good, bad) = (
+        "What is the capital of France?",
+        "What is the capital of Italy?",
+    );
+    {
+        let engine = Engine::open_or_create(&db, None).unwrap();
+        let cfg = engine.store().config().clone();
+        // Experts with B = 0 change nothing: the engine answers as the bare model. One
+        // records the bare answer (recalled), one a different answer (not recalled).
+        let bare = engine.ask(good, &AskOptions::default()).unwrap().text;
+        let mk = |prompt: &str, answer: &str| {
+            let q = engine
+                .request_query(&engine.prompt_tokens(prompt).unwrap())
+                .unwrap();
+            let mat = (cfg.rank * cfg.d_model) as usize;
+            NewExpert {
+                key: q.iter().map(|&x| f16::from_f32(x)).collect(),
+                layers: cfg
+                    .layers
+                    .iter()
+                    .map(|_| AdapterPair {
+                        a: vec![f16::from_f32(0.01); mat],
+                        b: vec![f16::ZERO; mat],
+                    })
+                    .collect(),
+                provenance: Provenance::fact(prompt, answer),
+            }
+        };
+        let ids = engine
+            .index()
+            .insert_batch(vec![mk(good, &bare), mk(bad, "zz-not-the-answer")])
+            .unwrap();
+        assert_eq!(ids, vec![1, 2]);
+    }
+    let out = mome(&["verify", "--db", s(&db), "--recall", "--json"]);
+    assert_eq!(
+        out.code, 1,
+        "a fact not recalled is a problem: {}",
+        out.stdout
+    );
+    let v = out.json();
+    assert_eq!(v["recall"]["checked"], true);
+    assert_eq!(v["recall"]["facts"], 2);
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0]["id"], 2);
+    assert!(problems[0]["shard"].is_u64() && problems[0]["offset"].is_u64());
+    let detail = problems[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("no longer recalled") && detail.contains("zz-not-the-answer"),
+        "{detail}"
+    );
+}
