@@ -47,7 +47,7 @@ use super::meta::{
     id_key, shard_key, DeadValue, LocValue, ShardMeta, CF_DEAD, CF_LOC, CF_META, CF_SHARDS,
     K_NEXT_SHARD, RECLAIMED_SHARD,
 };
-use super::shard::{check_record, create_shard_file, parse_shard_file_name, Shard, ShardHeader};
+use super::shard::{create_shard_file, parse_shard_file_name, Shard, ShardHeader};
 use super::{
     cf, sync_dir, synced, Loc, OrphanFile, ShardState, ShardStats, State, Store, SHARDS_DIR,
     SHARD_FORMAT_VERSION,
@@ -494,24 +494,22 @@ impl Store {
             let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK.min(chunk.len() * rs) + rs);
             let mut flushed = 0u32;
             for (slot, &(old, id)) in (0u32..).zip(chunk) {
-                let offset = self.layout.slot_offset(old.slot);
-                let corrupt = |reason: String| Error::CorruptRecord {
+                let corrupt = |reason: &str| Error::CorruptRecord {
                     id,
                     shard: old.shard,
-                    offset,
-                    reason,
+                    offset: self.layout.slot_offset(old.slot),
+                    reason: reason.into(),
                 };
                 let src = base
                     .shards
                     .get(&old.shard)
-                    .ok_or_else(|| corrupt("shard not open".into()))?;
+                    .ok_or_else(|| corrupt("shard not open"))?;
+                // The same check a read makes, recomputed (never the verified cache): a
+                // corrupt record must stop the rewrite, not be copied.
+                let h = src.check_slot(old.slot, id)?;
                 let bytes = src
                     .record_bytes(old.slot)
-                    .ok_or_else(|| corrupt("record outside the mapping".into()))?;
-                let h = check_record(bytes).map_err(corrupt)?;
-                if h.id != id {
-                    return Err(corrupt(format!("record holds expert {}", h.id)));
-                }
+                    .ok_or_else(|| corrupt("record outside the mapping"))?;
                 buf.extend_from_slice(bytes);
                 moved.push(Moved {
                     id,

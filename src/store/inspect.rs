@@ -90,17 +90,7 @@ impl Store {
     /// records already verified through this mapping); returns the record's header.
     pub fn check_record(&self, id: u64) -> Result<RecordHeader> {
         let snap = self.snapshot();
-        let loc = snap.location(id).ok_or(Error::UnknownExpert { id })?;
-        let shard = snap
-            .state
-            .shards
-            .get(&loc.shard)
-            .ok_or_else(|| Error::CorruptMetadata {
-                what: format!(
-                    "expert {id} points at shard {} which is not open",
-                    loc.shard
-                ),
-            })?;
+        let (loc, shard) = snap.state.place(id)?;
         shard.check_slot(loc.slot, id)
     }
 

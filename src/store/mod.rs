@@ -66,7 +66,8 @@ struct State {
 }
 
 impl State {
-    fn resolve(&self, id: u64) -> Result<ExpertRef> {
+    /// Where a live expert's record lies: its location and the open shard holding it.
+    fn place(&self, id: u64) -> Result<(Loc, &Arc<Shard>)> {
         let loc = self.locs.get(id).ok_or(Error::UnknownExpert { id })?;
         let shard = self
             .shards
@@ -77,6 +78,11 @@ impl State {
                     loc.shard
                 ),
             })?;
+        Ok((loc, shard))
+    }
+
+    fn resolve(&self, id: u64) -> Result<ExpertRef> {
+        let (loc, shard) = self.place(id)?;
         shard.verify_slot(loc.slot, id)?;
         Ok(ExpertRef {
             id,
