@@ -5,7 +5,7 @@
 //! plain LoRA fine-tune of one shared adapter of the same shape on the same facts, for
 //! the same total number of optimizer steps, applied unconditionally.
 //!
-//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--no-peer]`
+//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 23,26,29] [--no-peer]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -111,6 +111,14 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() -> anyhow::Result<()> {
+    // RUST_LOG=mome=info shows each batch's training and verification time.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let n_facts = arg(&args, "--facts", 20);
     let n_distractors = arg(&args, "--distractors", 10_000);
@@ -120,7 +128,26 @@ fn main() -> anyhow::Result<()> {
     let bb = Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu)?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("store");
-    let mut engine = Engine::open_or_create_with(&db, bb, None, EngineParams::default())?;
+    // --layers 27,28,29: adapters on other layers than the engine's default.
+    let config = args
+        .iter()
+        .position(|a| a == "--layers")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| -> anyhow::Result<_> {
+            let layers = s
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<u32>, _>>()?;
+            let base = mome::engine::default_store_config(&bb.model);
+            let query = base.query_layer.min(layers[0]);
+            Ok(
+                mome::StoreConfig::new(base.d_model, base.key_dim, base.rank, layers)
+                    .with_query_layer(query)
+                    .with_backbone_digest(base.backbone_digest),
+            )
+        })
+        .transpose()?;
+    let mut engine = Engine::open_or_create_with(&db, bb, config, EngineParams::default())?;
     let cfg = engine.store().config().clone();
     println!(
         "threads {}, facts {n_facts}, distractors {n_distractors}, batch {batch}, store {:?}",

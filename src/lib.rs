@@ -47,6 +47,7 @@ pub mod model;
 pub mod progress;
 pub mod select;
 pub mod store;
+pub mod synth;
 pub mod tune;
 
 pub use error::{Error, Result};

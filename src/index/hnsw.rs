@@ -162,13 +162,22 @@ impl KeyIndex for HnswIndex {
 
     fn add(&self, id: u64, key: &[f32]) -> Result<()> {
         check_query(key, self.dim, "key")?;
-        self.reserve(1)?;
         let _slot = self.slots.acquire();
-        let g = self.index.read();
-        if g.contains(id) {
-            g.remove(id).map_err(|e| err("remove", e))?;
+        // The capacity check and the add must see the same graph: checking `size + 1`
+        // and adding under a later guard let concurrent adders overrun the capacity
+        // ("Reserve capacity ahead of insertions!"). Under one read guard, at most
+        // THREAD_SLOTS adds (each holding a slot) run between any check and its add.
+        loop {
+            let g = self.index.read();
+            if g.size() + THREAD_SLOTS <= g.capacity() {
+                if g.contains(id) {
+                    g.remove(id).map_err(|e| err("remove", e))?;
+                }
+                return g.add(id, key).map_err(|e| err("add", e));
+            }
+            drop(g);
+            self.reserve(THREAD_SLOTS)?;
         }
-        g.add(id, key).map_err(|e| err("add", e))
     }
 
     fn remove(&self, id: u64) -> Result<bool> {
@@ -195,6 +204,23 @@ impl KeyIndex for HnswIndex {
             .collect())
     }
 
+    /// Queries of a batch run in parallel on the rayon pool (usearch searches are
+    /// thread-safe; the slot semaphore bounds them).
+    fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
+        use rayon::prelude::*;
+        if self.dim == 0 || !queries.len().is_multiple_of(self.dim) {
+            return Err(Error::DimMismatch {
+                what: "batch of queries (length must be a multiple of key_dim)".into(),
+                expected: self.dim,
+                found: queries.len(),
+            });
+        }
+        queries
+            .par_chunks_exact(self.dim)
+            .map(|q| self.search(q, k))
+            .collect()
+    }
+
     fn save(&self, path: &Path) -> Result<()> {
         let g = self.index.write();
         let p = path
@@ -205,5 +231,35 @@ impl KeyIndex for HnswIndex {
 
     fn memory_bytes(&self) -> usize {
         self.index.read().memory_usage()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many threads adding into a fresh index cross every capacity boundary while
+    /// others add: no add may fail for want of reserved capacity.
+    #[test]
+    fn concurrent_adds_grow_capacity_safely() {
+        let dim = 8;
+        let idx = HnswIndex::new(dim, &crate::index::IndexParams::default()).expect("index");
+        let threads = 8u64;
+        let per = 1500u64;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let idx = &idx;
+                s.spawn(move || {
+                    for i in 0..per {
+                        let id = t * per + i + 1;
+                        let key: Vec<f32> = (0..dim)
+                            .map(|d| ((id * 31 + d as u64 * 7) % 97) as f32 + 1.0)
+                            .collect();
+                        idx.add(id, &key).expect("add");
+                    }
+                });
+            }
+        });
+        assert_eq!(idx.len(), (threads * per) as usize);
     }
 }

@@ -60,60 +60,7 @@ pub fn seed_of(text: &str) -> Option<u64> {
     text.strip_prefix("seed=")?.parse().ok()
 }
 
-/// `n` keys of dimension `dim` drawn from `clusters` clusters, as f32, row-major.
-///
-/// Each cluster is a random centre plus variation along its own random 16-dimensional
-/// subspace and a little isotropic noise. Real keys (pooled hidden states) are
-/// anisotropic with a low intrinsic dimension; isotropic Gaussian blobs in 576
-/// dimensions are not like them: every point of a blob is almost equidistant from a
-/// query, so the "true" top-10 is decided by noise in the third decimal and recall
-/// measures nothing (docs/BENCHMARKS.md shows both).
-pub fn clustered_keys(n: usize, dim: usize, clusters: usize, seed: u64) -> Vec<f32> {
-    clustered_keys_with(n, dim, clusters, 16, seed)
-}
-
-/// As [`clustered_keys`] with the subspace dimension given; `sub = 0` gives isotropic
-/// Gaussian blobs.
-pub fn clustered_keys_with(
-    n: usize,
-    dim: usize,
-    clusters: usize,
-    sub: usize,
-    seed: u64,
-) -> Vec<f32> {
-    use rand::{Rng, SeedableRng};
-    // Centres and bases depend only on the cluster layout, so queries drawn with another
-    // seed come from the same clusters.
-    let mut layout =
-        rand::rngs::StdRng::seed_from_u64(0x5EED ^ (clusters as u64) ^ ((dim as u64) << 20));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    fn gauss(r: &mut rand::rngs::StdRng) -> f32 {
-        let u1: f32 = r.random_range(f32::EPSILON..1.0);
-        let u2: f32 = r.random_range(0.0..1.0);
-        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
-    }
-    let centres: Vec<f32> = (0..clusters * dim).map(|_| gauss(&mut layout)).collect();
-    let bases: Vec<f32> = (0..clusters * dim * sub)
-        .map(|_| 0.125 * gauss(&mut layout))
-        .collect();
-    let noise = if sub == 0 { 0.35 } else { 0.05 };
-    let mut out = Vec::with_capacity(n * dim);
-    let mut z = vec![0f32; sub];
-    for _ in 0..n {
-        let c = rng.random_range(0..clusters);
-        z.iter_mut().for_each(|v| *v = gauss(&mut rng));
-        let centre = &centres[c * dim..(c + 1) * dim];
-        let basis = &bases[c * dim * sub..(c + 1) * dim * sub];
-        for d in 0..dim {
-            let mut x = centre[d] + noise * gauss(&mut rng);
-            for (j, zj) in z.iter().enumerate() {
-                x += basis[d * sub + j] * zj;
-            }
-            out.push(x);
-        }
-    }
-    out
-}
+pub use mome::synth::clustered_keys;
 
 // ---- backbone helpers ----
 /// Control tokens of the tiny tokenizer (same first ids as SmolLM2's).

@@ -4,7 +4,10 @@
 //! report or, with `--json`, one JSON object on stdout, and exits non-zero when it
 //! finds a problem or fails. Progress bars go to stderr, only on a terminal.
 
+#![recursion_limit = "256"]
+
 mod archive;
+mod bench;
 // Memory tuning subcommands (issue 7), one file each.
 mod ask;
 mod compact;
@@ -69,6 +72,8 @@ enum Cmd {
     /// Delete experts: tombstone in the store, removal from the index.
     #[command(long_about = delete::LONG_ABOUT)]
     Delete(delete::Args),
+    /// Benchmarks: `mome bench lookup --experts N` (latency, recall, ingest; peers).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
         Cmd::Import(a) => archive::import(a),
         Cmd::Search(a) => search::run(a),
         Cmd::Delete(a) => delete::run(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     match result {
         Ok(code) => code,
