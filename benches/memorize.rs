@@ -5,7 +5,7 @@
 //! plain LoRA fine-tune of one shared adapter of the same shape on the same facts, for
 //! the same total number of optimizer steps, applied unconditionally.
 //!
-//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 23,26,29] [--no-peer]`
+//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--no-peer]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,9 +80,16 @@ fn word(rng: &mut rand::rngs::StdRng) -> String {
 /// (fact, paraphrased prompt)
 fn random_facts(n: usize, seed: u64) -> Vec<(Fact, String)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut names = std::collections::HashSet::new();
     (0..n)
         .map(|i| {
-            let name = word(&mut rng);
+            // Distinct names: two facts with one prompt would shadow each other.
+            let name = loop {
+                let w = word(&mut rng);
+                if names.insert(w.clone()) {
+                    break w;
+                }
+            };
             let (t, p) = TEMPLATES[i % TEMPLATES.len()];
             let answer = match i % 3 {
                 0 => format!("{}", rng.random_range(10_000..100_000)),
@@ -155,31 +162,32 @@ fn main() -> anyhow::Result<()> {
         cfg
     );
 
-    // Random distractors: random unit keys, small random adapters.
+    // Random distractors: random keys, small random adapters. Matrices are slices of a
+    // random pool: drawing 18 G values one by one would take longer than the benchmark.
     let t = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let d = cfg.d_model as usize;
     let mat = (cfg.rank * cfg.d_model) as usize;
+    let pool: Vec<f16> = (0..(1 << 22) + mat)
+        .map(|_| f16::from_f32(rng.random_range(-0.01f32..0.01)))
+        .collect();
+    let pb = mome::progress::bar(n_distractors as u64, "distractors");
     let mut left = n_distractors;
     while left > 0 {
         let k = left.min(1000);
         let batch: Vec<NewExpert> = (0..k)
             .map(|_| {
                 let key: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-                let mut m = |n: usize| -> Vec<f16> {
-                    (0..n)
-                        .map(|_| f16::from_f32(rng.random_range(-0.01f32..0.01)))
-                        .collect()
+                let mut m = || -> Vec<f16> {
+                    let at = rng.random_range(0..pool.len() - mat);
+                    pool[at..at + mat].to_vec()
                 };
                 NewExpert {
                     key: key.iter().map(|&x| f16::from_f32(x)).collect(),
                     layers: cfg
                         .layers
                         .iter()
-                        .map(|_| AdapterPair {
-                            a: m(mat),
-                            b: m(mat),
-                        })
+                        .map(|_| AdapterPair { a: m(), b: m() })
                         .collect(),
                     provenance: Provenance::text("distractor"),
                 }
@@ -187,7 +195,16 @@ fn main() -> anyhow::Result<()> {
             .collect();
         engine.index().insert_batch(batch)?;
         left -= k;
+        pb.inc(k as u64);
+        if (n_distractors - left) % 100_000 == 0 {
+            eprintln!(
+                "  {} distractors in {:.0} s",
+                n_distractors - left,
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
+    pb.finish_and_clear();
     println!(
         "inserted {n_distractors} distractors in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -290,8 +307,14 @@ fn main() -> anyhow::Result<()> {
         .tokenizer
         .token_id("<|im_end|>")
         .unwrap_or(2);
+    // The shared adapter trains on all its rows every step: at hundreds of facts that
+    // is hours on 2 cores, so --peer-facts P limits it to the first P facts (with the
+    // step budget mome used per fact scaled to them).
+    let peer_n = arg(&args, "--peer-facts", n_facts).min(n_facts);
+    let facts = &facts[..peer_n];
+    let n_facts = peer_n;
     let mut rows = Vec::new();
-    for (f, _) in &facts {
+    for (f, _) in facts {
         let prompt = engine.prompt_tokens(&f.prompt)?;
         let mut targets = engine.backbone().tokenizer.encode(&f.answer)?;
         targets.push(im_end);
@@ -307,7 +330,9 @@ fn main() -> anyhow::Result<()> {
         &cfg.layers.iter().map(|&l| l as usize).collect::<Vec<_>>(),
     )?;
     let peer_opts = TuneOptions {
-        max_steps: total_steps.max(1),
+        max_steps: (total_steps * peer_n)
+            .div_ceil(report.outcomes.len().max(1))
+            .max(1),
         ..opts.clone()
     };
     let (layers, loss) = train_shared(
@@ -339,7 +364,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut p_recall = 0;
     let mut p_para = 0;
-    for (f, p) in &facts {
+    for (f, p) in facts {
         if text(&run(&f.prompt, 48)?) == f.answer {
             p_recall += 1;
         }

@@ -179,12 +179,57 @@ impl AdapterWeights for LayerWeights {
 /// [`AdapterHook`] running the fused operator with one query per batch row (the
 /// request query) for every position of that row.
 pub struct RequestHook {
-    keys: Tensor,
-    weights: Vec<Arc<dyn AdapterWeights>>,
+    /// Candidates: one entry shared by every row, or one per row.
+    sets: Vec<RowCandidates>,
     layer_pos: HashMap<usize, usize>,
     params: SelectionParams,
     /// `[B, key_dim]`.
     queries: Tensor,
+}
+
+/// One candidate set as the fused operator takes it.
+struct RowCandidates {
+    /// `[K, key_dim]` f32.
+    keys: Tensor,
+    /// One view per adapted layer.
+    weights: Vec<Arc<dyn AdapterWeights>>,
+}
+
+impl RowCandidates {
+    fn new(
+        set: CandidateSet,
+        n_layers: usize,
+        key_dim: usize,
+        rank: usize,
+        d_model: usize,
+    ) -> Result<Self> {
+        let flat_keys: Vec<f16> = (0..set.len())
+            .flat_map(|j| set.key(j).iter().copied())
+            .collect();
+        if flat_keys.len() != set.len() * key_dim {
+            return Err(Error::DimMismatch {
+                what: "candidate keys vs request query".into(),
+                expected: set.len() * key_dim,
+                found: flat_keys.len(),
+            });
+        }
+        let kerr = |e: candle_core::Error| Error::Kernel(e.into());
+        let keys = Tensor::from_vec(flat_keys, (set.len(), key_dim), &Device::Cpu)
+            .map_err(kerr)?
+            .to_dtype(DType::F32)
+            .map_err(kerr)?;
+        let weights = (0..n_layers)
+            .map(|layer| {
+                Arc::new(LayerWeights {
+                    set: set.clone(),
+                    layer,
+                    rank,
+                    d_model,
+                }) as Arc<dyn AdapterWeights>
+            })
+            .collect();
+        Ok(Self { keys, weights })
+    }
 }
 
 impl std::fmt::Debug for RequestHook {
@@ -206,37 +251,39 @@ impl RequestHook {
         d_model: usize,
         queries: &[Vec<f32>],
     ) -> Result<Self> {
+        Self::per_row(vec![set], params, layers, rank, d_model, queries)
+    }
+
+    /// A hook where batch row `i` has its own candidate set `sets[i]` (one set: shared
+    /// by every row), e.g. verifying a batch of new facts in one pass.
+    pub fn per_row(
+        sets: Vec<CandidateSet>,
+        params: SelectionParams,
+        layers: &[u32],
+        rank: usize,
+        d_model: usize,
+        queries: &[Vec<f32>],
+    ) -> Result<Self> {
         let key_dim = queries.first().map_or(0, Vec::len);
-        let flat_keys: Vec<f16> = (0..set.len())
-            .flat_map(|j| set.key(j).iter().copied())
-            .collect();
-        if flat_keys.len() != set.len() * key_dim {
-            return Err(Error::DimMismatch {
-                what: "candidate keys vs request query".into(),
-                expected: set.len() * key_dim,
-                found: flat_keys.len(),
+        if sets.len() != 1 && sets.len() != queries.len() {
+            return Err(Error::InvalidArgument {
+                name: "sets",
+                reason: format!(
+                    "{} candidate sets for {} request queries (one, or one per query)",
+                    sets.len(),
+                    queries.len()
+                ),
             });
         }
+        let sets = sets
+            .into_iter()
+            .map(|set| RowCandidates::new(set, layers.len(), key_dim, rank, d_model))
+            .collect::<Result<Vec<_>>>()?;
         let kerr = |e: candle_core::Error| Error::Kernel(e.into());
-        let keys = Tensor::from_vec(flat_keys, (set.len(), key_dim), &Device::Cpu)
-            .map_err(kerr)?
-            .to_dtype(DType::F32)
-            .map_err(kerr)?;
         let q: Vec<f32> = queries.iter().flatten().copied().collect();
         let queries = Tensor::from_vec(q, (queries.len(), key_dim), &Device::Cpu).map_err(kerr)?;
-        let weights = (0..layers.len())
-            .map(|layer| {
-                Arc::new(LayerWeights {
-                    set: set.clone(),
-                    layer,
-                    rank,
-                    d_model,
-                }) as Arc<dyn AdapterWeights>
-            })
-            .collect();
         Ok(Self {
-            keys,
-            weights,
+            sets,
             layer_pos: layers
                 .iter()
                 .enumerate()
@@ -259,22 +306,23 @@ impl AdapterHook for RequestHook {
         let Some(&pos) = self.layer_pos.get(&layer) else {
             return Ok(h.clone());
         };
-        let Some(weights) = self.weights.get(pos) else {
-            return Ok(h.clone());
-        };
-        if self.keys.dim(0)? == 0 {
-            return Ok(h.clone());
-        }
         let (b, t, _) = h.dims3()?;
         let mut rows = Vec::with_capacity(b);
         for i in 0..b {
+            let Some(set) = self.sets.get(i).or(self.sets.last()) else {
+                return Ok(h.clone());
+            };
+            let (Some(weights), true) = (set.weights.get(pos), set.keys.dim(0)? > 0) else {
+                rows.push(h.get(i)?);
+                continue;
+            };
             let q = self.queries.get(i)?.unsqueeze(0)?;
             let q = q.broadcast_as((t, q.dim(1)?))?.contiguous()?;
             let out = fused_apply(
                 &h.get(i)?.contiguous()?,
                 &h_norm.get(i)?.contiguous()?,
                 &q,
-                &self.keys,
+                &set.keys,
                 weights.clone(),
                 &self.params,
             )

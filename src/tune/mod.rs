@@ -95,6 +95,188 @@ fn kerr(e: candle_core::Error) -> Error {
     Error::Kernel(e.into())
 }
 
+/// The frozen part of a batch, computed once and shared by training and verification:
+/// each row's input (prompt ++ answer tokens but the last, right-padded) and the
+/// backbone's hidden states below the first adapted layer, cut from the autograd graph.
+/// Adapters cannot change those layers, and right padding cannot change the states of
+/// earlier positions (causal attention).
+pub struct FrozenPrefix {
+    /// Unpadded inputs, one per row.
+    seqs: Vec<Vec<u32>>,
+    /// `[rows, longest input, d_model]` at the first adapted layer.
+    hidden: Hidden,
+}
+
+impl std::fmt::Debug for FrozenPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrozenPrefix")
+            .field("rows", &self.seqs.len())
+            .field("next_layer", &self.hidden.next_layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrozenPrefix {
+    /// Runs the layers below `sites`' first adapted layer over `rows` (fast ops).
+    pub fn compute(model: &Llama, sites: &AdapterSites, rows: &[TrainRow]) -> Result<Self> {
+        let Some(first) = rows.first() else {
+            return Err(Error::EmptyBatch {
+                what: "memory tuning",
+            });
+        };
+        for (i, r) in rows.iter().enumerate() {
+            if r.targets.is_empty() || r.prompt.is_empty() {
+                return Err(Error::InvalidArgument {
+                    name: "rows",
+                    reason: format!("row {i}: empty prompt or targets"),
+                });
+            }
+        }
+        let seqs: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| {
+                let mut s = r.prompt.clone();
+                s.extend_from_slice(&r.targets[..r.targets.len() - 1]);
+                s
+            })
+            .collect();
+        let t_max = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let pad = first.targets[first.targets.len() - 1];
+        let padded: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|s| {
+                let mut p = s.clone();
+                p.resize(t_max, pad);
+                p
+            })
+            .collect();
+        let refs: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
+        let hidden = model.embed(&refs, 0)?;
+        let hidden = model
+            .run_layers(
+                hidden,
+                sites.first_adapted(),
+                None,
+                &Pass::queries_only(sites, Mode::Fast),
+            )?
+            .detach();
+        Ok(Self { seqs, hidden })
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    fn check_rows(&self, rows: &[TrainRow]) -> Result<()> {
+        let same = rows.len() == self.seqs.len()
+            && rows.iter().zip(&self.seqs).all(|(r, s)| {
+                s.len() + 1 == r.prompt.len() + r.targets.len() && s.starts_with(&r.prompt)
+            });
+        if same {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument {
+                name: "prefix",
+                reason: "the frozen prefix was computed for other rows".into(),
+            })
+        }
+    }
+
+    /// The rows `idx` (a u32 index tensor), trimmed to `t` positions.
+    fn pick(&self, idx: &Tensor, t: usize) -> candle_core::Result<Hidden> {
+        let pick =
+            |x: &Tensor| -> candle_core::Result<Tensor> { x.index_select(idx, 0)?.narrow(1, 0, t) };
+        Ok(Hidden {
+            h: pick(&self.hidden.h)?,
+            queries: self.hidden.queries.as_ref().map(pick).transpose()?,
+            next_layer: self.hidden.next_layer,
+            pos: 0,
+        })
+    }
+
+    /// Greedy decoding of the prompts of rows `which`, checked in one teacher-forced
+    /// pass through the *inference* operator: runs the adapted layers with `hook`
+    /// (fast ops) from the cached prefix and returns, per row, the argmax token at every
+    /// answer position. Greedy decoding of a prompt yields exactly `targets` if and
+    /// only if these argmaxes equal `targets` (each step's input is then the
+    /// teacher-forced prefix, and the selection is fixed per request), so this replaces
+    /// decoding token by token through all layers.
+    pub fn teacher_forced_argmax(
+        &self,
+        model: &Llama,
+        sites: &AdapterSites,
+        rows: &[TrainRow],
+        which: &[usize],
+        hook: &dyn AdapterHook,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.check_rows(rows)?;
+        if which.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(&bad) = which.iter().find(|&&i| i >= rows.len()) {
+            return Err(Error::InvalidArgument {
+                name: "which",
+                reason: format!("row {bad} of a batch of {}", rows.len()),
+            });
+        }
+        let device = model.device().clone();
+        let d = model.d_model();
+        let t_act = which.iter().map(|&i| self.seqs[i].len()).max().unwrap_or(1);
+        let mut positions = Vec::new();
+        for (k, &i) in which.iter().enumerate() {
+            let r = &rows[i];
+            for j in 0..r.targets.len() {
+                positions.push((k * t_act + r.prompt.len() - 1 + j) as u32);
+            }
+        }
+        let idx = Tensor::from_vec(
+            which.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            which.len(),
+            &device,
+        )
+        .map_err(kerr)?;
+        let hidden = self.pick(&idx, t_act).map_err(kerr)?;
+        let pass = Pass::adapted(Adapters { sites, hook }, Mode::Fast);
+        let hidden = model.run_layers(hidden, model.num_layers(), None, &pass)?;
+        let n_pred = positions.len();
+        let gathered = hidden
+            .h
+            .reshape((which.len() * t_act, d))
+            .and_then(|f| f.index_select(&Tensor::from_vec(positions, n_pred, &device)?, 0))
+            .and_then(|g| g.unsqueeze(0))
+            .map_err(kerr)?;
+        let logits = model.logits(
+            &Hidden {
+                h: gathered,
+                queries: None,
+                next_layer: model.num_layers(),
+                pos: 0,
+            },
+            Logits::All,
+            Mode::Fast,
+        )?;
+        let argmax = logits
+            .squeeze(0)
+            .and_then(|l| l.argmax(D::Minus1))
+            .and_then(|a| a.to_vec1::<u32>())
+            .map_err(kerr)?;
+        let mut out = Vec::with_capacity(which.len());
+        let mut at = 0;
+        for &i in which {
+            let n = rows[i].targets.len();
+            out.push(argmax[at..at + n].to_vec());
+            at += n;
+        }
+        Ok(out)
+    }
+}
+
 /// The training hook: per row, `h + w_own·B (A h̃) + Σ_neighbours w_j B_j (A_j h̃)`.
 /// Built each step for the rows still training.
 struct TrainHook {
@@ -151,7 +333,44 @@ pub fn train_batch(
     opts: &TuneOptions,
     on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<TrainedRow>> {
-    train(model, sites, rank, Some(params), rows, opts, on_step)
+    let prefix = FrozenPrefix::compute(model, sites, rows)?;
+    train(
+        model,
+        sites,
+        rank,
+        Some(params),
+        rows,
+        &prefix,
+        opts,
+        on_step,
+    )
+}
+
+/// [`train_batch`] over a prefix computed by the caller, who can then reuse it for
+/// [`FrozenPrefix::teacher_forced_argmax`] (verification without rerunning the frozen
+/// layers). `prefix` must have been computed for `rows`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_batch_with(
+    model: &Llama,
+    sites: &AdapterSites,
+    rank: usize,
+    params: &SelectionParams,
+    rows: &[TrainRow],
+    prefix: &FrozenPrefix,
+    opts: &TuneOptions,
+    on_step: impl FnMut(usize, usize),
+) -> Result<Vec<TrainedRow>> {
+    prefix.check_rows(rows)?;
+    train(
+        model,
+        sites,
+        rank,
+        Some(params),
+        rows,
+        prefix,
+        opts,
+        on_step,
+    )
 }
 
 /// The peer baseline: one adapter of the same shape *shared* by all rows and applied
@@ -164,19 +383,22 @@ pub fn train_shared(
     rows: &[TrainRow],
     opts: &TuneOptions,
 ) -> Result<(Vec<AdapterPair>, f32)> {
-    let out = train(model, sites, rank, None, rows, opts, |_, _| {})?;
+    let prefix = FrozenPrefix::compute(model, sites, rows)?;
+    let out = train(model, sites, rank, None, rows, &prefix, opts, |_, _| {})?;
     let first = out.into_iter().next().ok_or(Error::EmptyBatch {
         what: "memory tuning",
     })?;
     Ok((first.layers, first.loss))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn train(
     model: &Llama,
     sites: &AdapterSites,
     rank: usize,
     params: Option<&SelectionParams>,
     rows: &[TrainRow],
+    prefix: &FrozenPrefix,
     opts: &TuneOptions,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<TrainedRow>> {
@@ -228,38 +450,8 @@ fn train(
         );
     }
 
-    // Inputs: prompt ++ targets[..n-1], right-padded.
-    let seqs: Vec<Vec<u32>> = rows
-        .iter()
-        .map(|r| {
-            let mut s = r.prompt.clone();
-            s.extend_from_slice(&r.targets[..r.targets.len() - 1]);
-            s
-        })
-        .collect();
-    let t_max = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    let pad = first.targets[first.targets.len() - 1];
-    let padded: Vec<Vec<u32>> = seqs
-        .iter()
-        .map(|s| {
-            let mut p = s.clone();
-            p.resize(t_max, pad);
-            p
-        })
-        .collect();
-    let refs: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
+    let seqs = &prefix.seqs;
     let b = rows.len();
-
-    // The frozen prefix, once.
-    let cached = model.embed(&refs, 0)?;
-    let cached = model
-        .run_layers(
-            cached,
-            sites.first_adapted(),
-            None,
-            &Pass::queries_only(sites, Mode::Fast),
-        )?
-        .detach();
 
     // Trainable weights, one pair of Vars per row and layer (one in all for `shared`).
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
@@ -386,15 +578,7 @@ fn train(
                 ba,
                 &device,
             )?;
-            let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.index_select(&idx, 0)?.narrow(1, 0, t_act)
-            };
-            let hidden = Hidden {
-                h: pick(&cached.h)?,
-                queries: cached.queries.as_ref().map(pick).transpose()?,
-                next_layer: cached.next_layer,
-                pos: 0,
-            };
+            let hidden = prefix.pick(&idx, t_act)?;
             let mut weights = Vec::with_capacity(n_layers);
             for (l, (a0, b0)) in vars[0].iter().enumerate() {
                 if shared {

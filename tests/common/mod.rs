@@ -60,6 +60,7 @@ pub fn seed_of(text: &str) -> Option<u64> {
     text.strip_prefix("seed=")?.parse().ok()
 }
 
+#[allow(unused_imports)]
 pub use mome::synth::clustered_keys;
 
 // ---- backbone helpers ----

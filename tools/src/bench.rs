@@ -404,6 +404,16 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         let views = store.get_many(&ids)?;
         Ok((ids, views))
     };
+    let (ids_lat, _) = single(&|q| Ok(index.search(q, k)?.iter().map(|h| h.id).collect()))?;
+    rows.push(Row {
+        system: "mome".into(),
+        path: "index search top-K (ids only)",
+        lat: ids_lat,
+        recall: None,
+    });
+    // First resolution of a record through a mapping verifies its checksum (reading
+    // the record); later ones do not. The first timed pass sees mostly unverified
+    // records, a second pass over the same queries only verified ones.
     let (m_lat, m_recall) = single(&|q| {
         let (ids, views) = resolve(q)?;
         std::hint::black_box(&views);
@@ -411,9 +421,20 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     })?;
     rows.push(Row {
         system: "mome".into(),
-        path: "search top-K + resolve weight views",
+        path: "search top-K + resolve weight views (first touch: checksums verified)",
         lat: m_lat,
         recall: Some(m_recall),
+    });
+    let (warm_lat, _) = single(&|q| {
+        let (ids, views) = resolve(q)?;
+        std::hint::black_box(&views);
+        Ok(ids)
+    })?;
+    rows.push(Row {
+        system: "mome".into(),
+        path: "search top-K + resolve weight views (records already verified)",
+        lat: warm_lat,
+        recall: None,
     });
     let (touch_lat, _) = single(&|q| {
         let (ids, views) = resolve(q)?;
@@ -474,6 +495,11 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         "p50_us": m_lat.p50,
         "p99_us": m_lat.p99,
         "p999_us": m_lat.p999,
+        "search_p50_us": ids_lat.p50,
+        "search_p99_us": ids_lat.p99,
+        "warm_p50_us": warm_lat.p50,
+        "warm_p99_us": warm_lat.p99,
+        "warm_p999_us": warm_lat.p999,
         "batch_p50_us": m_batch.p50,
         "batch_p99_us": m_batch.p99,
         "touch_p50_us": touch_lat.p50,
@@ -490,6 +516,8 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         "usearch_recall_at_10": u_recall,
         "overhead_p50": m_lat.p50 / u_lat.p50,
         "overhead_p99": m_lat.p99 / u_lat.p99,
+        "warm_overhead_p50": warm_lat.p50 / u_lat.p50,
+        "warm_overhead_p99": warm_lat.p99 / u_lat.p99,
         "bytes_per_expert": bytes_per_expert,
         "record_bytes": record_bytes,
         "store_bytes": store_bytes,
@@ -599,9 +627,12 @@ fn print_table(out: &Value, rows: &[Row]) {
     }
     println!();
     println!(
-        "engine overhead vs raw usearch: p50 {:.2}×, p99 {:.2}×",
+        "engine full path vs raw usearch search: p50 {:.2}×, p99 {:.2}× (first touch); \
+         p50 {:.2}×, p99 {:.2}× (verified records)",
         f("overhead_p50"),
-        f("overhead_p99")
+        f("overhead_p99"),
+        f("warm_overhead_p50"),
+        f("warm_overhead_p99")
     );
 }
 
