@@ -196,7 +196,7 @@ fn main() -> anyhow::Result<()> {
         engine.index().insert_batch(batch)?;
         left -= k;
         pb.inc(k as u64);
-        if (n_distractors - left) % 100_000 == 0 {
+        if (n_distractors - left).is_multiple_of(100_000) {
             eprintln!(
                 "  {} distractors in {:.0} s",
                 n_distractors - left,

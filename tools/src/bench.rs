@@ -238,60 +238,28 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         t.elapsed().as_secs_f64()
     ));
 
-    // --- ingest: durable store ---
-    let store = Arc::new(
-        Store::create(&db, cfg.clone()).with_context(|| format!("creating {}", db.display()))?,
-    );
-    let per_matrix = (a.rank * d_model) as usize;
-    let pool = weight_pool(per_matrix * 2 * layer_ids.len() + (1 << 22));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let pb = mome::progress::bar(a.experts as u64, "ingest");
-    let mut insert_time = Duration::ZERO;
-    let t_ingest = Instant::now();
-    for chunk in keys.chunks(dim * a.ingest_batch.max(1)) {
-        let batch: Vec<NewExpert> = chunk
-            .chunks_exact(dim)
-            .map(|k| NewExpert {
-                key: k.iter().map(|&x| f16::from_f32(x)).collect(),
-                layers: layer_ids
-                    .iter()
-                    .map(|_| AdapterPair {
-                        a: slice_of(&pool, per_matrix, &mut rng),
-                        b: slice_of(&pool, per_matrix, &mut rng),
-                    })
-                    .collect(),
-                provenance: Provenance::text("bench lookup"),
-            })
-            .collect();
-        let n = batch.len() as u64;
-        let t = Instant::now();
-        store.insert_batch(batch)?;
-        insert_time += t.elapsed();
-        pb.inc(n);
-    }
-    pb.finish_and_clear();
-    let ingest_s = t_ingest.elapsed().as_secs_f64();
-    let insert_per_s = a.experts as f64 / insert_time.as_secs_f64();
-    say(format_args!(
-            "ingested {} experts durably in {ingest_s:.1}s ({insert_per_s:.0} experts/s in insert_batch)",
-            a.experts
-        ),
-    );
-
-    // --- index build from the store ---
+    // --- exact answers ---
     let t = Instant::now();
-    let index = ExpertIndex::open_with(store.clone(), params)?;
-    let index_build_s = t.elapsed().as_secs_f64();
-    ensure!(
-        index.len() == a.experts,
-        "index holds {} keys, store {}",
-        index.len(),
-        a.experts
-    );
+    let sample = a.recall_sample.min(a.queries);
+    let truth: Vec<Vec<u64>> = {
+        let flat = FlatIndex::new(dim);
+        for (i, k) in keys.chunks_exact(dim).enumerate() {
+            flat.add(i as u64 + 1, k)?;
+        }
+        queries
+            .par_chunks_exact(dim)
+            .take(sample)
+            .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
+            .collect::<mome::Result<_>>()?
+    };
     say(format_args!(
-        "index built from the store and saved in {index_build_s:.1}s"
+        "exact top-10 of {sample} queries in {:.1}s",
+        t.elapsed().as_secs_f64()
     ));
 
+    // Raw usearch is built, timed and dropped before the engine's store and index
+    // exist, so the engine's measurements run with one index in memory (as a
+    // deployment would) and the page cache left to its shards.
     // --- raw usearch, same parameters and keys ---
     let raw = usearch::Index::new(&usearch::IndexOptions {
         dimensions: dim,
@@ -317,25 +285,6 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     pb.finish_and_clear();
     let usearch_build_s = t.elapsed().as_secs_f64();
     say(format_args!("raw usearch built in {usearch_build_s:.1}s"));
-
-    // --- exact answers ---
-    let t = Instant::now();
-    let sample = a.recall_sample.min(a.queries);
-    let truth: Vec<Vec<u64>> = {
-        let flat = FlatIndex::new(dim);
-        for (i, k) in keys.chunks_exact(dim).enumerate() {
-            flat.add(i as u64 + 1, k)?;
-        }
-        queries
-            .par_chunks_exact(dim)
-            .take(sample)
-            .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
-            .collect::<mome::Result<_>>()?
-    };
-    say(format_args!(
-        "exact top-10 of {sample} queries in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
 
     // --- timed paths ---
     let k = a.candidates;
@@ -398,6 +347,82 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         lat: u_batch,
         recall: None,
     });
+
+    drop(raw);
+
+    // The peers' data, written while the keys are still in memory.
+    let peer_data = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| db.with_extension("peers-data"));
+    if a.peers {
+        export(
+            &peer_data,
+            &a,
+            &params,
+            threads,
+            mome::store::RecordLayout::for_config(&cfg).record_size,
+            &keys,
+            &queries,
+            &truth,
+        )?;
+    }
+
+    // --- ingest: durable store ---
+    let store = Arc::new(
+        Store::create(&db, cfg.clone()).with_context(|| format!("creating {}", db.display()))?,
+    );
+    let per_matrix = (a.rank * d_model) as usize;
+    let pool = weight_pool(per_matrix * 2 * layer_ids.len() + (1 << 22));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let pb = mome::progress::bar(a.experts as u64, "ingest");
+    let mut insert_time = Duration::ZERO;
+    let t_ingest = Instant::now();
+    for chunk in keys.chunks(dim * a.ingest_batch.max(1)) {
+        let batch: Vec<NewExpert> = chunk
+            .chunks_exact(dim)
+            .map(|k| NewExpert {
+                key: k.iter().map(|&x| f16::from_f32(x)).collect(),
+                layers: layer_ids
+                    .iter()
+                    .map(|_| AdapterPair {
+                        a: slice_of(&pool, per_matrix, &mut rng),
+                        b: slice_of(&pool, per_matrix, &mut rng),
+                    })
+                    .collect(),
+                provenance: Provenance::text("bench lookup"),
+            })
+            .collect();
+        let n = batch.len() as u64;
+        let t = Instant::now();
+        store.insert_batch(batch)?;
+        insert_time += t.elapsed();
+        pb.inc(n);
+    }
+    pb.finish_and_clear();
+    let ingest_s = t_ingest.elapsed().as_secs_f64();
+    let insert_per_s = a.experts as f64 / insert_time.as_secs_f64();
+    say(format_args!(
+            "ingested {} experts durably in {ingest_s:.1}s ({insert_per_s:.0} experts/s in insert_batch)",
+            a.experts
+        ),
+    );
+
+    drop(keys);
+
+    // --- index build from the store ---
+    let t = Instant::now();
+    let index = ExpertIndex::open_with(store.clone(), params)?;
+    let index_build_s = t.elapsed().as_secs_f64();
+    ensure!(
+        index.len() == a.experts,
+        "index holds {} keys, store {}",
+        index.len(),
+        a.experts
+    );
+    say(format_args!(
+        "index built from the store and saved in {index_build_s:.1}s"
+    ));
 
     let resolve = |q: &[f32]| -> Result<(Vec<u64>, Vec<mome::ExpertRef>)> {
         let ids: Vec<u64> = index.search(q, k)?.iter().map(|h| h.id).collect();
@@ -531,23 +556,8 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     });
 
     // --- peers ---
-    drop(raw);
     if a.peers {
-        let data = a
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| db.with_extension("peers-data"));
-        export(
-            &data,
-            &a,
-            &params,
-            threads,
-            record_bytes,
-            &keys,
-            &queries,
-            &truth,
-        )?;
-        drop(keys);
+        let data = peer_data;
         let peers = run_peers(&a, &data, threads)?;
         for p in peers.as_array().into_iter().flatten() {
             rows.push(Row {
