@@ -226,7 +226,6 @@ impl FrozenPrefix {
             });
         }
         let device = model.device().clone();
-        let d = model.d_model();
         let t_act = which.iter().map(|&i| self.seqs[i].len()).max().unwrap_or(1);
         let mut positions = Vec::new();
         for (k, &i) in which.iter().enumerate() {
@@ -245,22 +244,8 @@ impl FrozenPrefix {
         let pass = Pass::adapted(Adapters { sites, hook }, Mode::Fast);
         let hidden = model.run_layers(hidden, model.num_layers(), None, &pass)?;
         let n_pred = positions.len();
-        let gathered = hidden
-            .h
-            .reshape((which.len() * t_act, d))
-            .and_then(|f| f.index_select(&Tensor::from_vec(positions, n_pred, &device)?, 0))
-            .and_then(|g| g.unsqueeze(0))
-            .map_err(kerr)?;
-        let logits = model.logits(
-            &Hidden {
-                h: gathered,
-                queries: None,
-                next_layer: model.num_layers(),
-                pos: 0,
-            },
-            Logits::All,
-            Mode::Fast,
-        )?;
+        let pos_t = Tensor::from_vec(positions, n_pred, &device).map_err(kerr)?;
+        let logits = answer_logits(model, &hidden, which.len() * t_act, &pos_t, Mode::Fast)?;
         let argmax = logits
             .squeeze(0)
             .and_then(|l| l.argmax(D::Minus1))
@@ -275,6 +260,34 @@ impl FrozenPrefix {
         }
         Ok(out)
     }
+}
+
+/// Logits `[1, positions, vocab]` at `positions` of the flattened `[rows, t, d]` final
+/// hidden state (`rows_t = rows · t`): the LM head runs only where answers are predicted.
+fn answer_logits(
+    model: &Llama,
+    hidden: &Hidden,
+    rows_t: usize,
+    positions: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
+    let gathered = hidden
+        .h
+        .reshape((rows_t, model.d_model()))
+        .and_then(|f| f.index_select(positions, 0))
+        .and_then(|g| g.unsqueeze(0))
+        .map_err(kerr)?;
+    model.logits(
+        &Hidden {
+            h: gathered,
+            queries: None,
+            next_layer: model.num_layers(),
+            pos: 0,
+        },
+        Logits::All,
+        mode,
+    )
+    .map_err(Into::into)
 }
 
 /// The training hook: per row, `h + w_own·B (A h̃) + Σ_neighbours w_j B_j (A_j h̃)`.
@@ -622,22 +635,7 @@ fn train(
         let (hidden, hook, pos_t, tgt_t, mean_t) = f().map_err(kerr)?;
         let pass = Pass::adapted(Adapters { sites, hook: &hook }, Mode::Differentiable);
         let hidden = model.run_layers(hidden, n, None, &pass)?;
-        let gathered = hidden
-            .h
-            .reshape((ba * t_act, d))
-            .and_then(|f| f.index_select(&pos_t, 0))
-            .and_then(|g| g.unsqueeze(0))
-            .map_err(kerr)?;
-        let logits = model.logits(
-            &Hidden {
-                h: gathered,
-                queries: None,
-                next_layer: n,
-                pos: 0,
-            },
-            Logits::All,
-            Mode::Differentiable,
-        )?;
+        let logits = answer_logits(model, &hidden, ba * t_act, &pos_t, Mode::Differentiable)?;
         let f = || -> candle_core::Result<(Tensor, Vec<f32>, Vec<u32>)> {
             let logits = logits.squeeze(0)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
