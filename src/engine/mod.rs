@@ -713,6 +713,9 @@ impl Engine {
                 {
                     continue;
                 }
+                if !self.selection_may_change(hit.id, new_ids)? {
+                    continue;
+                }
                 let meta = self.store.meta(hit.id)?;
                 let (Some(p), Some(a)) = (meta.provenance.prompt, meta.provenance.answer) else {
                     continue;
@@ -725,6 +728,37 @@ impl Engine {
             }
         }
         Ok(broken)
+    }
+
+    /// Whether stored expert `id`'s own request may now be answered differently: its
+    /// key (the fp16 rounding of its request query) is used as the query, and the
+    /// answer can only change if stage-2 selection over the candidates inference would
+    /// retrieve now picks one of `new_ids`, or no longer picks `id` itself. Otherwise the
+    /// same experts apply with the same weights as when `id` was verified. This turns a
+    /// full greedy decode per neighbour (≈ 0.3 s; with many facts of one template every
+    /// insert had up to K of them) into an index search and the selection math. With
+    /// top-k 1 a new expert wins only where the expert's own key is not retrieved — the
+    /// case the recheck exists for.
+    fn selection_may_change(&self, id: u64, new_ids: &[u64]) -> Result<bool> {
+        let key: Vec<f32> = self
+            .store
+            .get(id)?
+            .key()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect();
+        let (set, _) = self.candidates(&key)?;
+        let ids = set.ids();
+        let picked = set.select(&key, key.len(), &self.params.selection)?;
+        let picked_ids: Vec<Option<u64>> = picked
+            .iter()
+            .filter(|(_, w)| *w > 0.0)
+            .map(|&(j, _)| ids.get(j).copied().flatten())
+            .collect();
+        Ok(!picked_ids.contains(&Some(id))
+            || picked_ids
+                .iter()
+                .any(|p| p.is_some_and(|p| new_ids.contains(&p))))
     }
 
     /// Flushes usage counters and saves the index.

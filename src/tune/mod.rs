@@ -277,17 +277,18 @@ fn answer_logits(
         .and_then(|f| f.index_select(positions, 0))
         .and_then(|g| g.unsqueeze(0))
         .map_err(kerr)?;
-    model.logits(
-        &Hidden {
-            h: gathered,
-            queries: None,
-            next_layer: model.num_layers(),
-            pos: 0,
-        },
-        Logits::All,
-        mode,
-    )
-    .map_err(Into::into)
+    model
+        .logits(
+            &Hidden {
+                h: gathered,
+                queries: None,
+                next_layer: model.num_layers(),
+                pos: 0,
+            },
+            Logits::All,
+            mode,
+        )
+        .map_err(Into::into)
 }
 
 /// The training hook: per row, `h + w_own·B (A h̃) + Σ_neighbours w_j B_j (A_j h̃)`.
