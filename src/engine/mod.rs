@@ -205,7 +205,7 @@ pub struct MemorizeReport {
     /// Facts not committed.
     pub failed: usize,
     /// Previously stored experts whose fact no longer answers exactly after this
-    /// insert (re-checked when a new key lies within τ of theirs).
+    /// insert (re-checked when a new key lies within τ of theirs), each id once.
     pub broken: Vec<u64>,
     /// Wall time.
     pub seconds: f64,
@@ -681,6 +681,9 @@ impl Engine {
             progress(MemorizeEvent::Done(chunk.len()));
         }
         self.index.save()?;
+        // A fact that stays broken is found again by every later batch near it.
+        broken.sort_unstable();
+        broken.dedup();
         let memorized = outcomes
             .iter()
             .filter(|o| matches!(o.status, FactStatus::Memorized { .. }))
