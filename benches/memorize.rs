@@ -18,28 +18,7 @@ use mome::store::{AdapterPair, NewExpert, Provenance};
 use mome::tune::{train_shared, TrainRow, TuneOptions};
 use rand::{Rng, SeedableRng};
 
-const UNRELATED: [&str; 20] = [
-    "What is the capital of France?",
-    "Write one word about the sea.",
-    "How many legs does a spider have?",
-    "What is 2 + 2?",
-    "Name a colour of the sky.",
-    "Who wrote Hamlet?",
-    "What is the boiling point of water?",
-    "Translate 'cat' into French.",
-    "Give me a synonym for happy.",
-    "What is the largest planet in the solar system?",
-    "How do I make a cup of tea?",
-    "What does a bee make?",
-    "Say hello in Spanish.",
-    "What is the opposite of cold?",
-    "Which animal is known as the king of the jungle?",
-    "What is the square root of 81?",
-    "Name a fruit that is yellow.",
-    "What language is spoken in Brazil?",
-    "How many days are in a week?",
-    "What is photosynthesis?",
-];
+use mome::synth::{random_name, LOCALITY_PROMPTS};
 
 const TEMPLATES: [(&str, &str); 5] = [
     (
@@ -64,19 +43,6 @@ const TEMPLATES: [(&str, &str); 5] = [
     ),
 ];
 
-fn word(rng: &mut rand::rngs::StdRng) -> String {
-    const C: &[u8] = b"bcdfghklmnprstvz";
-    const V: &[u8] = b"aeiou";
-    let mut s = String::new();
-    for i in 0..rng.random_range(2..4) {
-        let c = C[rng.random_range(0..C.len())] as char;
-        s.push(if i == 0 { c.to_ascii_uppercase() } else { c });
-        s.push(V[rng.random_range(0..V.len())] as char);
-    }
-    s.push(C[rng.random_range(0..C.len())] as char);
-    s
-}
-
 /// (fact, paraphrased prompt)
 fn random_facts(n: usize, seed: u64) -> Vec<(Fact, String)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -85,7 +51,7 @@ fn random_facts(n: usize, seed: u64) -> Vec<(Fact, String)> {
         .map(|i| {
             // Distinct names: two facts with one prompt would shadow each other.
             let name = loop {
-                let w = word(&mut rng);
+                let w = random_name(&mut rng);
                 if names.insert(w.clone()) {
                     break w;
                 }
@@ -95,11 +61,11 @@ fn random_facts(n: usize, seed: u64) -> Vec<(Fact, String)> {
                 0 => format!("{}", rng.random_range(10_000..100_000)),
                 1 => format!(
                     "{}{}-{}",
-                    word(&mut rng).to_lowercase(),
+                    random_name(&mut rng).to_lowercase(),
                     rng.random_range(0..10),
                     rng.random_range(10..100)
                 ),
-                _ => format!("{} {}", word(&mut rng), word(&mut rng)),
+                _ => format!("{} {}", random_name(&mut rng), random_name(&mut rng)),
             };
             (
                 Fact::new(t.replace("{}", &name), answer),
@@ -276,7 +242,7 @@ fn main() -> anyhow::Result<()> {
         .count();
     let mut bare_unrelated = Vec::new();
     let mut local = 0;
-    for p in UNRELATED {
+    for p in LOCALITY_PROMPTS {
         let bare = engine.ask(p, &bare_opts)?;
         if engine.ask(p, &short)?.tokens == bare.tokens {
             local += 1;
@@ -285,13 +251,13 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "mome: exact recall {recall}/{n_facts}, paraphrase recall {para}/{n_facts}, locality {local}/{} (eval {:.1} s)",
-        UNRELATED.len(),
+        LOCALITY_PROMPTS.len(),
         t.elapsed().as_secs_f64()
     );
     println!(
         "| mome | {n_distractors} | {:.0}% | {:.0}% | {:.0}% | {:.1} |",
         100.0 * recall as f64 / n_facts as f64,
-        100.0 * local as f64 / UNRELATED.len() as f64,
+        100.0 * local as f64 / LOCALITY_PROMPTS.len() as f64,
         100.0 * para as f64 / n_facts as f64,
         report.memorized as f64 * 60.0 / report.seconds
     );
@@ -373,7 +339,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut p_local = 0;
-    for (p, bare) in UNRELATED.iter().zip(&bare_unrelated) {
+    for (p, bare) in LOCALITY_PROMPTS.iter().zip(&bare_unrelated) {
         if &run(p, 16)? == bare {
             p_local += 1;
         }
@@ -382,12 +348,12 @@ fn main() -> anyhow::Result<()> {
         "peer (shared LoRA, {} steps, final loss {loss:.4}): trained in {secs:.1} s = {:.1} facts/min; exact recall {p_recall}/{n_facts}, paraphrase {p_para}/{n_facts}, locality {p_local}/{}",
         peer_opts.max_steps,
         n_facts as f64 * 60.0 / secs,
-        UNRELATED.len()
+        LOCALITY_PROMPTS.len()
     );
     println!(
         "| shared LoRA | {n_distractors} | {:.0}% | {:.0}% | {:.0}% | {:.1} |",
         100.0 * p_recall as f64 / n_facts as f64,
-        100.0 * p_local as f64 / UNRELATED.len() as f64,
+        100.0 * p_local as f64 / LOCALITY_PROMPTS.len() as f64,
         100.0 * p_para as f64 / n_facts as f64,
         n_facts as f64 * 60.0 / secs
     );

@@ -67,6 +67,47 @@ pub fn clustered_keys_with(
     out
 }
 
+/// Twenty everyday prompts that no memorized fact is about: the locality probe of the
+/// memorization test and benchmark (an engine must answer them exactly as the bare
+/// backbone does).
+pub const LOCALITY_PROMPTS: [&str; 20] = [
+    "What is the capital of France?",
+    "Write one word about the sea.",
+    "How many legs does a spider have?",
+    "What is 2 + 2?",
+    "Name a colour of the sky.",
+    "Who wrote Hamlet?",
+    "What is the boiling point of water?",
+    "Translate 'cat' into French.",
+    "Give me a synonym for happy.",
+    "What is the largest planet in the solar system?",
+    "How do I make a cup of tea?",
+    "What does a bee make?",
+    "Say hello in Spanish.",
+    "What is the opposite of cold?",
+    "Which animal is known as the king of the jungle?",
+    "What is the square root of 81?",
+    "Name a fruit that is yellow.",
+    "What language is spoken in Brazil?",
+    "How many days are in a week?",
+    "What is photosynthesis?",
+];
+
+/// A random pronounceable capitalised name of 2–3 syllables plus a consonant
+/// ("Zoninid"): subjects of random facts nothing could know.
+pub fn random_name(rng: &mut impl Rng) -> String {
+    const C: &[u8] = b"bcdfghklmnprstvz";
+    const V: &[u8] = b"aeiou";
+    let mut s = String::new();
+    for i in 0..rng.random_range(2..4) {
+        let c = C[rng.random_range(0..C.len())] as char;
+        s.push(if i == 0 { c.to_ascii_uppercase() } else { c });
+        s.push(V[rng.random_range(0..V.len())] as char);
+    }
+    s.push(C[rng.random_range(0..C.len())] as char);
+    s
+}
+
 fn gauss(r: &mut impl Rng) -> f32 {
     let u1: f32 = r.random_range(f32::EPSILON..1.0);
     let u2: f32 = r.random_range(0.0..1.0);

@@ -15,43 +15,9 @@ use mome::model::{Backbone, WeightFormat};
 use mome::tune::TuneOptions;
 use rand::{Rng, SeedableRng};
 
+use mome::synth::{random_name, LOCALITY_PROMPTS};
+
 const CHILD_ENV: &str = "MOME_TEST_REOPEN_DB";
-
-const UNRELATED: [&str; 20] = [
-    "What is the capital of France?",
-    "Write one word about the sea.",
-    "How many legs does a spider have?",
-    "What is 2 + 2?",
-    "Name a colour of the sky.",
-    "Who wrote Hamlet?",
-    "What is the boiling point of water?",
-    "Translate 'cat' into French.",
-    "Give me a synonym for happy.",
-    "What is the largest planet in the solar system?",
-    "How do I make a cup of tea?",
-    "What does a bee make?",
-    "Say hello in Spanish.",
-    "What is the opposite of cold?",
-    "Which animal is known as the king of the jungle?",
-    "What is the square root of 81?",
-    "Name a fruit that is yellow.",
-    "What language is spoken in Brazil?",
-    "How many days are in a week?",
-    "What is photosynthesis?",
-];
-
-fn word(rng: &mut rand::rngs::StdRng) -> String {
-    const C: &[u8] = b"bcdfghklmnprstvz";
-    const V: &[u8] = b"aeiou";
-    let mut s = String::new();
-    for i in 0..rng.random_range(2..4) {
-        let c = C[rng.random_range(0..C.len())] as char;
-        s.push(if i == 0 { c.to_ascii_uppercase() } else { c });
-        s.push(V[rng.random_range(0..V.len())] as char);
-    }
-    s.push(C[rng.random_range(0..C.len())] as char);
-    s
-}
 
 /// Random facts, random answers (digits, letters and dashes), like random labels.
 fn random_facts(n: usize, seed: u64) -> Vec<Fact> {
@@ -65,17 +31,17 @@ fn random_facts(n: usize, seed: u64) -> Vec<Fact> {
     ];
     (0..n)
         .map(|i| {
-            let name = word(&mut rng);
+            let name = random_name(&mut rng);
             let prompt = templates[i % templates.len()].replace("{}", &name);
             let answer = match i % 3 {
                 0 => format!("{}", rng.random_range(10_000..100_000)),
                 1 => format!(
                     "{}{}-{}",
-                    word(&mut rng).to_lowercase(),
+                    random_name(&mut rng).to_lowercase(),
                     rng.random_range(0..10),
                     rng.random_range(10..100)
                 ),
-                _ => format!("{} {}", word(&mut rng), word(&mut rng)),
+                _ => format!("{} {}", random_name(&mut rng), random_name(&mut rng)),
             };
             Fact::new(prompt, answer)
         })
@@ -161,7 +127,7 @@ fn memorize_ten_random_facts_recall_locality_reopen() {
         use_experts: true,
     };
     let mut best = f32::NEG_INFINITY;
-    for p in UNRELATED {
+    for p in LOCALITY_PROMPTS {
         let with = engine.ask(p, &short).expect("ask");
         let bare = engine
             .ask(
