@@ -5,7 +5,7 @@
 //! plain LoRA fine-tune of one shared adapter of the same shape on the same facts, for
 //! the same total number of optimizer steps, applied unconditionally.
 //!
-//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--no-peer]`
+//! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--no-peer] [--db DIR]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -99,8 +99,17 @@ fn main() -> anyhow::Result<()> {
     let peer = !args.iter().any(|a| a == "--no-peer");
     let path = mome::model::locate_model(None)?;
     let bb = Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu)?;
+    // --db DIR keeps the store: a rerun reuses its distractors (inserting 1M takes most
+    // of an hour here) after deleting the facts an earlier run memorized.
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("store");
+    let db = match args
+        .iter()
+        .position(|a| a == "--db")
+        .and_then(|i| args.get(i + 1))
+    {
+        Some(d) => std::path::PathBuf::from(d),
+        None => dir.path().join("store"),
+    };
     // --layers 27,28,29: adapters on other layers than the engine's default.
     let config = args
         .iter()
@@ -128,6 +137,22 @@ fn main() -> anyhow::Result<()> {
         cfg
     );
 
+    let snap = engine.store().snapshot();
+    let old_facts = snap
+        .ids()
+        .map(|id| Ok((id, engine.store().meta(id)?.provenance.prompt.is_some())))
+        .filter(|r| !matches!(r, Ok((_, false))))
+        .map(|r| r.map(|(id, _)| id))
+        .collect::<mome::Result<Vec<u64>>>()?;
+    drop(snap);
+    if !old_facts.is_empty() {
+        println!("deleting {} facts of an earlier run", old_facts.len());
+        engine.index().delete_batch(&old_facts)?;
+    }
+    let have = engine.store().len() as usize;
+    println!("store holds {have} distractors");
+    let n_new = n_distractors.saturating_sub(have);
+
     // Random distractors: random keys, small random adapters. Matrices are slices of a
     // random pool: drawing 18 G values one by one would take longer than the benchmark.
     let t = Instant::now();
@@ -137,8 +162,8 @@ fn main() -> anyhow::Result<()> {
     let pool: Vec<f16> = (0..(1 << 22) + mat)
         .map(|_| f16::from_f32(rng.random_range(-0.01f32..0.01)))
         .collect();
-    let pb = mome::progress::bar(n_distractors as u64, "distractors");
-    let mut left = n_distractors;
+    let pb = mome::progress::bar(n_new as u64, "distractors");
+    let mut left = n_new;
     while left > 0 {
         let k = left.min(1000);
         let batch: Vec<NewExpert> = (0..k)
@@ -162,19 +187,20 @@ fn main() -> anyhow::Result<()> {
         engine.index().insert_batch(batch)?;
         left -= k;
         pb.inc(k as u64);
-        if (n_distractors - left).is_multiple_of(100_000) {
+        if (n_new - left).is_multiple_of(100_000) {
             eprintln!(
                 "  {} distractors in {:.0} s",
-                n_distractors - left,
+                n_new - left,
                 t.elapsed().as_secs_f64()
             );
         }
     }
     pb.finish_and_clear();
     println!(
-        "inserted {n_distractors} distractors in {:.1} s",
+        "inserted {n_new} distractors in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    engine.flush()?;
 
     let facts = random_facts(n_facts, 7);
     let plain: Vec<Fact> = facts.iter().map(|(f, _)| f.clone()).collect();

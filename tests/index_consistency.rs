@@ -316,3 +316,35 @@ fn parallel_adds_leave_no_unreachable_expert() {
         }
     }
 }
+
+#[test]
+fn relinking_an_expert_keeps_the_index_equal_to_the_store() {
+    // The engine relinks a stored fact's node when search stops finding it; the index
+    // must still hold exactly the live experts, each findable, before and after reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::create(dir.path(), cfg()).unwrap());
+    let index = ExpertIndex::open_with(store, exact_hnsw()).unwrap();
+    let ids = index
+        .insert_batch((0..200).map(|s| expert(&cfg(), s)).collect())
+        .unwrap();
+    index.delete_batch(&ids[..5]).unwrap();
+    for &id in &ids[5..25] {
+        assert!(
+            index.relink(id, 10).unwrap(),
+            "expert {id} not found after relink"
+        );
+    }
+    assert!(matches!(
+        index.relink(ids[0], 10),
+        Err(Error::UnknownExpert { .. })
+    ));
+    assert_eq!(index.len(), 195);
+    let qs = queries(20, 4);
+    assert_eq!(answers(&index, &qs, 10), oracle(index.store(), &qs, 10));
+    index.save().unwrap();
+    let store = index.store().clone();
+    drop(index);
+    let index = ExpertIndex::open_with(store, exact_hnsw()).unwrap();
+    assert_eq!(index.len(), 195);
+    assert_eq!(answers(&index, &qs, 10), oracle(index.store(), &qs, 10));
+}

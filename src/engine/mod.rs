@@ -723,7 +723,18 @@ impl Engine {
                 let (Some(p), Some(a)) = (meta.provenance.prompt, meta.provenance.answer) else {
                     continue;
                 };
-                let got = self.ask(&p, &AskOptions::default())?;
+                let mut got = self.ask(&p, &AskOptions::default())?;
+                if got.text != a && !got.candidates.iter().any(|c| c.id == hit.id) {
+                    // Its own expert is no longer retrieved for its own prompt: an
+                    // approximate-search miss, not a weight conflict. Relinking the node
+                    // repairs the graph; the fact's weights were verified already.
+                    if self.index.relink(hit.id, self.params.k_candidates)? {
+                        got = self.ask(&p, &AskOptions::default())?;
+                        if got.text == a {
+                            tracing::info!(id = hit.id, prompt = %p, "relinked a stored fact's expert that search no longer found");
+                        }
+                    }
+                }
                 if got.text != a {
                     tracing::warn!(id = hit.id, prompt = %p, got = %got.text, "stored fact broken by a new insert");
                     broken.push(hit.id);

@@ -574,6 +574,20 @@ impl ExpertIndex {
         Ok(ids)
     }
 
+    /// Re-inserts a stored expert's key into the graph, linking it from the graph as
+    /// it is now. Approximate search can stop finding a node that later inserts crowded
+    /// out of its neighbours' edge lists (seen with hundreds of facts of one prompt
+    /// template, whose keys are near duplicates); the store is unchanged. Returns whether
+    /// a search for the key with `k` results finds the expert afterwards.
+    pub fn relink(&self, id: u64, k: usize) -> Result<bool> {
+        let key = to_f32(self.store.get(id)?.key());
+        let _g = self.apply.read();
+        self.index.remove(id)?;
+        self.index.add(id, &key)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(self.index.search(&key, k)?.iter().any(|h| h.id == id))
+    }
+
     /// Deletes an expert from the store and then from the index.
     pub fn delete(&self, id: u64) -> Result<()> {
         self.delete_batch(&[id])
