@@ -5,10 +5,14 @@
 //! "SKIPPED: no CUDA driver/GPU" and passes — unless `MOME_REQUIRE_GPU=1`, which turns
 //! that into a failure (the GPU check script sets it).
 //!
-//! Tolerance: as in `fused_op_parity.rs` (`1e-3 · max|delta_row| + 1e-6`, plus one f16
-//! ulp for f16 `h`); rows whose tokens select nothing are compared bit for bit. When a
+//! Cases, inputs, comparisons and the tolerance are shared with `fused_op_parity.rs`
+//! (`tests/common/parity.rs`: `1e-3 · max|delta_row| + 1e-6`, plus one f16 ulp for f16
+//! `h`); rows whose tokens select nothing are compared bit for bit. When a
 //! tile's experts are split over several CTAs the GPU adds their shares with atomics,
 //! in no fixed order: that changes the f32 rounding, not the tolerance.
+
+#[path = "common/parity.rs"]
+mod parity;
 
 use std::sync::Arc;
 
@@ -19,10 +23,11 @@ use mome::kernels::cuda::{
     ExpertSource,
 };
 use mome::kernels::{
-    fused_apply, fused_apply_with, reference_apply, reference_select, AdapterWeights, FusedOptions,
-    KernelError, OwnedAdapters,
+    fused_apply, fused_apply_with, reference_apply, AdapterWeights, FusedOptions, KernelError,
+    OwnedAdapters,
 };
-use mome::select::{select, SelectError, SelectionParams, TokenAssignments};
+use mome::select::{SelectError, TokenAssignments};
+use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case, Inputs};
 use rand::{Rng, SeedableRng};
 
 /// The launcher, or `None` (after printing why) when this machine has no usable GPU.
@@ -62,263 +67,17 @@ fn probe_device() {
     assert!(info.limits.sm_count > 0);
 }
 
-#[derive(Debug, Clone)]
-struct Case {
-    tokens: usize,
-    d_model: usize,
-    key_dim: usize,
-    candidates: usize,
-    rank: usize,
-    top_k: usize,
-    tau: f32,
-    temperature: f32,
-    h_f16: bool,
-    q_f16: bool,
-    keys_f16: bool,
-    penalty: bool,
-    seed: u64,
-}
-
-impl Case {
-    fn new(tokens: usize, d_model: usize, candidates: usize, rank: usize, top_k: usize) -> Self {
-        Case {
-            tokens,
-            d_model,
-            key_dim: 16,
-            candidates,
-            rank,
-            top_k,
-            tau: 0.0,
-            temperature: 0.5,
-            h_f16: false,
-            q_f16: false,
-            keys_f16: false,
-            penalty: false,
-            seed: 7,
-        }
-    }
-}
-
-struct Inputs {
-    h: Tensor,
-    h_norm: Tensor,
-    q: Tensor,
-    keys: Tensor,
-    weights: Arc<OwnedAdapters>,
-    params: SelectionParams,
-}
-
-fn randn(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
-}
-
-fn build(c: &Case) -> Inputs {
-    let dev = Device::Cpu;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
-    let dt = |f| if f { DType::F16 } else { DType::F32 };
-    let t = |v: Vec<f32>, r: usize, cols: usize, d: DType| {
-        Tensor::from_vec(v, (r, cols), &dev)
-            .unwrap()
-            .to_dtype(d)
-            .unwrap()
-    };
-    let h = t(
-        randn(&mut rng, c.tokens * c.d_model, 50.0),
-        c.tokens,
-        c.d_model,
-        dt(c.h_f16),
-    );
-    let h_norm = t(
-        randn(&mut rng, c.tokens * c.d_model, 1.0),
-        c.tokens,
-        c.d_model,
-        dt(c.h_f16),
-    );
-    let q = t(
-        randn(&mut rng, c.tokens * c.key_dim, 1.0),
-        c.tokens,
-        c.key_dim,
-        dt(c.q_f16),
-    );
-    let keys = t(
-        randn(&mut rng, c.candidates * c.key_dim, 1.0),
-        c.candidates,
-        c.key_dim,
-        dt(c.keys_f16),
-    );
-    let weights = Arc::new(OwnedAdapters::random(
-        c.candidates,
-        c.rank,
-        c.d_model,
-        0.5,
-        c.seed ^ 0x5eed,
-    ));
-    let mut params = SelectionParams::new(c.tau, c.top_k, c.temperature);
-    if c.penalty {
-        params = params.with_penalty(randn(&mut rng, c.candidates, 0.1));
-    }
-    Inputs {
-        h,
-        h_norm,
-        q,
-        keys,
-        weights,
-        params,
-    }
-}
-
-fn rows_f32(t: &Tensor) -> Vec<Vec<f32>> {
-    t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
-}
-
-fn bits(t: &Tensor) -> Vec<Vec<u32>> {
-    match t.dtype() {
-        DType::F32 => t
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(f32::to_bits).collect())
-            .collect(),
-        DType::F16 => t
-            .to_vec2::<f16>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(|v| v.to_bits() as u32).collect())
-            .collect(),
-        other => panic!("unexpected dtype {other:?}"),
-    }
-}
-
-/// No score within `margin` of τ, nor at the top-k boundary (see fused_op_parity.rs).
-fn well_separated(inp: &Inputs, margin: f64) -> bool {
-    let q = rows_f32(&inp.q);
-    let k = rows_f32(&inp.keys);
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let tau = inp.params.tau as f64;
-    for qr in &q {
-        let qn = norm(qr);
-        let mut s: Vec<f64> = k
-            .iter()
-            .enumerate()
-            .map(|(j, kr)| {
-                let kn = norm(kr);
-                let cos = if qn == 0.0 || kn == 0.0 {
-                    0.0
-                } else {
-                    qr.iter()
-                        .zip(kr)
-                        .map(|(a, b)| *a as f64 * *b as f64)
-                        .sum::<f64>()
-                        / (qn * kn)
-                };
-                cos - inp.params.penalty.as_ref().map_or(0.0, |p| p[j] as f64)
-            })
-            .collect();
-        if s.iter().any(|v| (v - tau).abs() < margin) {
-            return false;
-        }
-        s.retain(|v| *v > tau);
-        s.sort_by(|a, b| b.partial_cmp(a).unwrap());
-        let kk = inp.params.top_k;
-        if s.len() > kk && (s[kk - 1] - s[kk]).abs() < margin {
-            return false;
-        }
-    }
-    true
-}
-
-/// `out` ≈ `expected` under the module tolerance; rows without experts bit for bit.
-fn assert_close(inp: &Inputs, out: &Tensor, expected: &Tensor, asg: &TokenAssignments, what: &str) {
-    assert_eq!(out.dims(), inp.h.dims());
-    assert_eq!(out.dtype(), inp.h.dtype());
-    let (hf, of, ef) = (rows_f32(&inp.h), rows_f32(out), rows_f32(expected));
-    let (hb, ob) = (bits(&inp.h), bits(out));
-    let f16_out = inp.h.dtype() == DType::F16;
-    for t in 0..hf.len() {
-        if asg.get(t).unwrap().is_empty() {
-            assert_eq!(ob[t], hb[t], "{what}: token {t} has no expert: input bits");
-            continue;
-        }
-        let scale = hf[t]
-            .iter()
-            .zip(&ef[t])
-            .map(|(h, r)| (r - h).abs())
-            .fold(0.0f32, f32::max);
-        for i in 0..hf[t].len() {
-            let mut tol = 1e-3 * scale + 1e-6;
-            if f16_out {
-                tol += ef[t][i].abs() * 2f32.powi(-10);
-            }
-            let diff = (of[t][i] - ef[t][i]).abs();
-            assert!(
-                diff <= tol,
-                "{what}: token {t} elem {i}: cuda {} vs expected {} (|diff| {diff} > tol {tol})",
-                of[t][i],
-                ef[t][i]
-            );
-        }
-    }
-}
-
-/// The GPU's selection equals the reference's and the pure `select`'s (as sets, weights
-/// to 1e-5), best first, weights summing to 1.
-fn check_selection(inp: &Inputs, asg: &TokenAssignments) {
-    let rs = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
-    let idx = rs.indices.to_vec2::<u32>().unwrap();
-    let w = rs.weights.to_vec2::<f32>().unwrap();
-    let q: Vec<f32> = rows_f32(&inp.q).concat();
-    let keys: Vec<f32> = rows_f32(&inp.keys).concat();
-    let pure = select(&q, &keys, inp.q.dims()[1], &inp.params).unwrap();
-    assert_eq!(asg.tokens(), inp.q.dims()[0]);
-    let sorted = |mut v: Vec<(u32, f32)>| {
-        v.sort_by_key(|e| e.0);
-        v
-    };
-    for (t, sel) in asg.iter().enumerate() {
-        let g = sorted(sel.iter().map(|e| (e.candidate, e.weight)).collect());
-        let p = sorted(
-            pure.get(t)
-                .unwrap()
-                .iter()
-                .map(|e| (e.candidate, e.weight))
-                .collect(),
-        );
-        let r = sorted(
-            idx[t]
-                .iter()
-                .zip(&w[t])
-                .take(sel.len())
-                .map(|(i, w)| (*i, *w))
-                .collect(),
-        );
-        for (other, what) in [(&p, "pure select"), (&r, "reference")] {
-            assert_eq!(
-                g.iter().map(|e| e.0).collect::<Vec<_>>(),
-                other.iter().map(|e| e.0).collect::<Vec<_>>(),
-                "token {t}: cuda vs {what} experts"
-            );
-            for (x, y) in g.iter().zip(other.iter()) {
-                assert!(
-                    (x.1 - y.1).abs() < 1e-5,
-                    "token {t} expert {}: cuda weight {} vs {what} {}",
-                    x.0,
-                    x.1,
-                    y.1
-                );
-            }
-        }
-        assert!(
-            sel.windows(2).all(|p| p[0].score >= p[1].score),
-            "token {t}: order"
-        );
-        let total: f32 = sel.iter().map(|e| e.weight).sum();
-        assert!(sel.is_empty() || (total - 1.0).abs() < 1e-5);
-    }
-}
-
 fn reference(inp: &Inputs) -> Tensor {
-    let (a, b) = inp.weights.to_tensors(&Device::Cpu).unwrap();
-    reference_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, &a, &b, &inp.params).unwrap()
+    reference_apply(
+        &inp.h,
+        &inp.h_norm,
+        &inp.q,
+        &inp.keys,
+        &inp.a,
+        &inp.b,
+        &inp.params,
+    )
+    .unwrap()
 }
 
 /// The CPU kernel (forced with `portable`, which the CUDA dispatch leaves alone).
@@ -362,7 +121,7 @@ fn run_case_with(rt: &CudaFusedApply, c: &Case, via_cpu: bool) -> TokenAssignmen
     let (out, asg) = run_gpu(rt, &inp);
     let expected = if via_cpu { cpu(&inp) } else { reference(&inp) };
     assert_close(&inp, &out, &expected, &asg, &format!("{c:?}"));
-    check_selection(&inp, &asg);
+    check_selection(&inp, &asg, "cuda");
     asg
 }
 
@@ -548,7 +307,7 @@ fn random_shapes() {
         }
         let (out, asg) = run_gpu(rt, &inp);
         assert_close(&inp, &out, &reference(&inp), &asg, &format!("{c:?}"));
-        check_selection(&inp, &asg);
+        check_selection(&inp, &asg, "cuda");
         ran += 1;
         if ran == 60 {
             break;
@@ -580,7 +339,7 @@ fn dispatch_uses_the_gpu_and_matches() {
     .unwrap();
     let asg = asg.unwrap();
     assert_close(&inp, &out, &reference(&inp), &asg, "dispatch");
-    check_selection(&inp, &asg);
+    check_selection(&inp, &asg, "cuda");
     // Degenerate calls stay on the CPU path and keep its contract.
     let inp0 = build(&Case::new(0, 8, 4, 2, 2));
     let out = fused_apply(

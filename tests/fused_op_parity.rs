@@ -1,23 +1,9 @@
 //! Parity of the fused apply operator against the candle-ops reference, edge cases,
-//! bad input, and gradients through the reference.
-//!
-//! # Tolerance
-//!
-//! Both paths read the same fp16 weights (exactly representable in f32) and the same
-//! activations; they differ only in f32 summation order (dots of length `d_model`
-//! and `rank`, blocked differently) and in ulp-level differences of the cosine and
-//! softmax. For f32 `h` an element may therefore differ by a few `d_model · ε`
-//! relative to the magnitude of the row's adapter delta: we allow
-//! `1e-3 · max|delta_row| + 1e-6`, 10–100× above what the arithmetic can produce
-//! and far below what a wrong expert, weight or row would give (O(1) relative).
-//! For f16 `h` both paths round the same f32 sum to f16, so a difference of one
-//! f16 ulp (`2⁻¹⁰ · |out|`) can appear when the f32 sums straddle a rounding
-//! boundary; that is added to the bound. Rows whose tokens select no expert are
-//! compared bit for bit.
-//!
-//! Selection is discontinuous (threshold, top-k), so random cases whose scores lie
-//! within 1e-4 of τ or of each other at the top-k boundary are skipped; they are
-//! ulp-level coin flips, not bugs.
+//! bad input, and gradients through the reference. Cases, inputs, the tolerance and
+//! its reasoning are in `tests/common/parity.rs` (shared with `tests/cuda_parity.rs`).
+
+#[path = "common/parity.rs"]
+mod parity;
 
 use std::sync::Arc;
 
@@ -27,189 +13,13 @@ use mome::kernels::{
     fused_apply, fused_apply_explain, fused_apply_with, reference_apply, reference_select,
     AdapterWeights, FusedApplyOp, FusedOptions, KernelError, OwnedAdapters,
 };
-use mome::select::{select, SelectError, SelectionParams, TokenAssignments};
+use mome::select::{SelectError, SelectionParams, TokenAssignments};
+use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case};
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng};
 
-#[derive(Debug, Clone)]
-struct Case {
-    tokens: usize,
-    d_model: usize,
-    key_dim: usize,
-    candidates: usize,
-    rank: usize,
-    top_k: usize,
-    tau: f32,
-    temperature: f32,
-    h_f16: bool,
-    q_f16: bool,
-    keys_f16: bool,
-    penalty: bool,
-    seed: u64,
-}
-
-impl Case {
-    fn new(tokens: usize, d_model: usize, candidates: usize, rank: usize, top_k: usize) -> Self {
-        Case {
-            tokens,
-            d_model,
-            key_dim: 16,
-            candidates,
-            rank,
-            top_k,
-            tau: 0.0,
-            temperature: 0.5,
-            h_f16: false,
-            q_f16: false,
-            keys_f16: false,
-            penalty: false,
-            seed: 7,
-        }
-    }
-}
-
-struct Inputs {
-    h: Tensor,
-    h_norm: Tensor,
-    q: Tensor,
-    keys: Tensor,
-    weights: Arc<OwnedAdapters>,
-    a: Tensor,
-    b: Tensor,
-    params: SelectionParams,
-}
-
-fn randn(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-scale..=scale)).collect()
-}
-
-fn build(c: &Case) -> Inputs {
-    let dev = Device::Cpu;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(c.seed);
-    let hdt = if c.h_f16 { DType::F16 } else { DType::F32 };
-    let qdt = if c.q_f16 { DType::F16 } else { DType::F32 };
-    let kdt = if c.keys_f16 { DType::F16 } else { DType::F32 };
-    let t = |v: Vec<f32>, r: usize, cols: usize, dt: DType| {
-        Tensor::from_vec(v, (r, cols), &dev)
-            .unwrap()
-            .to_dtype(dt)
-            .unwrap()
-    };
-    // Residual rows are large, normalised rows are O(1): as in the backbone.
-    let h = t(
-        randn(&mut rng, c.tokens * c.d_model, 50.0),
-        c.tokens,
-        c.d_model,
-        hdt,
-    );
-    let h_norm = t(
-        randn(&mut rng, c.tokens * c.d_model, 1.0),
-        c.tokens,
-        c.d_model,
-        hdt,
-    );
-    let q = t(
-        randn(&mut rng, c.tokens * c.key_dim, 1.0),
-        c.tokens,
-        c.key_dim,
-        qdt,
-    );
-    let keys = t(
-        randn(&mut rng, c.candidates * c.key_dim, 1.0),
-        c.candidates,
-        c.key_dim,
-        kdt,
-    );
-    let weights = Arc::new(OwnedAdapters::random(
-        c.candidates,
-        c.rank,
-        c.d_model,
-        0.5,
-        c.seed ^ 0x5eed,
-    ));
-    let (a, b) = weights.to_tensors(&dev).unwrap();
-    let mut params = SelectionParams::new(c.tau, c.top_k, c.temperature);
-    if c.penalty {
-        params = params.with_penalty(randn(&mut rng, c.candidates, 0.1));
-    }
-    Inputs {
-        h,
-        h_norm,
-        q,
-        keys,
-        weights,
-        a,
-        b,
-        params,
-    }
-}
-
-fn rows_f32(t: &Tensor) -> Vec<Vec<f32>> {
-    t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
-}
-
-fn bits(t: &Tensor) -> Vec<Vec<u32>> {
-    match t.dtype() {
-        DType::F32 => t
-            .to_vec2::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(f32::to_bits).collect())
-            .collect(),
-        DType::F16 => t
-            .to_vec2::<f16>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(|v| v.to_bits() as u32).collect())
-            .collect(),
-        other => panic!("unexpected dtype {other:?}"),
-    }
-}
-
-/// Whether selection is well separated: no score within `margin` of τ, and the
-/// k-th and (k+1)-th passing scores not within `margin` of each other.
-fn well_separated(inp: &Inputs, margin: f32) -> bool {
-    let q = rows_f32(&inp.q);
-    let k = rows_f32(&inp.keys);
-    let pen = inp.params.penalty.clone();
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    for qr in &q {
-        let qn = norm(qr);
-        let mut s: Vec<f64> = k
-            .iter()
-            .enumerate()
-            .map(|(j, kr)| {
-                let kn = norm(kr);
-                let cos = if qn == 0.0 || kn == 0.0 {
-                    0.0
-                } else {
-                    qr.iter()
-                        .zip(kr)
-                        .map(|(a, b)| *a as f64 * *b as f64)
-                        .sum::<f64>()
-                        / (qn * kn)
-                };
-                cos - pen.as_ref().map_or(0.0, |p| p[j] as f64)
-            })
-            .collect();
-        if s.iter()
-            .any(|v| (v - inp.params.tau as f64).abs() < margin as f64)
-        {
-            return false;
-        }
-        s.retain(|v| *v > inp.params.tau as f64);
-        s.sort_by(|a, b| b.partial_cmp(a).unwrap());
-        let kk = inp.params.top_k;
-        if s.len() > kk && (s[kk - 1] - s[kk]).abs() < margin as f64 {
-            return false;
-        }
-    }
-    true
-}
-
-/// Asserts fused ≈ reference under the tolerance in the module docs; inactive rows
-/// bit for bit. Returns the fused assignments.
-fn check_parity(inp: &Inputs, options: FusedOptions) -> TokenAssignments {
+/// Asserts fused ≈ reference under the tolerance of `parity`; inactive rows bit for
+/// bit (in the reference too). Returns the fused assignments.
+fn check_parity(inp: &parity::Inputs, options: FusedOptions) -> TokenAssignments {
     let opts = FusedOptions {
         record: true,
         ..options
@@ -235,111 +45,14 @@ fn check_parity(inp: &Inputs, options: FusedOptions) -> TokenAssignments {
         &inp.params,
     )
     .unwrap();
-    assert_eq!(fused.dims(), inp.h.dims());
-    assert_eq!(fused.dtype(), inp.h.dtype());
-
-    let (hf, ff, rf) = (rows_f32(&inp.h), rows_f32(&fused), rows_f32(&reference));
-    let (hb, fb) = (bits(&inp.h), bits(&fused));
-    let f16_out = inp.h.dtype() == DType::F16;
-    for t in 0..hf.len() {
-        let sel = asg.get(t).unwrap();
+    assert_close(inp, &fused, &reference, &asg, "fused");
+    let (hb, rb) = (bits(&inp.h), bits(&reference));
+    for (t, sel) in asg.iter().enumerate() {
         if sel.is_empty() {
-            assert_eq!(
-                fb[t], hb[t],
-                "token {t}: no expert, output must be the input bits"
-            );
-            assert_eq!(
-                bits(&reference.narrow(0, t, 1).unwrap())[0],
-                hb[t],
-                "reference row {t}"
-            );
-            continue;
-        }
-        let scale = hf[t]
-            .iter()
-            .zip(&rf[t])
-            .map(|(h, r)| (r - h).abs())
-            .fold(0.0f32, f32::max);
-        for i in 0..hf[t].len() {
-            let mut tol = 1e-3 * scale + 1e-6;
-            if f16_out {
-                tol += rf[t][i].abs() * 2f32.powi(-10);
-            }
-            let diff = (ff[t][i] - rf[t][i]).abs();
-            assert!(
-                diff <= tol,
-                "token {t} elem {i}: fused {} vs reference {} (|diff| {diff} > tol {tol}, delta scale {scale})",
-                ff[t][i],
-                rf[t][i]
-            );
+            assert_eq!(rb[t], hb[t], "reference row {t}: no expert, input bits");
         }
     }
     asg
-}
-
-/// The fused selection must equal the reference's and the pure `select` function's:
-/// the same experts with weights to 1e-5, scores in non-increasing order, abstaining
-/// slots of the reference at weight 0. Experts are compared as sets because scores
-/// that are equal in exact arithmetic (e.g. parallel keys of different length) may
-/// come out an ulp apart in either order; which one is "first" is then rounding,
-/// and the output does not depend on it.
-fn check_selection(inp: &Inputs, asg: &TokenAssignments) {
-    let rs = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
-    let idx = rs.indices.to_vec2::<u32>().unwrap();
-    let w = rs.weights.to_vec2::<f32>().unwrap();
-    let q: Vec<f32> = rows_f32(&inp.q).concat();
-    let keys: Vec<f32> = rows_f32(&inp.keys).concat();
-    let pure = select(&q, &keys, inp.q.dims()[1], &inp.params).unwrap();
-    let sorted = |v: Vec<(u32, f32)>| {
-        let mut v = v;
-        v.sort_by_key(|e| e.0);
-        v
-    };
-    let same = |a: &[(u32, f32)], b: &[(u32, f32)], what: &str, t: usize| {
-        assert_eq!(
-            a.iter().map(|e| e.0).collect::<Vec<_>>(),
-            b.iter().map(|e| e.0).collect::<Vec<_>>(),
-            "token {t}: fused vs {what} experts"
-        );
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x.1 - y.1).abs() < 1e-5,
-                "token {t} expert {}: fused weight {} vs {what} {}",
-                x.0,
-                x.1,
-                y.1
-            );
-        }
-    };
-    for (t, sel) in asg.iter().enumerate() {
-        let fused = sorted(sel.iter().map(|e| (e.candidate, e.weight)).collect());
-        let p = sorted(
-            pure.get(t)
-                .unwrap()
-                .iter()
-                .map(|e| (e.candidate, e.weight))
-                .collect(),
-        );
-        let r = sorted(
-            idx[t]
-                .iter()
-                .zip(&w[t])
-                .take(sel.len())
-                .map(|(i, w)| (*i, *w))
-                .collect(),
-        );
-        same(&fused, &p, "pure select", t);
-        same(&fused, &r, "reference", t);
-        for (s, ws) in w[t].iter().enumerate().skip(sel.len()) {
-            assert_eq!(*ws, 0.0, "token {t} slot {s}: abstaining slot weight");
-        }
-        assert!(
-            sel.windows(2).all(|p| p[0].score >= p[1].score),
-            "token {t}: not best first"
-        );
-        let total: f32 = sel.iter().map(|e| e.weight).sum();
-        assert!(sel.is_empty() || (total - 1.0).abs() < 1e-5);
-    }
 }
 
 fn all_options() -> [FusedOptions; 3] {
@@ -361,7 +74,7 @@ fn run_case(c: &Case) -> TokenAssignments {
     let mut last = None;
     for o in all_options() {
         let asg = check_parity(&inp, o);
-        check_selection(&inp, &asg);
+        check_selection(&inp, &asg, "fused");
         last = Some(asg);
     }
     last.unwrap()
@@ -391,7 +104,7 @@ proptest! {
         prop_assume!(well_separated(&inp, 1e-4));
         for o in all_options() {
             let asg = check_parity(&inp, o);
-            check_selection(&inp, &asg);
+            check_selection(&inp, &asg, "fused");
         }
     }
 }
@@ -551,7 +264,7 @@ fn explain_returns_the_selection() {
     .unwrap();
     assert_eq!(out.dims(), [6, 32]);
     assert_eq!(asg.tokens(), 6);
-    check_selection(&inp, &asg);
+    check_selection(&inp, &asg, "fused");
 }
 
 // ---------------------------------------------------------------- bad input
