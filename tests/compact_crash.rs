@@ -10,10 +10,11 @@
 //! Cycles: 30 by default, `MOME_CRASH_CYCLES=N` for soak runs.
 
 mod common;
+#[path = "common/crash.rs"]
+mod crash;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,8 +23,6 @@ use common::{assert_expert, expert, seed_of, small_config};
 use mome::index::{ExpertIndex, IndexParams};
 use mome::store::{CompactionPolicy, Store};
 use rand::{Rng, SeedableRng};
-
-const CHILD_ENV: &str = "MOME_COMPACT_CRASH_DIR";
 
 fn policy() -> CompactionPolicy {
     let mut p = CompactionPolicy::default();
@@ -34,10 +33,10 @@ fn policy() -> CompactionPolicy {
 /// The writer process. A no-op unless started by `compaction_survives_sigkill`.
 #[test]
 fn compact_crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Ok(dir) = std::env::var(crash::CHILD_ENV) else {
         return;
     };
-    let cycle: u64 = std::env::var("MOME_CRASH_CYCLE").unwrap().parse().unwrap();
+    let cycle: u64 = std::env::var(crash::CYCLE_ENV).unwrap().parse().unwrap();
     let cfg = small_config();
     let store = Arc::new(Store::open(&dir).unwrap());
     let index = Arc::new(ExpertIndex::open_with(store.clone(), IndexParams::flat()).unwrap());
@@ -91,10 +90,7 @@ fn compact_crash_child() {
 
 #[test]
 fn compaction_survives_sigkill() {
-    let cycles: u64 = std::env::var("MOME_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let cycles = crash::cycles(30);
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config();
     {
@@ -106,49 +102,20 @@ fn compaction_survives_sigkill() {
     }
     let mut acked: BTreeMap<u64, u64> = (1..=600).map(|id| (id, 1 << 62 | (id - 1))).collect();
     let mut deleted: BTreeSet<u64> = BTreeSet::new();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xC0_4AC7);
     let (mut total_acks, mut total_deletes, mut max_orphans) = (0usize, 0usize, 0usize);
 
     for cycle in 0..cycles {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "compact_crash_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env("MOME_CRASH_CYCLE", (cycle + 1).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let reader = {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if line == "ready" {
-                        let _ = ready_tx.send(());
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            })
-        };
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("child never opened the store");
-        std::thread::sleep(Duration::from_millis(rng.random_range(5..120)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
+        let lines = crash::run_and_kill(
+            "compact_crash_child",
+            dir.path(),
+            cycle + 1,
+            Duration::from_secs(30),
+            Duration::from_millis(rng.random_range(5..120)),
+        );
 
         let mut in_flight: Vec<u64> = Vec::new();
-        for line in lines.lock().unwrap().iter() {
+        for line in &lines {
             let mut parts = line.split(' ');
             match parts.next() {
                 Some("ack") => {

@@ -6,26 +6,24 @@
 //! Cycles: 50 by default, `MOME_CRASH_CYCLES=N` for soak runs.
 
 mod common;
+#[path = "common/crash.rs"]
+mod crash;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
 use std::time::Duration;
 
 use common::{assert_expert, expert, seed_of, small_config};
 use mome::store::Store;
 use rand::{Rng, SeedableRng};
 
-const CHILD_ENV: &str = "MOME_CRASH_CHILD_DIR";
-
 /// The writer process. A no-op unless started by `crash_recovery_under_sigkill`.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Ok(dir) = std::env::var(crash::CHILD_ENV) else {
         return;
     };
-    let cycle: u64 = std::env::var("MOME_CRASH_CYCLE").unwrap().parse().unwrap();
+    let cycle: u64 = std::env::var(crash::CYCLE_ENV).unwrap().parse().unwrap();
     let cfg = small_config();
     let store = Store::open(&dir).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(cycle);
@@ -57,14 +55,10 @@ fn crash_child() {
 
 #[test]
 fn crash_recovery_under_sigkill() {
-    let cycles: u64 = std::env::var("MOME_CRASH_CYCLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let cycles = crash::cycles(50);
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config();
     drop(Store::create(dir.path(), cfg.clone()).unwrap());
-    let exe = std::env::current_exe().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0xC0FFEE);
     // id → seed of every acknowledged, not acknowledged-deleted expert.
     let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
@@ -72,39 +66,16 @@ fn crash_recovery_under_sigkill() {
     let mut total_acks = 0usize;
 
     for cycle in 0..cycles {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env("MOME_CRASH_CYCLE", (cycle + 1).to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let reader = {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if line == "ready" {
-                        let _ = ready_tx.send(());
-                    }
-                    lines.lock().unwrap().push(line);
-                }
-            })
-        };
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("child never opened the store");
-        std::thread::sleep(Duration::from_millis(rng.random_range(1..60)));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        reader.join().unwrap();
+        let lines = crash::run_and_kill(
+            "crash_child",
+            dir.path(),
+            cycle + 1,
+            Duration::from_secs(20),
+            Duration::from_millis(rng.random_range(1..60)),
+        );
 
         let mut in_flight_delete = None;
-        for line in lines.lock().unwrap().iter() {
+        for line in &lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts[..] {
                 ["ack", id, seed] => {
