@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{assert_expert, expert, seed_of, small_config};
+use common::{assert_expert, expert, small_config};
 use mome::index::{ExpertIndex, IndexParams};
 use mome::store::{CompactionPolicy, Store};
 use rand::{Rng, SeedableRng};
@@ -155,37 +155,7 @@ fn compaction_survives_sigkill() {
                 }
             }
         }
-        for (&id, &seed) in &acked {
-            let e = store
-                .get(id)
-                .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged expert {id} lost: {e}"));
-            assert_expert(&cfg, &e, seed);
-        }
-        for &id in &deleted {
-            assert!(
-                store.get(id).is_err(),
-                "cycle {cycle}: deleted expert {id} is back"
-            );
-        }
-        let snap = store.snapshot();
-        for e in snap.iter() {
-            let e = e.unwrap();
-            if let std::collections::btree_map::Entry::Vacant(slot) = acked.entry(e.id()) {
-                // The insert in flight when the child died, committed but not acknowledged.
-                let seed = seed_of(&store.meta(e.id()).unwrap().provenance.text).unwrap();
-                assert_expert(&cfg, &e, seed);
-                slot.insert(seed);
-            }
-        }
-        assert_eq!(store.len(), acked.len() as u64, "cycle {cycle}");
-        let report = store.verify().unwrap();
-        assert!(
-            report.problems.is_empty(),
-            "cycle {cycle}: {:?}",
-            report.problems
-        );
-        let stats = store.stats().unwrap();
-        assert_eq!(stats.orphan_slots, 0, "cycle {cycle}");
+        let stats = crash::check_recovered(&store, &cfg, &mut acked, &deleted, cycle);
         max_orphans = max_orphans.max(stats.orphan_files.len());
         // The saved index, caught up from the store, holds exactly the live experts.
         let check = ExpertIndex::check_saved(&store).unwrap();

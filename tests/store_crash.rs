@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::Duration;
 
-use common::{assert_expert, expert, seed_of, small_config};
+use common::{expert, small_config};
 use mome::store::Store;
 use rand::{Rng, SeedableRng};
 
@@ -101,37 +101,7 @@ fn crash_recovery_under_sigkill() {
                 deleted.insert(id);
             }
         }
-        for (&id, &seed) in &acked {
-            let e = store
-                .get(id)
-                .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged expert {id} lost: {e}"));
-            assert_expert(&cfg, &e, seed);
-        }
-        for &id in &deleted {
-            assert!(
-                store.get(id).is_err(),
-                "cycle {cycle}: deleted expert {id} is back"
-            );
-        }
-        // Experts present but never acknowledged (the batch in flight) must be whole.
-        let snap = store.snapshot();
-        for e in snap.iter() {
-            let e = e.unwrap();
-            if let std::collections::btree_map::Entry::Vacant(slot) = acked.entry(e.id()) {
-                let seed = seed_of(&store.meta(e.id()).unwrap().provenance.text).unwrap();
-                assert_expert(&cfg, &e, seed);
-                slot.insert(seed);
-            }
-        }
-        let report = store.verify().unwrap();
-        assert!(
-            report.problems.is_empty(),
-            "cycle {cycle}: {:?}",
-            report.problems
-        );
-        let stats = store.stats().unwrap();
-        assert_eq!(stats.orphan_slots, 0, "cycle {cycle}");
-        assert_eq!(store.len(), acked.len() as u64);
+        crash::check_recovered(&store, &cfg, &mut acked, &deleted, cycle);
     }
     assert!(
         total_acks > cycles as usize,

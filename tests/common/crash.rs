@@ -67,3 +67,48 @@ pub fn run_and_kill(
     let lines = std::mem::take(&mut *lines.lock().unwrap());
     lines
 }
+
+/// What a reopened store must show after a kill: every acknowledged expert present and
+/// byte-identical, every acknowledged delete still deleted, experts committed but never
+/// acknowledged (the batch in flight) whole — they are added to `acked` —, the live
+/// count equal to `acked`, `verify` clean and no orphan slot. Returns the stats.
+pub fn check_recovered(
+    store: &mome::store::Store,
+    cfg: &mome::store::StoreConfig,
+    acked: &mut std::collections::BTreeMap<u64, u64>,
+    deleted: &std::collections::BTreeSet<u64>,
+    cycle: u64,
+) -> mome::store::StoreStats {
+    use crate::common::{assert_expert, seed_of};
+    for (&id, &seed) in acked.iter() {
+        let e = store
+            .get(id)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged expert {id} lost: {e}"));
+        assert_expert(cfg, &e, seed);
+    }
+    for &id in deleted {
+        assert!(
+            store.get(id).is_err(),
+            "cycle {cycle}: deleted expert {id} is back"
+        );
+    }
+    let snap = store.snapshot();
+    for e in snap.iter() {
+        let e = e.unwrap();
+        if let std::collections::btree_map::Entry::Vacant(slot) = acked.entry(e.id()) {
+            let seed = seed_of(&store.meta(e.id()).unwrap().provenance.text).unwrap();
+            assert_expert(cfg, &e, seed);
+            slot.insert(seed);
+        }
+    }
+    assert_eq!(store.len(), acked.len() as u64, "cycle {cycle}");
+    let report = store.verify().unwrap();
+    assert!(
+        report.problems.is_empty(),
+        "cycle {cycle}: {:?}",
+        report.problems
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.orphan_slots, 0, "cycle {cycle}");
+    stats
+}
