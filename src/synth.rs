@@ -7,8 +7,11 @@
 //! cluster is a random centre plus variation along its own random low-dimensional
 //! subspace and a little isotropic noise.
 
+use half::f16;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+
+use crate::store::{AdapterPair, NewExpert, Provenance, StoreConfig};
 
 /// Rows generated from one seeded stream; chunks run in parallel, and the output depends
 /// only on the arguments, not on the number of threads.
@@ -112,6 +115,38 @@ fn gauss(r: &mut impl Rng) -> f32 {
     let u1: f32 = r.random_range(f32::EPSILON..1.0);
     let u2: f32 = r.random_range(0.0..1.0);
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Deterministic pseudo-random values (splitmix64) mapped to finite fp16 in [-1, 1).
+pub fn seeded_values(seed: u64, n: usize) -> Vec<f16> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            f16::from_f32((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect()
+}
+
+/// An expert of shape `cfg` that depends only on `seed`; the seed is kept in the
+/// provenance text (`seed=N`) so that tests can check any expert found in a store
+/// against what was written.
+pub fn seeded_expert(cfg: &StoreConfig, seed: u64) -> NewExpert {
+    let mat = (cfg.rank * cfg.d_model) as usize;
+    NewExpert {
+        key: seeded_values(seed, cfg.key_dim as usize),
+        layers: (0..cfg.layers.len() as u64)
+            .map(|l| AdapterPair {
+                a: seeded_values(seed ^ (l << 48) ^ 0xA, mat),
+                b: seeded_values(seed ^ (l << 48) ^ 0xB, mat),
+            })
+            .collect(),
+        provenance: Provenance::text(format!("seed={seed}")),
+    }
 }
 
 #[cfg(test)]

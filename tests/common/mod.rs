@@ -4,9 +4,8 @@
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor, D};
-use half::f16;
 use mome::model::{byte_level_alphabet, AdapterHook, Llama, LlamaConfig};
-use mome::store::{AdapterPair, ExpertRef, NewExpert, Provenance, StoreConfig};
+use mome::store::{ExpertRef, StoreConfig};
 use std::path::PathBuf;
 
 /// A small shape with tiny shards so that tests cross many roll-overs quickly.
@@ -14,36 +13,8 @@ pub fn small_config() -> StoreConfig {
     StoreConfig::new(16, 8, 2, vec![1, 3]).with_shard_size(64 * 1024)
 }
 
-/// Deterministic pseudo-random values (splitmix64) mapped to finite fp16 in [-1, 1).
-pub fn values(seed: u64, n: usize) -> Vec<f16> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            f16::from_f32((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        })
-        .collect()
-}
-
-/// The expert a test writes for `seed`; the seed is also kept in the provenance text so
-/// that any expert found in a store can be checked against what was written.
-pub fn expert(cfg: &StoreConfig, seed: u64) -> NewExpert {
-    let mat = (cfg.rank * cfg.d_model) as usize;
-    NewExpert {
-        key: values(seed, cfg.key_dim as usize),
-        layers: (0..cfg.layers.len() as u64)
-            .map(|l| AdapterPair {
-                a: values(seed ^ (l << 48) ^ 0xA, mat),
-                b: values(seed ^ (l << 48) ^ 0xB, mat),
-            })
-            .collect(),
-        provenance: Provenance::text(format!("seed={seed}")),
-    }
-}
+#[allow(unused_imports)]
+pub use mome::synth::{seeded_expert as expert, seeded_values as values};
 
 /// Panics unless the stored expert is byte-identical to `expert(cfg, seed)`.
 pub fn assert_expert(cfg: &StoreConfig, got: &ExpertRef, seed: u64) {

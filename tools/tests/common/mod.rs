@@ -4,8 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use half::f16;
-use mome::store::{AdapterPair, NewExpert, Provenance, StoreConfig};
+use mome::store::{NewExpert, Provenance, StoreConfig};
 
 /// What a finished `mome` process left.
 pub struct Out {
@@ -67,34 +66,12 @@ pub fn small_config() -> StoreConfig {
     StoreConfig::new(16, 8, 2, vec![1, 3]).with_shard_size(64 * 1024)
 }
 
-/// Deterministic pseudo-random values (splitmix64) mapped to finite fp16 in [-1, 1).
-pub fn values(seed: u64, n: usize) -> Vec<f16> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            f16::from_f32((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
-        })
-        .collect()
-}
-
-/// The expert a test writes for `seed`, with a fact as provenance.
+/// The expert a test writes for `seed` (`mome::synth::seeded_expert`), with a fact as
+/// provenance.
 pub fn expert(cfg: &StoreConfig, seed: u64) -> NewExpert {
-    let mat = (cfg.rank * cfg.d_model) as usize;
+    let mut e = mome::synth::seeded_expert(cfg, seed);
     let mut provenance = Provenance::fact(format!("question {seed}?"), format!("answer {seed}"));
     provenance.text = format!("seed={seed}");
-    NewExpert {
-        key: values(seed, cfg.key_dim as usize),
-        layers: (0..cfg.layers.len() as u64)
-            .map(|l| AdapterPair {
-                a: values(seed ^ (l << 48) ^ 0xA, mat),
-                b: values(seed ^ (l << 48) ^ 0xB, mat),
-            })
-            .collect(),
-        provenance,
-    }
+    e.provenance = provenance;
+    e
 }
