@@ -577,8 +577,9 @@ impl ExpertIndex {
     /// Re-inserts a stored expert's key into the graph, linking it from the graph as
     /// it is now. Approximate search can stop finding a node that later inserts crowded
     /// out of its neighbours' edge lists (seen with hundreds of facts of one prompt
-    /// template, whose keys are near duplicates); the store is unchanged. Returns whether
-    /// a search for the key with `k` results finds the expert afterwards.
+    /// template, whose keys are near duplicates); the store is unchanged. A search that
+    /// runs between the removal and the add may miss the expert, as it missed it before.
+    /// Returns whether a search for the key with `k` results finds the expert afterwards.
     pub fn relink(&self, id: u64, k: usize) -> Result<bool> {
         let key = to_f32(self.store.get(id)?.key());
         let _g = self.apply.read();
