@@ -329,15 +329,39 @@ fn relinking_an_expert_keeps_the_index_equal_to_the_store() {
         .unwrap();
     index.delete_batch(&ids[..5]).unwrap();
     for &id in &ids[5..25] {
-        assert!(
-            index.relink(id, 10).unwrap(),
-            "expert {id} not found after relink"
-        );
+        index.relink(id).unwrap();
     }
     assert!(matches!(
-        index.relink(ids[0], 10),
+        index.relink(ids[0]),
         Err(Error::UnknownExpert { .. })
     ));
+    let items: Vec<(u64, Vec<f32>)> = ids[5..]
+        .iter()
+        .map(|&id| {
+            let key = index
+                .store()
+                .get(id)
+                .unwrap()
+                .key()
+                .iter()
+                .map(|x| x.to_f32())
+                .collect();
+            (id, key)
+        })
+        .collect();
+    let (relinked, lost) = index
+        .ensure_findable(&items, |key| index.search(key, 10))
+        .unwrap();
+    assert!(
+        relinked.is_empty() && lost.is_empty(),
+        "{relinked:?} {lost:?}"
+    );
+    // A retrieval that never returns an expert: each is relinked and reported lost.
+    let (relinked, lost) = index
+        .ensure_findable(&items[..3], |_| Ok(Vec::new()))
+        .unwrap();
+    assert_eq!(relinked, ids[5..8]);
+    assert_eq!(lost, ids[5..8]);
     assert_eq!(index.len(), 195);
     let qs = queries(20, 4);
     assert_eq!(answers(&index, &qs, 10), oracle(index.store(), &qs, 10));

@@ -65,6 +65,10 @@ pub const ENGINE_FILE: &str = "engine.json";
 /// Name of the request-query rule recorded in [`ENGINE_FILE`].
 pub const QUERY_RULE: &str = "user-span-mean-minus-system-centre";
 
+/// Width of the retried stage-1 search when the first finds nothing above τ
+/// (`Engine::retrieve`): usearch widens its expansion to at least the number of results.
+pub const RETRY_CANDIDATES: usize = 1024;
+
 /// The engine's selection parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineParams {
@@ -416,11 +420,29 @@ impl Engine {
         Ok(mean.iter().map(|x| x / norm).collect())
     }
 
+    /// Stage 1: the K experts the index returns for a request query. When none of them
+    /// is selectable (all at or below τ), the search is repeated wider
+    /// ([`RETRY_CANDIDATES`]) and its best K kept: a greedy HNSW search can end in a
+    /// region of unrelated keys and never enter a small, dense cluster of facts that is
+    /// linked to the rest of the graph by few edges (measured: 3 of 160 facts among 1M
+    /// random distractors were found only this way; docs/BENCHMARKS.md). The retry costs
+    /// one wider search, only on requests that would otherwise use no expert.
+    pub fn retrieve(&self, query: &[f32]) -> Result<Vec<Hit>> {
+        let k = self.params.k_candidates;
+        let hits = self.index.search(query, k)?;
+        if hits.iter().any(|h| h.score > self.params.selection.tau) || hits.len() < k {
+            return Ok(hits);
+        }
+        let mut wide = self.index.search(query, RETRY_CANDIDATES.max(k))?;
+        wide.truncate(k);
+        Ok(wide)
+    }
+
     fn candidates(&self, query: &[f32]) -> Result<(CandidateSet, Vec<Hit>)> {
         if self.store.is_empty() {
             return Ok((CandidateSet::default(), Vec::new()));
         }
-        let hits = self.index.search(query, self.params.k_candidates)?;
+        let hits = self.retrieve(query)?;
         let snap = self.store.snapshot();
         let mut refs = Vec::with_capacity(hits.len());
         let mut kept = Vec::with_capacity(hits.len());
@@ -532,6 +554,8 @@ impl Engine {
         let start = Instant::now();
         let mut outcomes = Vec::with_capacity(facts.len());
         let mut broken = Vec::new();
+        // (id, key) of every fact this call committed, audited after each batch.
+        let mut committed: Vec<(u64, Vec<f32>)> = Vec::new();
         let im_end = self
             .backbone
             .tokenizer
@@ -669,7 +693,24 @@ impl Engine {
                     statuses[i] = FactStatus::Memorized { id: *id };
                 }
                 broken.extend(self.recheck_neighbours(&ids, &keys, &slots)?);
+                for (&i, &id) in slots.iter().zip(&ids) {
+                    committed.push((id, keys[i].iter().map(|x| x.to_f32()).collect()));
+                }
             }
+            // Every fact committed by this call must still be retrieved for its own
+            // prompt: later inserts can make approximate search miss it, and then the
+            // neighbour recheck above, which finds stored facts by search, cannot see it.
+            let (relinked, lost) = self
+                .index
+                .ensure_findable(&committed, |key| self.retrieve(key))?;
+            if !relinked.is_empty() {
+                tracing::info!(
+                    ?relinked,
+                    ?lost,
+                    "relinked facts that search no longer found"
+                );
+            }
+            broken.extend(lost);
             for ((f, s), t) in chunk.iter().zip(statuses).zip(&trained) {
                 outcomes.push(FactOutcome {
                     fact: f.clone(),
@@ -728,11 +769,10 @@ impl Engine {
                     // Its own expert is no longer retrieved for its own prompt: an
                     // approximate-search miss, not a weight conflict. Relinking the node
                     // repairs the graph; the fact's weights were verified already.
-                    if self.index.relink(hit.id, self.params.k_candidates)? {
-                        got = self.ask(&p, &AskOptions::default())?;
-                        if got.text == a {
-                            tracing::info!(id = hit.id, prompt = %p, "relinked a stored fact's expert that search no longer found");
-                        }
+                    self.index.relink(hit.id)?;
+                    got = self.ask(&p, &AskOptions::default())?;
+                    if got.text == a {
+                        tracing::info!(id = hit.id, prompt = %p, "relinked a stored fact's expert that search no longer found");
                     }
                 }
                 if got.text != a {

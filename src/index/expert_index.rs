@@ -579,14 +579,50 @@ impl ExpertIndex {
     /// out of its neighbours' edge lists (seen with hundreds of facts of one prompt
     /// template, whose keys are near duplicates); the store is unchanged. A search that
     /// runs between the removal and the add may miss the expert, as it missed it before.
-    /// Returns whether a search for the key with `k` results finds the expert afterwards.
-    pub fn relink(&self, id: u64, k: usize) -> Result<bool> {
+    pub fn relink(&self, id: u64) -> Result<()> {
         let key = to_f32(self.store.get(id)?.key());
         let _g = self.apply.read();
         self.index.remove(id)?;
         self.index.add(id, &key)?;
         self.dirty.store(true, Ordering::Release);
-        Ok(self.index.search(&key, k)?.iter().any(|h| h.id == id))
+        Ok(())
+    }
+
+    /// Checks that `find` (the caller's retrieval: a search with its K and any retry)
+    /// returns each `(id, key)` for its own key, in parallel, and relinks
+    /// ([`Self::relink`]) every expert it misses. Returns the ids that were relinked
+    /// and those `find` still misses afterwards.
+    ///
+    /// Near-duplicate keys (facts of one prompt template) make HNSW prune a node's
+    /// incoming edges as newer near-duplicates arrive: measured on 160 facts among 1M
+    /// random distractors, a k = 32 search for its own key missed 2 such nodes, and
+    /// found both after a relink (docs/BENCHMARKS.md).
+    pub fn ensure_findable<F>(
+        &self,
+        items: &[(u64, Vec<f32>)],
+        find: F,
+    ) -> Result<(Vec<u64>, Vec<u64>)>
+    where
+        F: Fn(&[f32]) -> Result<Vec<Hit>> + Sync,
+    {
+        use rayon::prelude::*;
+        let found =
+            |id: u64, key: &[f32]| -> Result<bool> { Ok(find(key)?.iter().any(|h| h.id == id)) };
+        let missed: Vec<&(u64, Vec<f32>)> = items
+            .par_iter()
+            .map(|item| Ok((!found(item.0, &item.1)?).then_some(item)))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut lost = Vec::new();
+        for (id, key) in &missed {
+            self.relink(*id)?;
+            if !found(*id, key)? {
+                lost.push(*id);
+            }
+        }
+        Ok((missed.iter().map(|m| m.0).collect(), lost))
     }
 
     /// Deletes an expert from the store and then from the index.

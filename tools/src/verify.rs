@@ -22,6 +22,11 @@ pub struct Args {
     /// exactly the stored answer.
     #[arg(long)]
     recall: bool,
+    /// With `--recall`: first relink in the index every fact that stage-1 retrieval
+    /// no longer returns for its own prompt (approximate search can lose a node among
+    /// near-duplicate keys; the store is not changed), then replay.
+    #[arg(long, requires = "recall")]
+    repair: bool,
     /// Model file (GGUF) for `--recall`; default: $MOME_MODEL or the data directory.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -87,6 +92,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let live = snap.len();
     drop(snap);
     let mut recall_checked = None;
+    let mut repaired: Option<usize> = None;
     if args.recall {
         // Facts are the experts whose provenance has a prompt and an answer; the model is
         // loaded only when there is one to replay.
@@ -104,6 +110,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 &candle_core::Device::Cpu,
             )?;
             let engine = Engine::from_parts(Arc::new(store), backbone)?;
+            if args.repair {
+                let items = facts
+                    .iter()
+                    .map(|(id, _, _)| {
+                        let expert = engine.store().get(*id)?;
+                        Ok((*id, expert.key().iter().map(|x| x.to_f32()).collect()))
+                    })
+                    .collect::<mome::Result<Vec<(u64, Vec<f32>)>>>()?;
+                let (relinked, lost) = engine
+                    .index()
+                    .ensure_findable(&items, |key| engine.retrieve(key))?;
+                engine.flush()?;
+                tracing::info!(?relinked, ?lost, "relinked facts retrieval no longer found");
+                repaired = Some(relinked.len());
+            }
             let pb = mome::progress::bar(facts.len() as u64, "recall");
             let opts = AskOptions::default();
             for (id, prompt, answer) in &facts {
@@ -141,7 +162,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => json!({"saved": false}),
         };
         let recall = match recall_checked {
-            Some(n) => json!({"checked": true, "facts": n}),
+            Some(n) => json!({"checked": true, "facts": n, "relinked": repaired}),
             None => json!({"checked": false}),
         };
         println!(
@@ -172,6 +193,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             ),
             Some(_) => {}
             None => println!("index: none saved (built on first open); nothing to check"),
+        }
+        if let Some(n) = repaired {
+            println!("repair: relinked {n} facts that retrieval no longer returned");
         }
         if let Some(n) = recall_checked {
             println!("recall: replayed {n} stored facts through the engine");

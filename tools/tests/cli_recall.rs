@@ -73,4 +73,15 @@ fn verify_recall_names_facts_that_are_not_recalled() {
         detail.contains("no longer recalled") && detail.contains("zz-not-the-answer"),
         "{detail}"
     );
+    assert!(v["recall"]["relinked"].is_null());
+
+    // --repair: both facts' experts are retrieved for their prompts, so nothing is
+    // relinked, and a wrong answer is still a problem.
+    let out = mome(&["verify", "--db", s(&db), "--recall", "--repair", "--json"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let v = out.json();
+    assert_eq!(v["recall"]["relinked"], 0);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 1);
+    let usage = mome(&["verify", "--db", s(&db), "--repair"]);
+    assert_eq!(usage.code, 2, "--repair needs --recall: {}", usage.stderr);
 }
