@@ -296,14 +296,29 @@ fn take_lock(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    // A lock this process just released can still be held for a moment by a child
+    // forked by another thread (it shares the lock until its exec closes the
+    // descriptor), so a busy lock is retried briefly before it counts as another
+    // writer's.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: dir.to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
     }
 }
+
+/// How long a busy store lock is retried before `Error::Locked` (see `take_lock`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Store {
     /// Creates a new store in `dir` (which must not exist or be empty).
@@ -344,18 +359,20 @@ impl Store {
         }
         tracing::info!(dir = %dir.display(), ?config, "created store");
         drop(db);
-        drop(lock);
-        Store::open(dir)
+        // The lock is handed on, not dropped and taken again: a fork by another thread
+        // in between (spawning a child process) would hold a copy of it until that
+        // child's exec, and the second take would fail with `Locked`.
+        open_store(dir, None, Some(lock))
     }
 
     /// Opens an existing store with its persisted config.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
-        open_store(dir.as_ref(), None)
+        open_store(dir.as_ref(), None, None)
     }
 
     /// Opens an existing store, checking that its config equals `expected`.
     pub fn open_with(dir: impl AsRef<Path>, expected: &StoreConfig) -> Result<Store> {
-        open_store(dir.as_ref(), Some(expected))
+        open_store(dir.as_ref(), Some(expected), None)
     }
 
     /// Opens the store at `dir`, creating it with `config` if the directory does not
@@ -1062,7 +1079,7 @@ fn meta_u64(db: &DB, key: &[u8]) -> Result<u64> {
         })
 }
 
-fn open_store(dir: &Path, expected: Option<&StoreConfig>) -> Result<Store> {
+fn open_store(dir: &Path, expected: Option<&StoreConfig>, lock: Option<File>) -> Result<Store> {
     let meta_dir = dir.join(META_DIR);
     if !meta_dir.join("CURRENT").exists() {
         return Err(Error::NotAStore {
@@ -1070,7 +1087,10 @@ fn open_store(dir: &Path, expected: Option<&StoreConfig>) -> Result<Store> {
             reason: "no metadata database (meta/CURRENT)".into(),
         });
     }
-    let lock = take_lock(dir)?;
+    let lock = match lock {
+        Some(l) => l,
+        None => take_lock(dir)?,
+    };
     let mut opts = db_options();
     opts.create_if_missing(false);
     let db = DB::open_cf_descriptors(&opts, &meta_dir, cf_descriptors())
