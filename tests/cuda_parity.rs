@@ -6,8 +6,8 @@
 //! that into a failure (the GPU check script sets it).
 //!
 //! Cases, inputs, comparisons and the tolerance are shared with `fused_op_parity.rs`
-//! (`tests/common/parity.rs`: `1e-3 · max|delta_row| + 1e-6`, plus one f16 ulp for f16
-//! `h`); rows whose tokens select nothing are compared bit for bit. When a
+//! (`tests/common/parity.rs`: `1e-3 · max|delta_row| + 1e-6`, plus one ulp of the
+//! output type); rows whose tokens select nothing are compared bit for bit. When a
 //! tile's experts are split over several CTAs the GPU adds their shares with atomics,
 //! in no fixed order: that changes the f32 rounding, not the tolerance.
 
