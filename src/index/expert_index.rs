@@ -310,26 +310,52 @@ pub fn add_reachable(index: &dyn KeyIndex, items: &[(u64, Vec<f32>)]) -> Result<
     if index.is_exact() {
         return Ok(());
     }
-    let lost: Vec<&(u64, Vec<f32>)> = items
+    let (missed, lost) = reinsert_missed(
+        items,
+        |id, key| findable(index, id, key),
+        |id, key| {
+            index.remove(id)?;
+            index.add(id, key)
+        },
+    )?;
+    for id in lost.iter() {
+        tracing::warn!(
+            id,
+            "expert key still unreachable in the HNSW graph after re-insert"
+        );
+    }
+    if missed.len() > lost.len() {
+        tracing::debug!(
+            count = missed.len() - lost.len(),
+            "re-inserted unreachable HNSW nodes"
+        );
+    }
+    Ok(())
+}
+
+/// Checks `found` for every `(id, key)` in parallel, re-inserts each one it misses,
+/// and checks again. Returns the ids missed and those still missed after re-insert.
+fn reinsert_missed(
+    items: &[(u64, Vec<f32>)],
+    found: impl Fn(u64, &[f32]) -> Result<bool> + Sync,
+    reinsert: impl Fn(u64, &[f32]) -> Result<()>,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    use rayon::prelude::*;
+    let missed: Vec<&(u64, Vec<f32>)> = items
         .par_iter()
-        .map(|item| Ok((!findable(index, item.0, &item.1)?).then_some(item)))
+        .map(|item| Ok((!found(item.0, &item.1)?).then_some(item)))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .flatten()
         .collect();
-    for (id, key) in lost {
-        index.remove(*id)?;
-        index.add(*id, key)?;
-        if !findable(index, *id, key)? {
-            tracing::warn!(
-                id,
-                "expert key still unreachable in the HNSW graph after re-insert"
-            );
-        } else {
-            tracing::debug!(id, "re-inserted an unreachable HNSW node");
+    let mut lost = Vec::new();
+    for (id, key) in &missed {
+        reinsert(*id, key)?;
+        if !found(*id, key)? {
+            lost.push(*id);
         }
     }
-    Ok(())
+    Ok((missed.iter().map(|m| m.0).collect(), lost))
 }
 
 fn to_f32(key: &[half::f16]) -> Vec<f32> {
@@ -581,9 +607,14 @@ impl ExpertIndex {
     /// runs between the removal and the add may miss the expert, as it missed it before.
     pub fn relink(&self, id: u64) -> Result<()> {
         let key = to_f32(self.store.get(id)?.key());
+        self.relink_key(id, &key)
+    }
+
+    /// [`Self::relink`] with the expert's key already at hand.
+    fn relink_key(&self, id: u64, key: &[f32]) -> Result<()> {
         let _g = self.apply.read();
         self.index.remove(id)?;
-        self.index.add(id, &key)?;
+        self.index.add(id, key)?;
         self.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -605,24 +636,11 @@ impl ExpertIndex {
     where
         F: Fn(&[f32]) -> Result<Vec<Hit>> + Sync,
     {
-        use rayon::prelude::*;
-        let found =
-            |id: u64, key: &[f32]| -> Result<bool> { Ok(find(key)?.iter().any(|h| h.id == id)) };
-        let missed: Vec<&(u64, Vec<f32>)> = items
-            .par_iter()
-            .map(|item| Ok((!found(item.0, &item.1)?).then_some(item)))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut lost = Vec::new();
-        for (id, key) in &missed {
-            self.relink(*id)?;
-            if !found(*id, key)? {
-                lost.push(*id);
-            }
-        }
-        Ok((missed.iter().map(|m| m.0).collect(), lost))
+        reinsert_missed(
+            items,
+            |id, key| Ok(find(key)?.iter().any(|h| h.id == id)),
+            |id, key| self.relink_key(id, key),
+        )
     }
 
     /// Deletes an expert from the store and then from the index.
