@@ -137,14 +137,12 @@ fn main() -> anyhow::Result<()> {
         cfg
     );
 
-    let snap = engine.store().snapshot();
-    let old_facts = snap
-        .ids()
-        .map(|id| Ok((id, engine.store().meta(id)?.provenance.prompt.is_some())))
-        .filter(|r| !matches!(r, Ok((_, false))))
-        .map(|r| r.map(|(id, _)| id))
-        .collect::<mome::Result<Vec<u64>>>()?;
-    drop(snap);
+    let mut old_facts = Vec::new();
+    for id in engine.store().snapshot().ids() {
+        if engine.store().meta(id)?.provenance.prompt.is_some() {
+            old_facts.push(id);
+        }
+    }
     if !old_facts.is_empty() {
         println!("deleting {} facts of an earlier run", old_facts.len());
         engine.index().delete_batch(&old_facts)?;
