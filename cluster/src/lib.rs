@@ -29,6 +29,7 @@ pub mod objects;
 pub mod replica;
 pub mod rpc;
 pub mod segment;
+pub mod testbed;
 pub mod view;
 
 pub use client::{Client, ClientOptions, SearchOptions, SearchResult};

@@ -117,6 +117,9 @@ struct Inner {
     cache_dir: PathBuf,
     dir_counter: AtomicU64,
     stopping: AtomicBool,
+    /// Test hook (`MOME_FAULT_COMMIT_DELAY_MS`): a pause between a delta's upload and
+    /// its commit, so that a test can stop the owner inside that window.
+    fault_commit_delay: Option<Duration>,
 }
 
 /// Runs a node until `shutdown` completes, then leaves the cluster cleanly (ownerships
@@ -163,6 +166,10 @@ pub async fn run(
         cache_dir,
         dir_counter: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
+        fault_commit_delay: std::env::var("MOME_FAULT_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
     });
     inner.register().await?;
     tracing::info!(node = %inner.id, addr = %inner.addr, "node registered");
@@ -618,8 +625,14 @@ impl Inner {
             tombstones: n_del,
             bytes: size,
         });
-        let mut etcd = self.etcd.clone();
-        match coord::commit(&mut etcd, &self.keys, &manifest, applied.revision, token).await {
+        if let Some(d) = self.fault_commit_delay {
+            tracing::warn!(shard, object = %name, ms = d.as_millis() as u64, "fault injection: pausing before the commit");
+            tokio::time::sleep(d).await;
+        }
+        let outcome = self
+            .commit_resolved(&manifest, applied.revision, token, &name)
+            .await;
+        match outcome {
             Ok(Commit::Done(rev)) => {
                 let r = replica.clone();
                 let store = self.config.store.clone();
@@ -677,6 +690,7 @@ impl Inner {
                     },
                     already,
                 );
+                let mut etcd = self.etcd.clone();
                 if let Ok((m, r)) = coord::read_manifest(&mut etcd, &self.keys, shard).await {
                     let _ = self
                         .sync_locked(
@@ -691,6 +705,43 @@ impl Inner {
                 false
             }
         }
+    }
+
+    /// The fenced commit, with an unknown outcome (etcd unreachable mid-request)
+    /// resolved: read the manifest back; if it names `object` the commit happened,
+    /// otherwise try the same compare-and-swap again (at most 3 tries, 200 ms apart).
+    async fn commit_resolved(
+        &self,
+        manifest: &Manifest,
+        seen: i64,
+        token: i64,
+        object: &str,
+    ) -> Result<Commit> {
+        let mut etcd = self.etcd.clone();
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                match coord::read_manifest(&mut etcd, &self.keys, manifest.shard).await {
+                    Ok((m, rev)) if m.segments.iter().any(|s| s.name == object) => {
+                        return Ok(Commit::Done(rev));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                }
+            }
+            match coord::commit(&mut etcd, &self.keys, manifest, seen, token).await {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(shard = manifest.shard, error = %e, "commit outcome unknown; resolving");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::ShuttingDown))
     }
 
     /// Merges every segment of the shard into base segments (parts of at most

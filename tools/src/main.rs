@@ -8,6 +8,9 @@
 
 mod archive;
 mod bench;
+// Scale-out tier (issue 20): `mome node`, `mome cluster ...`.
+mod cluster;
+mod node;
 // Memory tuning subcommands (issue 7), one file each.
 mod ask;
 mod compact;
@@ -74,6 +77,11 @@ enum Cmd {
     Delete(delete::Args),
     /// Benchmarks: `mome bench lookup --experts N` (latency, recall, ingest; peers).
     Bench(bench::Args),
+    /// Run a node of a scale-out cluster (etcd + S3 object storage).
+    #[command(long_about = node::LONG_ABOUT)]
+    Node(node::Args),
+    /// Administer a scale-out cluster: init, status, shards, rebalance.
+    Cluster(cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +107,8 @@ fn main() -> ExitCode {
         Cmd::Search(a) => search::run(a),
         Cmd::Delete(a) => delete::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Node(a) => node::run(a),
+        Cmd::Cluster(a) => cluster::run(a),
     };
     match result {
         Ok(code) => code,
