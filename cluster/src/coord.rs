@@ -10,19 +10,55 @@ use etcd_client::{
 use crate::error::{Error, Result};
 use crate::manifest::{ClusterConfig, Keys, Manifest, OwnerInfo};
 
-/// Connects to etcd with bounded timeouts (endpoints `host:port` or URLs).
+/// Connects to etcd with bounded timeouts (endpoints `host:port` or URLs). A request
+/// times out after 2 s (one stuck behind a dead leader is resolved by the caller: a
+/// read is retried, a commit's outcome is read back), and a member without a leader
+/// refuses requests instead of holding them.
 pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client> {
     if endpoints.is_empty() {
         return Err(Error::invalid("no etcd endpoint given"));
     }
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(2))
+        .with_require_leader(true)
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
     etcd_client::Client::connect(endpoints, Some(opts))
         .await
         .map_err(|e| Error::etcd(format!("connecting to {}", endpoints.join(",")), e))
+}
+
+/// Whether an etcd error means the request never reached a server: the client's
+/// balancer picked an endpoint that refuses connections (a dead member). Such a request
+/// is safe to send again, whatever it was.
+pub fn unsent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect")
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs an etcd request, sending it again (up to 8 times, 25 ms apart) while it fails
+/// without reaching a server ([`unsent`]).
+pub async fn retry<T, F, Fut>(mut f: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match f().await {
+            Err(e) if unsent(&e) && tries < 8 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Splits `a,b,c` into endpoints.
@@ -48,10 +84,12 @@ pub async fn init_cluster(
         .when([Compare::create_revision(keys.config(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(keys.config(), value, None)])
         .or_else([TxnOp::get(keys.config(), None)]);
-    let resp = client
-        .txn(txn)
-        .await
-        .map_err(|e| Error::etcd("creating the cluster config", e))?;
+    let resp = retry(|| {
+        let (mut c, t) = (client.clone(), txn.clone());
+        async move { c.txn(t).await }
+    })
+    .await
+    .map_err(|e| Error::etcd("creating the cluster config", e))?;
     if resp.succeeded() {
         return Ok(());
     }
@@ -69,10 +107,13 @@ pub async fn init_cluster(
 /// contention, at most 64 times). Returns the first.
 pub async fn allocate_ids(client: &mut etcd_client::Client, keys: &Keys, n: u64) -> Result<u64> {
     for _ in 0..64 {
-        let resp = client
-            .get(keys.ids(), None)
-            .await
-            .map_err(|e| Error::etcd("reading the id allocator", e))?;
+        let resp = retry(|| {
+            let mut c = client.clone();
+            let k = keys.ids();
+            async move { c.get(k, None).await }
+        })
+        .await
+        .map_err(|e| Error::etcd("reading the id allocator", e))?;
         let (next, cmp) = match resp.kvs().first() {
             Some(kv) => {
                 let v = kv
@@ -96,10 +137,12 @@ pub async fn allocate_ids(client: &mut etcd_client::Client, keys: &Keys, n: u64)
         let txn = Txn::new()
             .when([cmp])
             .and_then([TxnOp::put(keys.ids(), end.to_string(), None)]);
-        let r = client
-            .txn(txn)
-            .await
-            .map_err(|e| Error::etcd("advancing the id allocator", e))?;
+        let r = retry(|| {
+            let (mut c, t) = (client.clone(), txn.clone());
+            async move { c.txn(t).await }
+        })
+        .await
+        .map_err(|e| Error::etcd("advancing the id allocator", e))?;
         if r.succeeded() {
             return Ok(next);
         }
@@ -157,10 +200,12 @@ pub async fn release(
             token,
         )])
         .and_then([TxnOp::delete(keys.owner(shard), None)]);
-    let r = client
-        .txn(txn)
-        .await
-        .map_err(|e| Error::etcd(format!("releasing shard {shard}"), e))?;
+    let r = retry(|| {
+        let (mut c, t) = (client.clone(), txn.clone());
+        async move { c.txn(t).await }
+    })
+    .await
+    .map_err(|e| Error::etcd(format!("releasing shard {shard}"), e))?;
     Ok(r.succeeded())
 }
 
@@ -193,10 +238,12 @@ pub async fn commit(
         ])
         .and_then([TxnOp::put(keys.manifest(shard), value, None)])
         .or_else([TxnOp::get(keys.owner(shard), None)]);
-    let r = client
-        .txn(txn)
-        .await
-        .map_err(|e| Error::etcd(format!("committing shard {shard}"), e))?;
+    let r = retry(|| {
+        let (mut c, t) = (client.clone(), txn.clone());
+        async move { c.txn(t).await }
+    })
+    .await
+    .map_err(|e| Error::etcd(format!("committing shard {shard}"), e))?;
     if r.succeeded() {
         return Ok(Commit::Done(r.header().map_or(0, |h| h.revision())));
     }
@@ -217,10 +264,13 @@ pub async fn read_manifest(
     keys: &Keys,
     shard: u32,
 ) -> Result<(Manifest, i64)> {
-    let r = client
-        .get(keys.manifest(shard), None)
-        .await
-        .map_err(|e| Error::etcd(format!("reading manifest of shard {shard}"), e))?;
+    let r = retry(|| {
+        let mut c = client.clone();
+        let k = keys.manifest(shard);
+        async move { c.get(k, None).await }
+    })
+    .await
+    .map_err(|e| Error::etcd(format!("reading manifest of shard {shard}"), e))?;
     match r.kvs().first() {
         None => Ok((Manifest::empty(shard), 0)),
         Some(kv) => {
@@ -236,10 +286,13 @@ pub async fn read_manifest(
 
 /// Number of keys under the cluster prefix and their total size (for `status`).
 pub async fn footprint(client: &mut etcd_client::Client, keys: &Keys) -> Result<(usize, usize)> {
-    let r = client
-        .get(keys.root(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| Error::etcd("reading the cluster prefix", e))?;
+    let r = retry(|| {
+        let mut c = client.clone();
+        let k = keys.root().to_string();
+        async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+    })
+    .await
+    .map_err(|e| Error::etcd("reading the cluster prefix", e))?;
     Ok((
         r.kvs().len(),
         r.kvs()

@@ -243,11 +243,14 @@ impl Inner {
         };
         let value = serde_json::to_vec(&info).map_err(|e| Error::invalid(e.to_string()))?;
         loop {
-            let lease = etcd
-                .lease_grant(self.config.lease_ttl_s as i64, None)
-                .await
-                .map_err(|e| Error::etcd("granting the node lease", e))?
-                .id();
+            let ttl = self.config.lease_ttl_s as i64;
+            let lease = coord::retry(|| {
+                let mut c = etcd.clone();
+                async move { c.lease_grant(ttl, None).await }
+            })
+            .await
+            .map_err(|e| Error::etcd("granting the node lease", e))?
+            .id();
             let key = self.keys.node(&self.id);
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -256,10 +259,12 @@ impl Inner {
                     value.clone(),
                     Some(PutOptions::new().with_lease(lease)),
                 )]);
-            let r = etcd
-                .txn(txn)
-                .await
-                .map_err(|e| Error::etcd("registering the node", e))?;
+            let r = coord::retry(|| {
+                let (mut c, t) = (etcd.clone(), txn.clone());
+                async move { c.txn(t).await }
+            })
+            .await
+            .map_err(|e| Error::etcd("registering the node", e))?;
             if r.succeeded() {
                 self.lease.store(lease, Ordering::SeqCst);
                 for s in self.slots.read().values() {
@@ -310,7 +315,13 @@ impl Inner {
                 tracing::warn!(shard, error = %e, "release on shutdown failed");
             }
         }
-        if let Err(e) = etcd.lease_revoke(self.lease()).await {
+        let lease = self.lease();
+        let revoked = coord::retry(|| {
+            let mut c = etcd.clone();
+            async move { c.lease_revoke(lease).await }
+        })
+        .await;
+        if let Err(e) = revoked {
             tracing::warn!(error = %e, "lease revoke on shutdown failed");
         }
     }
@@ -435,8 +446,13 @@ impl Inner {
     async fn drop_slot(&self, shard: u32) {
         let slot = self.slots.write().remove(&shard);
         if slot.is_some() {
-            let mut etcd = self.etcd.clone();
-            let _ = etcd.delete(self.keys.ready(shard, &self.id), None).await;
+            let key = self.keys.ready(shard, &self.id);
+            let _ = coord::retry(|| {
+                let mut c = self.etcd.clone();
+                let k = key.clone();
+                async move { c.delete(k, None).await }
+            })
+            .await;
             tracing::info!(node = %self.id, shard, "no longer serving shard");
         }
     }
@@ -709,7 +725,7 @@ impl Inner {
 
     /// The fenced commit, with an unknown outcome (etcd unreachable mid-request)
     /// resolved: read the manifest back; if it names `object` the commit happened,
-    /// otherwise try the same compare-and-swap again (at most 3 tries, 200 ms apart).
+    /// otherwise try the same compare-and-swap again (at most 6 tries, 100 ms apart).
     async fn commit_resolved(
         &self,
         manifest: &Manifest,
@@ -719,9 +735,9 @@ impl Inner {
     ) -> Result<Commit> {
         let mut etcd = self.etcd.clone();
         let mut last = None;
-        for attempt in 0..3 {
+        for attempt in 0..6 {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 match coord::read_manifest(&mut etcd, &self.keys, manifest.shard).await {
                     Ok((m, rev)) if m.segments.iter().any(|s| s.name == object) => {
                         return Ok(Commit::Done(rev));
@@ -1060,14 +1076,16 @@ async fn reconcile(inner: &Arc<Inner>, s: &ViewState, ownerless_since: &mut Hash
         }
         let synced = applied >= latest;
         if synced && !slot.ready_marked.load(Ordering::SeqCst) {
-            let mut etcd = inner.etcd.clone();
-            let put = etcd
-                .put(
-                    inner.keys.ready(shard, &inner.id),
-                    Vec::new(),
-                    Some(PutOptions::new().with_lease(inner.lease())),
-                )
-                .await;
+            let (key, lease) = (inner.keys.ready(shard, &inner.id), inner.lease());
+            let put = coord::retry(|| {
+                let mut c = inner.etcd.clone();
+                let k = key.clone();
+                async move {
+                    c.put(k, Vec::new(), Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
+            })
+            .await;
             if put.is_ok() {
                 slot.ready_marked.store(true, Ordering::SeqCst);
             }

@@ -166,10 +166,13 @@ impl ClusterView {
 
     /// Reads everything under the cluster prefix; returns the revision read at.
     async fn reload(&self, client: &mut etcd_client::Client) -> Result<i64> {
-        let resp = client
-            .get(self.keys.root(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| Error::etcd("reading the cluster state", e))?;
+        let resp = crate::coord::retry(|| {
+            let mut c = client.clone();
+            let k = self.keys.root().to_string();
+            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| Error::etcd("reading the cluster state", e))?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let mut s = ViewState {
             revision: rev,
@@ -318,10 +321,13 @@ pub async fn read_config(
     keys: &Keys,
     cluster: &str,
 ) -> Result<ClusterConfig> {
-    let resp = client
-        .get(keys.config(), None)
-        .await
-        .map_err(|e| Error::etcd("reading the cluster config", e))?;
+    let resp = crate::coord::retry(|| {
+        let mut c = client.clone();
+        let k = keys.config();
+        async move { c.get(k, None).await }
+    })
+    .await
+    .map_err(|e| Error::etcd("reading the cluster config", e))?;
     let kv = resp.kvs().first().ok_or_else(|| Error::NoCluster {
         cluster: cluster.to_string(),
     })?;

@@ -312,7 +312,7 @@ async fn rebalance(a: RebalanceArgs) -> Result<ExitCode> {
                 |s| pending(s).is_empty(),
             )
             .await;
-        moves = pending(&r.map_or_else(|_| client.view().state(), |s| s));
+        moves = pending(&r.unwrap_or_else(|_| client.view().state()));
     }
     if a.conn.json {
         let m: Vec<_> = moves
