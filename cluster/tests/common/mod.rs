@@ -1,0 +1,47 @@
+//! Segments for the format tests: deterministic small experts.
+#![allow(dead_code)]
+
+use half::f16;
+use mome::store::{AdapterPair, Provenance, StoreConfig};
+use mome_cluster::segment::{ClusterExpert, SegmentBuilder, SegmentKind};
+
+/// d_model 4, key_dim 4, rank 1, adapters on layer 0 and 2.
+pub fn config() -> StoreConfig {
+    StoreConfig::new(4, 4, 1, vec![0, 2])
+}
+
+/// Expert `id` with values derived from the id only.
+pub fn expert(id: u64) -> ClusterExpert {
+    let v = |n: usize, s: f32| {
+        (0..n)
+            .map(|i| f16::from_f32(s + i as f32 * 0.25))
+            .collect::<Vec<_>>()
+    };
+    let s = id as f32;
+    ClusterExpert {
+        id,
+        key: v(4, s),
+        layers: vec![
+            AdapterPair {
+                a: v(4, s + 1.0),
+                b: v(4, -s),
+            },
+            AdapterPair {
+                a: v(4, 0.5),
+                b: v(4, s * 2.0),
+            },
+        ],
+        provenance: Provenance::fact(format!("the code of {id}"), format!("{}", id * 7)),
+        created_at_ms: 1_700_000_000_000 + id,
+    }
+}
+
+/// The fixture: a delta of shard 3, generation 9, experts 5 and 11, tombstones 2 and 4.
+pub fn fixture() -> Vec<u8> {
+    let mut b = SegmentBuilder::new(SegmentKind::Delta, 3, 9, &config());
+    b.push(expert(11)).expect("push");
+    b.push(expert(5)).expect("push");
+    b.tombstone(4);
+    b.tombstone(2);
+    b.finish().expect("finish")
+}
