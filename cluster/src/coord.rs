@@ -22,7 +22,9 @@ pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client> {
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(2))
         .with_require_leader(true)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        // HTTP/2 pings no more often than etcd's --grpc-keepalive-min-time (5 s): the
+        // server closes connections that ping faster ("too many pings").
+        .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
         .with_keep_alive_while_idle(true);
     etcd_client::Client::connect(endpoints, Some(opts))
         .await

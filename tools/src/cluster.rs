@@ -40,6 +40,8 @@ enum Sub {
     Shards(Conn),
     /// Pending moves (owner ≠ preferred node); drain or undrain a node; wait for convergence.
     Rebalance(RebalanceArgs),
+    /// Fan-out lookup latency with 1, 2, 3 local nodes against one embedded store.
+    Bench(crate::cluster_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -100,6 +102,9 @@ struct RebalanceArgs {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    if let Sub::Bench(b) = a.cmd {
+        return crate::cluster_bench::run(b);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -110,6 +115,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             Sub::Status(c) => status(c).await,
             Sub::Shards(c) => shards(c).await,
             Sub::Rebalance(a) => rebalance(a).await,
+            Sub::Bench(_) => unreachable!("handled above"),
         }
     })
 }

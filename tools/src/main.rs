@@ -10,6 +10,7 @@ mod archive;
 mod bench;
 // Scale-out tier (issue 20): `mome node`, `mome cluster ...`.
 mod cluster;
+mod cluster_bench;
 mod node;
 // Memory tuning subcommands (issue 7), one file each.
 mod ask;
