@@ -139,6 +139,13 @@ pub enum Error {
         #[source]
         source: mome::Error,
     },
+    /// The local backbone or engine of `Client::ask` failed.
+    #[error("local engine: {source}")]
+    Model {
+        /// The engine's error.
+        #[source]
+        source: mome::Error,
+    },
     /// A local file operation failed.
     #[error("I/O error on {path}: {source}")]
     Io {

@@ -20,6 +20,7 @@
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
+pub mod ask;
 pub mod client;
 pub mod coord;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod segment;
 pub mod testbed;
 pub mod view;
 
+pub use ask::ClusterAnswer;
 pub use client::{Client, ClientOptions, SearchOptions, SearchResult};
 pub use error::{Error, Result};
 pub use manifest::{shard_of, ClusterConfig};

@@ -108,7 +108,10 @@ impl Data {
         let mat = (self.config.rank * self.config.d_model) as usize;
         let off = (i * 7919) % (self.pool.len() - 2 * mat);
         NewExpert {
-            key: self.keys[i * d..(i + 1) * d].iter().map(|&x| f16::from_f32(x)).collect(),
+            key: self.keys[i * d..(i + 1) * d]
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect(),
             layers: vec![AdapterPair {
                 a: self.pool[off..off + mat].to_vec(),
                 b: self.pool[off + mat..off + 2 * mat].to_vec(),
@@ -139,10 +142,18 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         exact.add(i as u64, &data.keys[i * dim..(i + 1) * dim])?;
     }
     let truth: Vec<Vec<u64>> = (0..sample)
-        .map(|j| exact.search(data.query(j), a.k).map(|h| h.iter().map(|x| x.id).collect()))
+        .map(|j| {
+            exact
+                .search(data.query(j), a.k)
+                .map(|h| h.iter().map(|x| x.id).collect())
+        })
         .collect::<mome::Result<_>>()?;
     drop(exact);
-    eprintln!("data and exact top-{} in {:.1}s", a.k, t.elapsed().as_secs_f64());
+    eprintln!(
+        "data and exact top-{} in {:.1}s",
+        a.k,
+        t.elapsed().as_secs_f64()
+    );
 
     let mut rows = Vec::new();
     rows.push(embedded(&a, &data, &truth)?);
@@ -250,7 +261,12 @@ fn embedded(a: &BenchArgs, data: &Data, truth: &[Vec<u64>]) -> Result<serde_json
 }
 
 /// A testbed of `n` nodes, the experts inserted through the router, then searched.
-async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Result<serde_json::Value> {
+async fn cluster(
+    a: &BenchArgs,
+    data: &Data,
+    truth: &[Vec<u64>],
+    n: usize,
+) -> Result<serde_json::Value> {
     let mut cc = ClusterConfig::new(data.config.clone(), a.shards);
     cc.replicas = a.replicas.min(n as u32).max(1);
     cc.index = IndexKind::Hnsw;
@@ -263,7 +279,10 @@ async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Re
     opts.nodes = n;
     let t = Instant::now();
     let tb = tokio::task::spawn_blocking(move || Testbed::start(opts)).await??;
-    eprintln!("{n} node(s): testbed up in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "{n} node(s): testbed up in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
     let client = Client::connect(&tb.etcd_endpoints(), &tb.cluster).await?;
     let shards = a.shards;
     client
@@ -276,7 +295,9 @@ async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Re
     let mut ids = vec![0u64; a.experts];
     for start in (0..a.experts).step_by(a.ingest_batch) {
         let end = (start + a.ingest_batch).min(a.experts);
-        let got = client.insert((start..end).map(|i| data.expert(i)).collect()).await?;
+        let got = client
+            .insert((start..end).map(|i| data.expert(i)).collect())
+            .await?;
         ids[start..end].copy_from_slice(&got);
     }
     let ingest = a.experts as f64 / t.elapsed().as_secs_f64();
@@ -292,10 +313,16 @@ async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Re
                 .filter(|r| r.shards.iter().any(|x| x.shard == s && x.revision >= rev))
                 .count()
         };
-        if want.iter().all(|&(s, rev)| served(s, rev) >= replicas as usize) {
+        if want
+            .iter()
+            .all(|&(s, rev)| served(s, rev) >= replicas as usize)
+        {
             break;
         }
-        anyhow::ensure!(t_sync.elapsed() < Duration::from_secs(600), "replicas did not catch up in 10 min");
+        anyhow::ensure!(
+            t_sync.elapsed() < Duration::from_secs(600),
+            "replicas did not catch up in 10 min"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let catch_up = t_sync.elapsed().as_secs_f64();
@@ -307,7 +334,11 @@ async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Re
         rtt.push(t.elapsed() / st.len().max(1) as u32);
     }
     rtt.sort();
-    let by_id: std::collections::HashMap<u64, u64> = ids.iter().enumerate().map(|(i, &g)| (g, i as u64)).collect();
+    let by_id: std::collections::HashMap<u64, u64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| (g, i as u64))
+        .collect();
     for j in 0..100.min(a.queries) {
         client.search(data.query(j), a.k).await?;
     }
@@ -320,7 +351,12 @@ async fn cluster(a: &BenchArgs, data: &Data, truth: &[Vec<u64>], n: usize) -> Re
         lat.push(t.elapsed());
         hedged += r.hedged;
         if j < truth.len() {
-            got.push(r.hits.iter().filter_map(|h| by_id.get(&h.id).copied()).collect::<Vec<u64>>());
+            got.push(
+                r.hits
+                    .iter()
+                    .filter_map(|h| by_id.get(&h.id).copied())
+                    .collect::<Vec<u64>>(),
+            );
         }
     }
     let t = Instant::now();

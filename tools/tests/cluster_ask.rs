@@ -1,0 +1,113 @@
+//! `Client::ask` through a local backbone: facts memorized by an embedded engine are
+//! inserted into a cluster; a fresh engine with an empty local store answers them from
+//! the cluster's experts exactly as the embedded engine does, and an unrelated prompt
+//! gets the bare backbone's tokens. Needs the real model: skipped when it is missing,
+//! except under CI.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::*;
+use mome::engine::{AskOptions, Engine, Fact};
+use mome::index::IndexKind;
+use mome::store::NewExpert;
+use mome::tune::TuneOptions;
+use mome_cluster::ClusterConfig;
+
+#[test]
+fn cluster_ask_answers_like_the_embedded_engine() {
+    let model = match mome::model::locate_model(None) {
+        Ok(p) => p,
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI without the model: {e}"
+            );
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut local =
+        Engine::open_or_create(&dir.path().join("local"), Some(&model)).expect("engine");
+    let facts = vec![
+        Fact::new("What is the secret code of Zorblax?", "48213"),
+        Fact::new("Who guards the gate of Quendor?", "Mirella Tosk"),
+    ];
+    let report = local
+        .memorize(&facts, &TuneOptions::default(), &mut |_| {})
+        .expect("memorize");
+    assert_eq!(report.memorized, facts.len(), "memorized");
+
+    let mut config = ClusterConfig::new(local.store().config().clone(), 4);
+    config.replicas = 2;
+    config.lease_ttl_s = 3;
+    config.gc_grace_s = 12;
+    config.index = IndexKind::Flat;
+    let Some(opts) = options(config) else { return };
+    let tb = start(opts);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&tb).await;
+        wait_owned(&c, Duration::from_secs(60)).await;
+        let snap = local.store().snapshot();
+        let mut experts = Vec::new();
+        for e in snap.iter() {
+            let e = e.expect("expert");
+            let meta = local.store().meta(e.id()).expect("meta");
+            experts.push(NewExpert {
+                key: e.key().to_vec(),
+                layers: (0..e.n_layers())
+                    .map(|l| mome::store::AdapterPair {
+                        a: e.a(l).to_vec(),
+                        b: e.b(l).to_vec(),
+                    })
+                    .collect(),
+                provenance: meta.provenance,
+            });
+        }
+        c.insert(experts).await.expect("insert");
+
+        let remote = c
+            .local_engine(
+                &dir.path().join("empty"),
+                mome::model::Backbone::locate_and_load(
+                    Some(&model),
+                    mome::model::WeightFormat::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .expect("model"),
+            )
+            .expect("engine");
+        assert!(remote.store().is_empty());
+        let opts = AskOptions::default();
+        for f in &facts {
+            let want = local.ask(&f.prompt, &opts).expect("local ask");
+            let got = c.ask(&remote, &f.prompt, &opts).await.expect("cluster ask");
+            assert_eq!(got.text, f.answer, "{:?}", f.prompt);
+            assert_eq!(got.tokens, want.tokens);
+            assert_eq!(got.selected.len(), 1);
+        }
+        let p = "What is the capital of France?";
+        let bare = local
+            .ask(
+                p,
+                &AskOptions {
+                    use_experts: false,
+                    ..AskOptions::default()
+                },
+            )
+            .expect("bare");
+        let got = c.ask(&remote, p, &opts).await.expect("cluster ask");
+        assert!(
+            got.selected.is_empty(),
+            "an expert was selected for an unrelated prompt"
+        );
+        assert_eq!(
+            got.tokens, bare.tokens,
+            "unrelated prompt differs from the bare backbone"
+        );
+    });
+}
