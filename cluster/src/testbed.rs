@@ -539,6 +539,22 @@ impl Testbed {
         Ok(())
     }
 
+    /// Starts one more node (id `node<i>`, a fresh port); returns its index.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let port = free_ports(1)?[0];
+        let i = self.nodes.len();
+        self.nodes.push(NodeProc {
+            id: format!("node{i}"),
+            port,
+            proc: Proc {
+                name: format!("node{i}"),
+                child: None,
+            },
+        });
+        self.start_node(i)?;
+        Ok(i)
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill_node(&mut self, i: usize) {
         self.nodes[i].proc.kill();
