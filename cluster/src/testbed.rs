@@ -226,6 +226,7 @@ pub struct Testbed {
     etcd_args: Vec<Vec<String>>,
     weed: Vec<Proc>,
     volumes: Vec<Proc>,
+    volume_args: Vec<Vec<String>>,
     s3_port: u16,
     nodes: Vec<NodeProc>,
 }
@@ -265,6 +266,7 @@ impl Testbed {
             etcd_args: Vec::new(),
             weed: Vec::new(),
             volumes: Vec::new(),
+            volume_args: Vec::new(),
             s3_port: 0,
             nodes: Vec::new(),
         };
@@ -340,21 +342,19 @@ impl Testbed {
             let gp = hp + 10_000;
             let vd = dir.join(format!("weed-volume-{i}"));
             std::fs::create_dir_all(&vd).map_err(|e| err(e.to_string()))?;
-            let vol = tb.spawn(
-                &format!("weed-volume-{i}"),
-                &opts.weed_bin,
-                &[
-                    "volume".into(),
-                    "-ip=127.0.0.1".into(),
-                    "-ip.bind=127.0.0.1".into(),
-                    format!("-port={hp}"),
-                    format!("-port.grpc={gp}"),
-                    format!("-dir={}", vd.display()),
-                    format!("-mserver=127.0.0.1:{mp}.{mg}"),
-                    "-max=16".into(),
-                ],
-            )?;
+            let args = vec![
+                "volume".into(),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+                format!("-port={hp}"),
+                format!("-port.grpc={gp}"),
+                format!("-dir={}", vd.display()),
+                format!("-mserver=127.0.0.1:{mp}.{mg}"),
+                "-max=16".into(),
+            ];
+            let vol = tb.spawn(&format!("weed-volume-{i}"), &opts.weed_bin, &args)?;
             tb.volumes.push(vol);
+            tb.volume_args.push(args);
             wait_until("a volume server", Duration::from_secs(30), || {
                 http(hp, "GET", "/status").ok().filter(|c| *c == 200)
             })?;
@@ -576,6 +576,18 @@ impl Testbed {
     /// SIGKILLs volume server `i`.
     pub fn kill_volume(&mut self, i: usize) {
         self.volumes[i].kill();
+    }
+
+    /// Restarts volume server `i` on its directory.
+    pub fn restart_volume(&mut self, i: usize) -> Result<()> {
+        let args = self.volume_args[i].clone();
+        let proc = self.spawn(
+            &format!("weed-volume-{i}"),
+            &self.opts.weed_bin.clone(),
+            &args,
+        )?;
+        self.volumes[i] = proc;
+        Ok(())
     }
 
     /// SIGKILLs etcd member `i`.

@@ -14,13 +14,21 @@ use cluster::*;
 
 #[test]
 fn join_and_drain_move_shards_and_lose_nothing() {
-    let Some(mut opts) = options(small_config()) else { return };
+    let Some(mut opts) = options(small_config()) else {
+        return;
+    };
     opts.nodes = 2;
     let mut tb = start(opts);
     let rt = runtime();
     let etcd = tb.etcd_list();
     let name = tb.cluster.clone();
-    let conn = ["--etcd", etcd.as_str(), "--cluster", name.as_str(), "--json"];
+    let conn = [
+        "--etcd",
+        etcd.as_str(),
+        "--cluster",
+        name.as_str(),
+        "--json",
+    ];
     rt.block_on(async {
         let c = client(&tb).await;
         wait_owned(&c, Duration::from_secs(60)).await;
@@ -29,7 +37,12 @@ fn join_and_drain_move_shards_and_lose_nothing() {
             let ids = c.insert(batch.to_vec()).await.expect("insert");
             oracle.add(&ids, batch);
         }
-        assert!(c.view().state().owners.values().all(|o| o.info.node != "node2"));
+        assert!(c
+            .view()
+            .state()
+            .owners
+            .values()
+            .all(|o| o.info.node != "node2"));
 
         // A third node joins: the shards it ranks first for move to it.
         let i = tb.add_node().expect("add node");
@@ -37,7 +50,10 @@ fn join_and_drain_move_shards_and_lose_nothing() {
         let mut writes = 0;
         let s = loop {
             let batch = experts(10, 100 + writes);
-            let ids = c.insert(batch.clone()).await.expect("insert during the move");
+            let ids = c
+                .insert(batch.clone())
+                .await
+                .expect("insert during the move");
             oracle.add(&ids, &batch);
             writes += 1;
             let s = c.view().state();
@@ -57,12 +73,29 @@ fn join_and_drain_move_shards_and_lose_nothing() {
         assert_all_found(&c, &oracle).await;
 
         // Drain node0 through the CLI and wait for it.
-        let out = common::ok(&[&["cluster", "rebalance", "--drain", "node0", "--wait", "60"][..], &conn[..]].concat());
-        assert_eq!(out.json()["pending"], serde_json::json!([]), "{}", out.stdout);
+        let out = common::ok(
+            &[
+                &["cluster", "rebalance", "--drain", "node0", "--wait", "60"][..],
+                &conn[..],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            out.json()["pending"],
+            serde_json::json!([]),
+            "{}",
+            out.stdout
+        );
         let s = c.view().state();
-        assert!(s.owners.values().all(|o| o.info.node != "node0"), "node0 still owns a shard");
+        assert!(
+            s.owners.values().all(|o| o.info.node != "node0"),
+            "node0 still owns a shard"
+        );
         for batch in experts(40, 300).chunks(20) {
-            let ids = c.insert(batch.to_vec()).await.expect("insert after the drain");
+            let ids = c
+                .insert(batch.to_vec())
+                .await
+                .expect("insert after the drain");
             oracle.add(&ids, batch);
         }
         assert_all_found(&c, &oracle).await;
@@ -71,14 +104,28 @@ fn join_and_drain_move_shards_and_lose_nothing() {
         let shards = common::ok(&[&["cluster", "shards"][..], &conn[..]].concat()).json();
         let rows = shards["shards"].as_array().expect("rows");
         assert_eq!(rows.len(), 8);
-        let total: u64 = rows.iter().map(|r| r["experts"].as_u64().expect("experts")).sum();
+        let total: u64 = rows
+            .iter()
+            .map(|r| r["experts"].as_u64().expect("experts"))
+            .sum();
         assert_eq!(total as usize, oracle.experts.len());
-        assert!(rows.iter().all(|r| r["owner"].is_string() && r["owner"] != "node0"));
+        assert!(rows
+            .iter()
+            .all(|r| r["owner"].is_string() && r["owner"] != "node0"));
         let status = common::ok(&[&["cluster", "status"][..], &conn[..]].concat()).json();
-        assert_eq!(status["experts"].as_u64(), Some(oracle.experts.len() as u64));
+        assert_eq!(
+            status["experts"].as_u64(),
+            Some(oracle.experts.len() as u64)
+        );
         assert_eq!(status["unowned_shards"], 0);
         assert_eq!(status["draining"], serde_json::json!(["node0"]));
-        let n0 = status["nodes"].as_array().expect("nodes").iter().find(|n| n["id"] == "node0").cloned().expect("node0");
+        let n0 = status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == "node0")
+            .cloned()
+            .expect("node0");
         assert_eq!(n0["owns"], serde_json::json!([]));
     });
 }

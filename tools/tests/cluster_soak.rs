@@ -1,0 +1,189 @@
+//! Soak (ignored by default; `bash tools/cluster-soak.sh`): a writer inserts and
+//! deletes without pause while faults cycle — kill -9 and restart a node, SIGSTOP an
+//! owner past its lease then SIGCONT it, kill and restart a volume server, kill and
+//! restart an etcd member. After every fault: recovery time (every shard owned by a live
+//! member) and a sample of acknowledged experts searched. At the end: every
+//! acknowledged, undeleted expert found; top-k equals the exact oracle. Bounded by
+//! MOME_SOAK_ROUNDS (default 12) and MOME_SOAK_MINUTES (default 15).
+
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use parking_lot::Mutex;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Log {
+    acked: Vec<(Vec<u64>, Vec<mome::store::NewExpert>)>,
+    deleted: Vec<u64>,
+    failed: Vec<String>,
+    latencies: Vec<Duration>,
+}
+
+#[test]
+#[ignore = "long: run by tools/cluster-soak.sh"]
+fn soak() {
+    let rounds = env("MOME_SOAK_ROUNDS", 12) as usize;
+    let budget = Duration::from_secs(60 * env("MOME_SOAK_MINUTES", 15));
+    let Some(opts) = options(small_config()) else {
+        return;
+    };
+    let mut tb = start(opts);
+    let rt = runtime();
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let c = client(&tb).await;
+        wait_owned(&c, Duration::from_secs(60)).await;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (c, log, stop) = (c.clone(), log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seed = 1000;
+                while !stop.load(Ordering::SeqCst) {
+                    seed += 1;
+                    let batch = experts(20, seed);
+                    let t = Instant::now();
+                    match c.insert(batch.clone()).await {
+                        Ok(ids) => {
+                            let mut l = log.lock();
+                            l.latencies.push(t.elapsed());
+                            l.acked.push((ids, batch));
+                        }
+                        Err(e) => log.lock().failed.push(e.to_string()),
+                    }
+                    if seed % 10 == 0 {
+                        // Delete 5 acknowledged experts of an earlier batch.
+                        let victims: Vec<u64> = {
+                            let l = log.lock();
+                            l.acked.get(l.acked.len() / 2).map(|b| b.0[..5].to_vec()).unwrap_or_default()
+                        };
+                        let victims: Vec<u64> = {
+                            let l = log.lock();
+                            victims.into_iter().filter(|v| !l.deleted.contains(v)).collect()
+                        };
+                        if !victims.is_empty() && c.delete(&victims).await.is_ok() {
+                            log.lock().deleted.extend(victims);
+                        }
+                    }
+                }
+            })
+        };
+        let faults = ["kill-node", "stop-owner", "kill-volume", "kill-etcd"];
+        let mut report = Vec::new();
+        for round in 0..rounds {
+            if t0.elapsed() > budget {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let fault = faults[round % faults.len()];
+            let target = round / faults.len() % 3;
+            let t = Instant::now();
+            let lat_before = log.lock().latencies.len();
+            tokio::task::block_in_place(|| match fault {
+                "kill-node" => {
+                    tb.kill_node(target);
+                    std::thread::sleep(Duration::from_secs(2));
+                    tb.start_node(target).expect("restart node");
+                }
+                "stop-owner" => {
+                    tb.signal_node(target, "STOP").expect("stop");
+                    std::thread::sleep(Duration::from_secs(5));
+                    tb.signal_node(target, "CONT").expect("cont");
+                }
+                "kill-volume" => {
+                    tb.kill_volume(target % 2);
+                    std::thread::sleep(Duration::from_secs(5));
+                    tb.restart_volume(target % 2).expect("restart volume");
+                }
+                _ => {
+                    tb.kill_etcd(target);
+                    std::thread::sleep(Duration::from_secs(5));
+                    tb.restart_etcd(target).expect("restart etcd");
+                }
+            });
+            let fault_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            wait_owned(&c, Duration::from_secs(90)).await;
+            let recovered = t.elapsed();
+            // Inserts acknowledged during the fault and the slowest of them.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (acked_in_round, slowest_ms) = {
+                let l = log.lock();
+                let r = &l.latencies[lat_before.min(l.latencies.len())..];
+                (r.len(), r.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1000.0))
+            };
+            // A sample of what is acknowledged so far, searched by key.
+            let (sample, dead) = {
+                let l = log.lock();
+                let s: Vec<(u64, Vec<f32>)> = l
+                    .acked
+                    .iter()
+                    .rev()
+                    .take(10)
+                    .flat_map(|(ids, b)| ids.iter().copied().zip(b.iter().map(key_f32)))
+                    .collect();
+                (s, l.deleted.clone())
+            };
+            for (id, key) in &sample {
+                if dead.contains(id) {
+                    continue;
+                }
+                let r = c.search(key, 1).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(r.hits[0].id, *id, "round {round} ({fault}): acknowledged {id} not found");
+            }
+            let l = log.lock();
+            eprintln!(
+                "round {round}: {fault} {target} for {fault_s:.1} s: owned again {:.1} s after; {acked_in_round} batches acked meanwhile, slowest {slowest_ms:.0} ms; total acked {}, failed {}",
+                recovered.as_secs_f64(),
+                l.acked.len(),
+                l.failed.len()
+            );
+            report.push(serde_json::json!({"round": round, "fault": fault, "target": target, "fault_s": fault_s, "owned_after_s": recovered.as_secs_f64(), "batches_acked": acked_in_round, "slowest_insert_ms": slowest_ms}));
+        }
+        stop.store(true, Ordering::SeqCst);
+        writer.await.expect("writer");
+        wait_owned(&c, Duration::from_secs(90)).await;
+        let l = log.lock();
+        let mut oracle = Oracle::new();
+        for (ids, batch) in &l.acked {
+            oracle.add(ids, batch);
+        }
+        let dead: Vec<u64> = l.deleted.iter().copied().filter(|d| oracle.experts.contains_key(d)).collect();
+        oracle.remove(&dead);
+        assert_all_found(&c, &oracle).await;
+        for q in queries(50, 77) {
+            let got: Vec<(u64, f32)> = c.search(&q, 10).await.expect("search").hits.iter().map(|h| (h.id, h.score)).collect();
+            assert_eq!(got, oracle.top(&q, 10), "final top-k differs from the oracle");
+        }
+        let live: u64 = c.view().state().manifests.values().map(|m| m.manifest.live).sum();
+        let mut lat = l.latencies.clone();
+        lat.sort();
+        let p = |q: f64| lat.get(((lat.len() as f64 - 1.0) * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let summary = serde_json::json!({
+            "minutes": t0.elapsed().as_secs_f64() / 60.0,
+            "rounds": report,
+            "acked_batches": l.acked.len(),
+            "acked_experts": l.acked.iter().map(|b| b.0.len()).sum::<usize>(),
+            "deleted": dead.len(),
+            "live_after": oracle.experts.len(),
+            "manifest_live": live,
+            "failed_batches": l.failed.len(),
+            "failures": l.failed.iter().take(5).collect::<Vec<_>>(),
+            "insert_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
+        });
+        assert_eq!(live as usize, oracle.experts.len(), "manifests' live count");
+        println!("SOAK {summary}");
+    });
+}
