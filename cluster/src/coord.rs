@@ -216,6 +216,9 @@ pub async fn release(
 pub enum Commit {
     /// Published; the manifest key's new mod revision.
     Done(i64),
+    /// Published, found out only after later commits (by a newer owner): the write is
+    /// in, and the manifest is now at this revision; the writer's own view is stale.
+    Superseded(i64),
     /// Refused: the ownership key is gone or was re-created (another owner).
     Fenced,
     /// Refused: the manifest moved since `seen` (the caller's view is stale).

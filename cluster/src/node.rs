@@ -675,6 +675,15 @@ impl Inner {
                 reply_all(jobs, &|| Ok((rev, generation)), already);
                 false
             }
+            Ok(Commit::Superseded(rev)) => {
+                // In, but newer commits followed: follow the manifest instead of applying
+                // this segment alone on top of a stale state.
+                if let Err(e) = self.sync_locked(&slot, None).await {
+                    tracing::warn!(shard, error = %e, "sync after a superseded commit failed");
+                }
+                reply_all(jobs, &|| Ok((rev, generation)), already);
+                false
+            }
             Ok(Commit::Fenced) => {
                 tracing::warn!(shard, token, object = %name, "commit refused: fenced");
                 reply_all(jobs, &|| Err(Error::Fenced { shard, token }), already);
@@ -741,7 +750,11 @@ impl Inner {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 match coord::read_manifest(&mut etcd, &self.keys, manifest.shard).await {
                     Ok((m, rev)) if m.segments.iter().any(|s| s.name == object) => {
-                        return Ok(Commit::Done(rev));
+                        return Ok(if m.generation == manifest.generation {
+                            Commit::Done(rev)
+                        } else {
+                            Commit::Superseded(rev)
+                        });
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -874,6 +887,10 @@ impl Inner {
             }
             Commit::Fenced => Err(Error::Fenced { shard, token }),
             Commit::Moved => Ok(()),
+            Commit::Superseded(_) => {
+                self.sync_locked(&slot, None).await?;
+                Ok(())
+            }
         }
     }
 
