@@ -27,6 +27,10 @@ fn env(name: &str, default: u64) -> u64 {
 struct Log {
     acked: Vec<(Vec<u64>, Vec<mome::store::NewExpert>)>,
     deleted: Vec<u64>,
+    /// Writes whose outcome is not known (in flight, or failed): checked at the end,
+    /// where each must be wholly present or absent per shard.
+    unsure_inserts: Vec<(Vec<u64>, Vec<mome::store::NewExpert>)>,
+    unsure_deletes: Vec<u64>,
     failed: Vec<String>,
     latencies: Vec<Duration>,
 }
@@ -55,13 +59,24 @@ fn soak() {
                     seed += 1;
                     let batch = experts(20, seed);
                     let t = Instant::now();
-                    match c.insert(batch.clone()).await {
-                        Ok(ids) => {
+                    let ids = match c.allocate_ids(batch.len()).await {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            log.lock().failed.push(e.to_string());
+                            continue;
+                        }
+                    };
+                    match c.put(&ids, batch.clone()).await {
+                        Ok(()) => {
                             let mut l = log.lock();
                             l.latencies.push(t.elapsed());
                             l.acked.push((ids, batch));
                         }
-                        Err(e) => log.lock().failed.push(e.to_string()),
+                        Err(e) => {
+                            let mut l = log.lock();
+                            l.failed.push(e.to_string());
+                            l.unsure_inserts.push((ids, batch));
+                        }
                     }
                     if seed % 10 == 0 {
                         // Delete 5 acknowledged experts of an earlier batch.
@@ -70,11 +85,24 @@ fn soak() {
                             l.acked.get(l.acked.len() / 2).map(|b| b.0[..5].to_vec()).unwrap_or_default()
                         };
                         let victims: Vec<u64> = {
-                            let l = log.lock();
-                            victims.into_iter().filter(|v| !l.deleted.contains(v)).collect()
+                            let mut l = log.lock();
+                            let v: Vec<u64> = victims
+                                .into_iter()
+                                .filter(|v| !l.deleted.contains(v) && !l.unsure_deletes.contains(v))
+                                .collect();
+                            // Unsure while in flight: some shards may commit before others.
+                            l.unsure_deletes.extend(&v);
+                            v
                         };
-                        if !victims.is_empty() && c.delete(&victims).await.is_ok() {
-                            log.lock().deleted.extend(victims);
+                        if !victims.is_empty() {
+                            match c.delete(&victims).await {
+                                Ok(()) => {
+                                    let mut l = log.lock();
+                                    l.unsure_deletes.retain(|x| !victims.contains(x));
+                                    l.deleted.extend(victims);
+                                }
+                                Err(e) => log.lock().failed.push(format!("delete: {e}")),
+                            }
                         }
                     }
                 }
@@ -134,7 +162,9 @@ fn soak() {
                     .take(10)
                     .flat_map(|(ids, b)| ids.iter().copied().zip(b.iter().map(key_f32)))
                     .collect();
-                (s, l.deleted.clone())
+                let mut dead = l.deleted.clone();
+                dead.extend(&l.unsure_deletes);
+                (s, dead)
             };
             for (id, key) in &sample {
                 if dead.contains(id) {
@@ -162,6 +192,29 @@ fn soak() {
         }
         let dead: Vec<u64> = l.deleted.iter().copied().filter(|d| oracle.experts.contains_key(d)).collect();
         oracle.remove(&dead);
+        // Unknown outcomes: whatever the cluster holds of them joins the oracle, and each
+        // shard's part of a failed insert is wholly present or wholly absent.
+        let shards = c.config().shards;
+        let mut unsure_present = 0;
+        for (ids, batch) in &l.unsure_inserts {
+            let got = c.fetch(ids).await.expect("fetch");
+            for sh in 0..shards {
+                let part: Vec<u64> = ids.iter().copied().filter(|&id| mome_cluster::shard_of(id, shards) == sh).collect();
+                let present = part.iter().filter(|id| got.iter().any(|g| g.id == **id)).count();
+                assert!(present == 0 || present == part.len(), "a failed insert is partly present in shard {sh}");
+            }
+            for (id, e) in ids.iter().zip(batch) {
+                if got.iter().any(|g| g.id == *id) {
+                    oracle.add(&[*id], std::slice::from_ref(e));
+                    unsure_present += 1;
+                }
+            }
+        }
+        for id in &l.unsure_deletes {
+            if oracle.experts.contains_key(id) && c.fetch(&[*id]).await.expect("fetch").is_empty() {
+                oracle.remove(&[*id]);
+            }
+        }
         assert_all_found(&c, &oracle).await;
         for q in queries(50, 77) {
             let got: Vec<(u64, f32)> = c.search(&q, 10).await.expect("search").hits.iter().map(|h| (h.id, h.score)).collect();
@@ -179,7 +232,8 @@ fn soak() {
             "deleted": dead.len(),
             "live_after": oracle.experts.len(),
             "manifest_live": live,
-            "failed_batches": l.failed.len(),
+            "failed_writes": l.failed.len(),
+            "unsure_inserts_present": unsure_present,
             "failures": l.failed.iter().take(5).collect::<Vec<_>>(),
             "insert_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
         });
