@@ -77,6 +77,7 @@ impl mome::model::AdapterHook for Rank8 {
     fn apply(
         &self,
         _: usize,
+        _: usize,
         h: &candle_core::Tensor,
         h_norm: &candle_core::Tensor,
         _: &candle_core::Tensor,

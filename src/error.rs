@@ -220,6 +220,26 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A fact that cannot be memorized (nothing of the call was stored).
+    #[error("fact {index} ({prompt:?}): {reason}")]
+    InvalidFact {
+        /// Position of the fact in the call (0-based).
+        index: usize,
+        /// Its prompt.
+        prompt: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store written for another selection rule.
+    #[error("{path} was written with the selection rule `{found}`; this build uses `{expected}`: run `mome migrate --db {path} --out NEW_DIR` to re-key its facts for the new rule")]
+    RuleMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// The rule recorded in the store.
+        found: String,
+        /// The rule of this build.
+        expected: String,
+    },
 }
 
 impl Error {

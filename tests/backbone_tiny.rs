@@ -223,6 +223,7 @@ impl AdapterHook for Recorder {
     fn apply(
         &self,
         layer: usize,
+        _pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         q: &Tensor,
@@ -346,6 +347,7 @@ struct TrainHook {
 impl AdapterHook for TrainHook {
     fn apply(
         &self,
+        _: usize,
         _: usize,
         h: &Tensor,
         h_norm: &Tensor,

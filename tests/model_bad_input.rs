@@ -291,6 +291,7 @@ fn sites_that_do_not_fit_and_misuse() {
         fn apply(
             &self,
             _: usize,
+            _: usize,
             _: &candle_core::Tensor,
             _: &candle_core::Tensor,
             _: &candle_core::Tensor,

@@ -600,6 +600,21 @@ impl ExpertIndex {
         Ok(ids)
     }
 
+    /// Inserts `experts` and deletes `delete` in one store commit
+    /// ([`Store::replace_batch`]), then updates the index.
+    pub fn replace_batch(&self, experts: Vec<NewExpert>, delete: &[u64]) -> Result<Vec<u64>> {
+        let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
+        let _g = self.apply.read();
+        let ids = self.store.replace_batch(experts, delete)?;
+        self.dirty.store(true, Ordering::Release);
+        for &id in delete {
+            self.index.remove(id)?;
+        }
+        let items: Vec<(u64, Vec<f32>)> = ids.iter().copied().zip(keys).collect();
+        add_reachable(self.index.as_ref(), &items)?;
+        Ok(ids)
+    }
+
     /// Re-inserts a stored expert's key into the graph, linking it from the graph as
     /// it is now. Approximate search can stop finding a node that later inserts crowded
     /// out of its neighbours' edge lists (seen with hundreds of facts of one prompt

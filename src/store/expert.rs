@@ -40,6 +40,9 @@ pub struct Provenance {
     /// Digest of the backbone it was trained against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_digest: Option<String>,
+    /// Experts this one replaced (the same prompt memorized with another answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<u64>,
 }
 
 impl Provenance {
@@ -70,6 +73,12 @@ impl Provenance {
     /// Adds the backbone digest.
     pub fn with_backbone_digest(mut self, digest: impl Into<String>) -> Self {
         self.backbone_digest = Some(digest.into());
+        self
+    }
+
+    /// Records the experts this one replaces.
+    pub fn with_replaces(mut self, ids: Vec<u64>) -> Self {
+        self.replaces = ids;
         self
     }
 }

@@ -510,6 +510,27 @@ impl Store {
             .submit(Op::Insert(experts), |group| self.commit_group(group))
     }
 
+    /// Inserts `experts` and deletes `delete` in one commit (all or none): a reader
+    /// sees either the old experts or the new ones, never both or neither. Returns the
+    /// new ids in order.
+    pub fn replace_batch(&self, experts: Vec<NewExpert>, delete: &[u64]) -> Result<Vec<u64>> {
+        if experts.is_empty() {
+            return Err(Error::EmptyBatch {
+                what: "replace_batch",
+            });
+        }
+        for (i, e) in experts.iter().enumerate() {
+            e.validate(&self.layout, i)?;
+        }
+        self.group.submit(
+            Op::Replace {
+                insert: experts,
+                delete: delete.to_vec(),
+            },
+            |group| self.commit_group(group),
+        )
+    }
+
     /// Deletes an expert (a tombstone; its bytes are reclaimed by compaction).
     pub fn delete(&self, id: u64) -> Result<()> {
         self.delete_batch(&[id]).map(|_| ())
@@ -595,68 +616,64 @@ impl Store {
         );
 
         for (op, _) in group {
-            match op {
-                Op::Insert(experts) => {
-                    let mut ids = Vec::with_capacity(experts.len());
-                    for e in experts {
-                        let id = next_id;
-                        next_id += 1;
-                        let loc = self.append(
-                            w,
-                            &mut shards,
-                            &mut to_sync,
-                            &mut shard_updates,
-                            id,
-                            seq,
-                            e,
-                        )?;
-                        locs.set(id, Some(loc));
-                        batch.put_cf(cf_loc, id_key(id), LocValue { loc, seq }.encode());
-                        batch.put_cf(cf_keys, id_key(id), bytemuck::cast_slice::<f16, u8>(&e.key));
-                        let stored = StoredMeta {
-                            v: 1,
-                            provenance: e.provenance.clone(),
-                            created_at_ms: created,
-                        };
-                        let json =
-                            serde_json::to_vec(&stored).map_err(|err| Error::CorruptMetadata {
-                                what: format!("cannot encode provenance of expert {id}: {err}"),
-                            })?;
-                        batch.put_cf(cf_prov, id_key(id), json);
-                        ids.push(id);
-                    }
-                    wrote_anything = true;
-                    results.push(Ok(ids));
-                }
-                Op::Delete(ids) => {
-                    if let Some(&id) = ids.iter().find(|&&id| locs.get(id).is_none()) {
-                        results.push(Err(Error::UnknownExpert { id }));
-                        continue;
-                    }
-                    let mut uniq = ids.clone();
-                    uniq.sort_unstable();
-                    uniq.dedup();
-                    for &id in &uniq {
-                        if let Some(loc) = locs.set(id, None) {
-                            batch.delete_cf(cf_loc, id_key(id));
-                            batch.delete_cf(cf_keys, id_key(id));
-                            batch.delete_cf(cf_prov, id_key(id));
-                            batch.delete_cf(cf_usage, id_key(id));
-                            batch.put_cf(
-                                cf_dead,
-                                id_key(id),
-                                DeadValue {
-                                    loc,
-                                    deleted_seq: seq,
-                                }
-                                .encode(),
-                            );
+            let (insert, delete): (&[NewExpert], &[u64]) = match op {
+                Op::Insert(experts) => (experts, &[]),
+                Op::Delete(ids) => (&[], ids),
+                Op::Replace { insert, delete } => (insert, delete),
+            };
+            if let Some(&id) = delete.iter().find(|&&id| locs.get(id).is_none()) {
+                results.push(Err(Error::UnknownExpert { id }));
+                continue;
+            }
+            let mut ids = Vec::with_capacity(insert.len());
+            for e in insert {
+                let id = next_id;
+                next_id += 1;
+                let loc = self.append(
+                    w,
+                    &mut shards,
+                    &mut to_sync,
+                    &mut shard_updates,
+                    id,
+                    seq,
+                    e,
+                )?;
+                locs.set(id, Some(loc));
+                batch.put_cf(cf_loc, id_key(id), LocValue { loc, seq }.encode());
+                batch.put_cf(cf_keys, id_key(id), bytemuck::cast_slice::<f16, u8>(&e.key));
+                let stored = StoredMeta {
+                    v: 1,
+                    provenance: e.provenance.clone(),
+                    created_at_ms: created,
+                };
+                let json = serde_json::to_vec(&stored).map_err(|err| Error::CorruptMetadata {
+                    what: format!("cannot encode provenance of expert {id}: {err}"),
+                })?;
+                batch.put_cf(cf_prov, id_key(id), json);
+                ids.push(id);
+            }
+            let mut uniq = delete.to_vec();
+            uniq.sort_unstable();
+            uniq.dedup();
+            for &id in &uniq {
+                if let Some(loc) = locs.set(id, None) {
+                    batch.delete_cf(cf_loc, id_key(id));
+                    batch.delete_cf(cf_keys, id_key(id));
+                    batch.delete_cf(cf_prov, id_key(id));
+                    batch.delete_cf(cf_usage, id_key(id));
+                    batch.put_cf(
+                        cf_dead,
+                        id_key(id),
+                        DeadValue {
+                            loc,
+                            deleted_seq: seq,
                         }
-                    }
-                    wrote_anything = true;
-                    results.push(Ok(uniq));
+                        .encode(),
+                    );
                 }
             }
+            wrote_anything = true;
+            results.push(Ok(if insert.is_empty() { uniq } else { ids }));
         }
         if !wrote_anything {
             return Ok(results);

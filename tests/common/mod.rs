@@ -177,6 +177,7 @@ impl AdapterHook for GatedHook {
     fn apply(
         &self,
         layer: usize,
+        _pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         queries: &Tensor,

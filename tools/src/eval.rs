@@ -88,7 +88,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "n_unrelated": unrelated.len(),
         "locality": frac(local, unrelated.len()),
         "max_unrelated_score": if unrelated.is_empty() { serde_json::Value::Null } else { serde_json::json!(max_score) },
-        "tau": engine.params().selection.tau,
+        "match_threshold": engine.params().rule.match_threshold,
         "recall_misses": misses,
         "locality_changes": changed,
         "seconds": start.elapsed().as_secs_f64(),
