@@ -56,7 +56,9 @@ use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
 use crate::model::{AdapterSites, Adapters, Backbone, ChatMessage, Llama, WeightFormat};
 use crate::select::SelectionParams;
-use crate::store::{NewExpert, Provenance, Store, StoreConfig, UsageAccumulator};
+use crate::store::{
+    NewExpert, Provenance, Store, StoreConfig, StoreDir, StoreError, UsageAccumulator,
+};
 use crate::tune::{train_batch_with, FrozenPrefix, TrainRow, TuneOptions};
 
 /// File in the store directory recording the engine's selection parameters.
@@ -294,7 +296,7 @@ impl Engine {
         config: Option<StoreConfig>,
         params: EngineParams,
     ) -> Result<Self> {
-        let exists = dir.join("meta").exists();
+        let exists = StoreDir::new(dir).holds_store();
         let store = if exists {
             Store::open(dir)?
         } else {
@@ -452,8 +454,8 @@ impl Engine {
                     refs.push(e);
                     kept.push(h);
                 }
-                Err(Error::UnknownExpert { .. }) => {}
-                Err(e) => return Err(e),
+                Err(StoreError::UnknownExpert { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok((CandidateSet::from_stored(refs), kept))
@@ -818,7 +820,7 @@ impl Engine {
     /// Flushes usage counters and saves the index.
     pub fn flush(&self) -> Result<()> {
         self.usage.flush(&self.store)?;
-        self.index.save()
+        Ok(self.index.save()?)
     }
 }
 
@@ -831,7 +833,7 @@ impl Drop for Engine {
 }
 
 fn engine_file(dir: &Path) -> PathBuf {
-    dir.join(ENGINE_FILE)
+    StoreDir::new(dir).engine_file()
 }
 
 fn write_engine_file(dir: &Path, p: &EngineParams) -> Result<()> {
@@ -843,13 +845,11 @@ fn write_engine_file(dir: &Path, p: &EngineParams) -> Result<()> {
         temperature: p.selection.temperature,
         k_candidates: p.k_candidates,
     };
-    let path = engine_file(dir);
-    let tmp = dir.join(format!("{ENGINE_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::CorruptMetadata {
-        what: format!("encoding {ENGINE_FILE}: {e}"),
+    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::Encode {
+        what: ENGINE_FILE.into(),
+        reason: e.to_string(),
     })?;
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    crate::fs::atomic_write_bytes(&engine_file(dir), &bytes)
 }
 
 fn read_engine_file(dir: &Path) -> Result<EngineParams> {

@@ -1,7 +1,5 @@
 //! An index kept in step with a store, persisted next to it, rebuilt when lost.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,9 +7,11 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+use super::error::{IndexError, IndexResult as Result};
 use super::{FlatIndex, Hit, HnswIndex, KeyIndex};
-use crate::error::{Error, Result};
-use crate::store::{NewExpert, Store};
+use crate::fs::{atomic_write, atomic_write_bytes};
+use crate::progress::Task;
+use crate::store::{NewExpert, Store, StoreDir};
 
 /// Which index structure to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +84,6 @@ impl IndexParams {
     }
 }
 
-const INDEX_DIR: &str = "index";
 const META_FILE: &str = "index.json";
 const INDEX_FORMAT_VERSION: u32 = 1;
 
@@ -116,9 +115,9 @@ impl IndexMeta {
             .as_deref()
             .unwrap_or_else(|| legacy_data_file(self.params.kind));
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(Error::CorruptMetadata {
-                what: format!("index metadata names the data file {name:?}"),
-            });
+            return Err(IndexError::corrupt(format!(
+                "index metadata names the data file {name:?}"
+            )));
         }
         Ok(dir.join(name))
     }
@@ -207,15 +206,14 @@ pub struct SavedIndexInfo {
 /// The saved index of the store in `store_dir`, without loading it: `Ok(None)` when
 /// there is no `index/index.json`.
 pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
-    let path = store_dir.join(INDEX_DIR).join(META_FILE);
+    let path = StoreDir::new(store_dir).index().join(META_FILE);
     let raw = match std::fs::read(&path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+        Err(e) => return Err(IndexError::io(&path, e)),
     };
-    let meta: IndexMeta = serde_json::from_slice(&raw).map_err(|e| Error::CorruptMetadata {
-        what: format!("{}: {e}", path.display()),
-    })?;
+    let meta: IndexMeta = serde_json::from_slice(&raw)
+        .map_err(|e| IndexError::corrupt(format!("{}: {e}", path.display())))?;
     Ok(Some(SavedIndexInfo {
         params: meta.params,
         dim: meta.dim,
@@ -228,7 +226,8 @@ pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
 /// The newest delete sequence a saved index of the store in `store_dir` may still need
 /// to learn from a tombstone: tombstones deleted at or before the returned sequence are
 /// already reflected in the saved index (or no saved index exists that could need them)
-/// and may be purged by compaction.
+/// and may be purged by compaction. This is the horizon to hand to `Store::compact`:
+/// the store does not read the index's files itself.
 ///
 /// * a readable `index.json`: its sequence;
 /// * no `index/` directory at all: `u64::MAX` (the next open rebuilds from the keys);
@@ -237,7 +236,7 @@ pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
 pub fn tombstone_horizon(store_dir: &Path) -> u64 {
     match saved_index_info(store_dir) {
         Ok(Some(info)) => info.seq,
-        Ok(None) if !store_dir.join(INDEX_DIR).exists() => u64::MAX,
+        Ok(None) if !StoreDir::new(store_dir).index().exists() => u64::MAX,
         _ => 0,
     }
 }
@@ -261,7 +260,7 @@ pub struct IndexCheck {
 }
 
 fn file_crc(path: &Path) -> Result<(u64, u32)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
     Ok((bytes.len() as u64, crc32c::crc32c(&bytes)))
 }
 
@@ -335,16 +334,16 @@ pub fn add_reachable(index: &dyn KeyIndex, items: &[(u64, Vec<f32>)]) -> Result<
 
 /// Checks `found` for every `(id, key)` in parallel, re-inserts each one it misses,
 /// and checks again. Returns the ids missed and those still missed after re-insert.
-fn reinsert_missed(
+fn reinsert_missed<E: Send>(
     items: &[(u64, Vec<f32>)],
-    found: impl Fn(u64, &[f32]) -> Result<bool> + Sync,
-    reinsert: impl Fn(u64, &[f32]) -> Result<()>,
-) -> Result<(Vec<u64>, Vec<u64>)> {
+    found: impl Fn(u64, &[f32]) -> std::result::Result<bool, E> + Sync,
+    reinsert: impl Fn(u64, &[f32]) -> std::result::Result<(), E>,
+) -> std::result::Result<(Vec<u64>, Vec<u64>), E> {
     use rayon::prelude::*;
     let missed: Vec<&(u64, Vec<f32>)> = items
         .par_iter()
         .map(|item| Ok((!found(item.0, &item.1)?).then_some(item)))
-        .collect::<Result<Vec<_>>>()?
+        .collect::<std::result::Result<Vec<_>, E>>()?
         .into_iter()
         .flatten()
         .collect();
@@ -365,15 +364,15 @@ fn to_f32(key: &[half::f16]) -> Vec<f32> {
 impl ExpertIndex {
     /// Opens the index of `store` with the default parameters (or those it was saved with).
     pub fn open(store: Arc<Store>) -> Result<Self> {
-        let saved = read_meta(&store.dir().join(INDEX_DIR)).map(|m| m.params);
+        let saved = read_meta(&store.store_dir().index()).map(|m| m.params);
         Self::open_with(store, saved.unwrap_or_default())
     }
 
     /// Opens the index of `store`: loads the saved one and catches up, or rebuilds it
     /// when it is missing, corrupt, or was built with other structural parameters.
     pub fn open_with(store: Arc<Store>, params: IndexParams) -> Result<Self> {
-        let dir = store.dir().join(INDEX_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dir = store.store_dir().index();
+        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
         let dim = store.config().key_dim as usize;
         let loaded = match Self::try_load(&dir, dim, &params) {
             Ok(v) => v,
@@ -444,23 +443,22 @@ impl ExpertIndex {
         let path = meta.data_path(dir)?;
         let (len, crc) = file_crc(&path)?;
         if (len, crc) != (meta.file_len, meta.file_crc32c) {
-            return Err(Error::CorruptMetadata {
-                what: format!("index file {} fails its checksum", path.display()),
-            });
+            return Err(IndexError::corrupt(format!(
+                "index file {} fails its checksum",
+                path.display()
+            )));
         }
         let index: Box<dyn KeyIndex> = match params.kind {
             IndexKind::Hnsw => Box::new(HnswIndex::load(&path, dim, params)?),
             IndexKind::Flat => Box::new(FlatIndex::load(&path, dim)?),
         };
         if index.len() != meta.count {
-            return Err(Error::CorruptMetadata {
-                what: format!(
-                    "index file {} holds {} keys, its metadata says {}",
-                    path.display(),
-                    index.len(),
-                    meta.count
-                ),
-            });
+            return Err(IndexError::corrupt(format!(
+                "index file {} holds {} keys, its metadata says {}",
+                path.display(),
+                index.len(),
+                meta.count
+            )));
         }
         Ok(Some((index, meta.seq)))
     }
@@ -468,17 +466,18 @@ impl ExpertIndex {
     fn rebuild(store: &Store, dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
         let t = std::time::Instant::now();
         let index = new_index(dim, params)?;
-        let pb = crate::progress::bar(store.len(), "index build");
+        let progress = store.progress();
+        let task = Task::start(&*progress, "index build", store.len());
         // Keys stream out of RocksDB in id order; adding them in parallel chunks keeps
         // every core busy (usearch adds are thread-safe) without holding all keys.
         let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);
         let flush = |chunk: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
             add_reachable(index.as_ref(), chunk)?;
-            pb.inc(chunk.len() as u64);
+            task.advance(chunk.len() as u64);
             chunk.clear();
             Ok(())
         };
-        store.scan_keys(|id, key| {
+        store.scan_keys::<IndexError>(|id, key| {
             chunk.push((id, to_f32(key)));
             if chunk.len() == chunk.capacity() {
                 flush(&mut chunk)?;
@@ -486,7 +485,7 @@ impl ExpertIndex {
             Ok(())
         })?;
         flush(&mut chunk)?;
-        pb.finish_and_clear();
+        drop(task);
         tracing::info!(
             len = index.len(),
             seconds = t.elapsed().as_secs_f64(),
@@ -499,7 +498,7 @@ impl ExpertIndex {
     /// its sequence exactly as an open would, and compares the result with the live
     /// experts. Nothing is written: the saved index is checked, not repaired.
     pub fn check_saved(store: &Store) -> Result<IndexCheck> {
-        let dir = store.dir().join(INDEX_DIR);
+        let dir = store.store_dir().index();
         let mut check = IndexCheck {
             saved: saved_index_info(store.dir())?,
             ..Default::default()
@@ -538,7 +537,7 @@ impl ExpertIndex {
         check.indexed = index.len();
         let snap = store.snapshot();
         if snap.seq() != seen {
-            return Err(Error::InvalidArgument {
+            return Err(IndexError::InvalidArgument {
                 name: "store",
                 reason: "the store changed while its index was being checked".into(),
             });
@@ -628,18 +627,19 @@ impl ExpertIndex {
     /// incoming edges as newer near-duplicates arrive: measured on 160 facts among 1M
     /// random distractors, a k = 32 search for its own key missed 2 such nodes, and
     /// found both after a relink (docs/BENCHMARKS.md).
-    pub fn ensure_findable<F>(
+    pub fn ensure_findable<F, E>(
         &self,
         items: &[(u64, Vec<f32>)],
         find: F,
-    ) -> Result<(Vec<u64>, Vec<u64>)>
+    ) -> std::result::Result<(Vec<u64>, Vec<u64>), E>
     where
-        F: Fn(&[f32]) -> Result<Vec<Hit>> + Sync,
+        F: Fn(&[f32]) -> std::result::Result<Vec<Hit>, E> + Sync,
+        E: From<IndexError> + Send,
     {
         reinsert_missed(
             items,
             |id, key| Ok(find(key)?.iter().any(|h| h.id == id)),
-            |id, key| self.relink_key(id, key),
+            |id, key| self.relink_key(id, key).map_err(E::from),
         )
     }
 
@@ -681,22 +681,22 @@ impl ExpertIndex {
     }
 
     /// Writes the index and the store sequence it covers, atomically: the data goes to a
-    /// new file (fsynced), then `index.json` is replaced by one rename (temp file, fsync,
-    /// rename, fsync of the directory), and only then are older data files removed. A
-    /// crash at any point leaves a consistent pair: the old one or the new one.
+    /// new file, then `index.json` (which names that file) is replaced, each through the
+    /// crate's one atomic write (temp file, fsync, rename, fsync of the directory), and
+    /// only then are older data files removed. A crash at any point leaves a consistent
+    /// pair: the old one or the new one.
     pub fn save(&self) -> Result<()> {
         let _g = self.apply.write();
         let seq = self.store.seq();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let name = data_file(self.params.kind, generation);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let path = self.dir.join(&name);
-        self.index.save(&tmp)?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        let (file_len, file_crc32c) = file_crc(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let mut crc = (0, 0);
+        atomic_write(&self.dir.join(&name), |tmp| {
+            self.index.save(tmp)?;
+            crc = file_crc(tmp)?;
+            Ok::<(), IndexError>(())
+        })?;
+        let (file_len, file_crc32c) = crc;
         let meta = IndexMeta {
             version: INDEX_FORMAT_VERSION,
             params: self.params,
@@ -708,21 +708,11 @@ impl ExpertIndex {
             file_len,
             file_crc32c,
         };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::CorruptMetadata {
-            what: format!("cannot encode index metadata: {e}"),
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| IndexError::Encode {
+            what: "index metadata".into(),
+            reason: e.to_string(),
         })?;
-        let mtmp = self.dir.join(format!("{META_FILE}.tmp"));
-        let mpath = self.dir.join(META_FILE);
-        File::create(&mtmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .map_err(|e| Error::io(&mtmp, e))?;
-        std::fs::rename(&mtmp, &mpath).map_err(|e| Error::io(&mpath, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.dir, e))?;
+        atomic_write_bytes::<IndexError>(&self.dir.join(META_FILE), &json)?;
         self.dirty.store(false, Ordering::Release);
         self.remove_old_data_files(&name);
         tracing::debug!(seq, len = meta.count, "index saved");

@@ -6,10 +6,12 @@
 //! [`Store`](crate::store::Store), persists it next to the store with the commit sequence
 //! it covers, and catches up or rebuilds on open.
 
+mod error;
 mod expert_index;
 mod flat;
 mod hnsw;
 
+pub use error::{IndexError, IndexResult};
 pub use expert_index::{
     add_reachable, saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind,
     IndexParams, OpenedFrom, Quantization, SavedIndexInfo,
@@ -17,7 +19,7 @@ pub use expert_index::{
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
 
-use crate::error::{Error, Result};
+use error::IndexResult as Result;
 
 /// One search result.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,7 +54,7 @@ pub trait KeyIndex: Send + Sync {
     fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let dim = self.dim();
         if dim == 0 || !queries.len().is_multiple_of(dim) {
-            return Err(Error::DimMismatch {
+            return Err(IndexError::DimMismatch {
                 what: "batch of queries (length must be a multiple of key_dim)".into(),
                 expected: dim,
                 found: queries.len(),
@@ -76,14 +78,14 @@ pub trait KeyIndex: Send + Sync {
 /// Checks a query's dimension and finiteness.
 pub(crate) fn check_query(query: &[f32], dim: usize, what: &str) -> Result<()> {
     if query.len() != dim {
-        return Err(Error::DimMismatch {
+        return Err(IndexError::DimMismatch {
             what: what.to_string(),
             expected: dim,
             found: query.len(),
         });
     }
     if let Some(index) = query.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
+        return Err(IndexError::NonFinite {
             what: what.to_string(),
             index,
         });
@@ -94,7 +96,7 @@ pub(crate) fn check_query(query: &[f32], dim: usize, what: &str) -> Result<()> {
 /// Checks `k` for a search.
 pub(crate) fn check_k(k: usize) -> Result<()> {
     if k == 0 {
-        return Err(Error::InvalidArgument {
+        return Err(IndexError::InvalidArgument {
             name: "k",
             reason: "must be at least 1".into(),
         });

@@ -25,19 +25,23 @@
 //! * [`fused_apply`] — inference. A candle [`CustomOp3`](candle_core::CustomOp3)
 //!   ([`FusedApplyOp`]) over `(h, h_norm, q)` that holds the keys and *borrows* the
 //!   candidates' weights through [`AdapterWeights`] (mmap views or cache slots; no
-//!   copy into tensors). The CPU kernel ([`cpu`]) does selection and both matmuls in
+//!   copy into tensors). The CPU kernel (`cpu.rs`) does selection and both matmuls in
 //!   one pass per token block. No backward.
 //! * [`reference_apply`] — the same maths from ordinary candle ops (matmul, gather,
 //!   `index_select`, `candle_nn::ops::softmax`), with `A`/`B` as tensors so that
 //!   gradients reach them. It is the oracle for the fused path (CPU now, CUDA later)
 //!   and the path memory tuning trains through.
 
-pub mod cpu;
+// Internals (the CPU kernel, launch plans, the op's plumbing) are private; the CUDA
+// launcher is public behind the `cuda` feature (re-exported as `mome::cuda`).
+mod cpu;
 pub mod cuda;
-pub mod cuda_plan;
-pub mod op;
-pub mod plan;
-pub mod reference;
+// The pure launch plan is unit-tested on every build; only the `cuda` launcher uses it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cuda_plan;
+mod op;
+mod plan;
+mod reference;
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use super::{select, SelectionParams, TokenAssignments};
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
 use crate::kernels::AdapterWeights;
-use crate::store::{ExpertRef, UsageAccumulator};
+use crate::store::{ExpertRef, StoreError, UsageAccumulator};
 
 /// The candidates of one request, resolved from one store snapshot.
 #[derive(Clone)]
@@ -59,8 +59,8 @@ impl Candidates {
                     experts.push(e);
                     kept.push(h);
                 }
-                Err(Error::UnknownExpert { .. }) => {}
-                Err(e) => return Err(e),
+                Err(StoreError::UnknownExpert { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Self::from_experts(experts, kept, index.store().config().key_dim as usize)
@@ -282,7 +282,7 @@ impl Candidates {
             .experts
             .iter()
             .map(|e| usage.total(store, e.id()))
-            .collect::<Result<_>>()?;
+            .collect::<crate::store::StoreResult<_>>()?;
         let max = counts.iter().copied().max().unwrap_or(0).max(1) as f32;
         Ok(counts.iter().map(|&n| lambda * n as f32 / max).collect())
     }

@@ -26,13 +26,14 @@
 //! The active shard is never chosen: it is still being filled, and its dead records are
 //! reclaimed once it is sealed and becomes sparse like any other.
 //!
-//! Tombstones and the index: the saved index (`DIR/index/index.json`) covers the store up
-//! to a sequence `S`, and on open it replays tombstones deleted after `S`. A tombstone
-//! whose bytes compaction reclaims is therefore purged only when its delete is at or
-//! before `S` ([`crate::index::tombstone_horizon`]); otherwise it is kept with the
-//! location [`RECLAIMED_SHARD`] and purged by a later compaction, once the index has been
-//! saved past it. Compaction does not advance the commit sequence: it changes where
-//! bytes lie, not which experts exist.
+//! Tombstones and the index: a saved index covers the store up to a sequence `S`, and on
+//! open it replays tombstones deleted after `S`. A tombstone whose bytes compaction
+//! reclaims is therefore purged only when its delete is at or before the *tombstone
+//! horizon* the caller supplies (the index layer computes it from its saved files:
+//! `tombstone_horizon` in `src/index`; the store never reads them); otherwise it is kept
+//! with the location [`RECLAIMED_SHARD`] and purged by a later compaction, once the index
+//! has been saved past it. Compaction does not advance the commit sequence: it changes
+//! where bytes lie, not which experts exist.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::FileExt;
@@ -42,17 +43,21 @@ use std::sync::Arc;
 
 use rocksdb::WriteBatch;
 
+use super::error::{StoreError, StoreResult as Result};
+use super::inspect::{OrphanFile, ShardStats};
 use super::layout::HEADER_SIZE;
+use super::loc_table::Loc;
 use super::meta::{
-    id_key, shard_key, DeadValue, LocValue, ShardMeta, CF_DEAD, CF_LOC, CF_META, CF_SHARDS,
-    K_NEXT_SHARD, RECLAIMED_SHARD,
+    cf, id_key, shard_key, synced, DeadValue, LocValue, ShardMeta, ShardState, CF_DEAD, CF_LOC,
+    CF_META, CF_SHARDS, K_NEXT_SHARD, RECLAIMED_SHARD,
 };
-use super::shard::{create_shard_file, parse_shard_file_name, Shard, ShardHeader};
-use super::{
-    cf, sync_dir, synced, Loc, OrphanFile, ShardState, ShardStats, State, Store, SHARDS_DIR,
-    SHARD_FORMAT_VERSION,
+use super::read::State;
+use super::shard::{
+    create_shard_file, parse_shard_file_name, Shard, ShardHeader, SHARD_FORMAT_VERSION,
 };
-use crate::error::{Error, Result};
+use super::Store;
+use crate::fs::sync_dir;
+use crate::progress::Task;
 
 /// Bytes gathered before one `pwrite` into a new shard.
 const WRITE_CHUNK: usize = 8 << 20;
@@ -91,7 +96,7 @@ impl CompactionPolicy {
             ("merge_below_fraction", self.merge_below_fraction),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(Error::InvalidArgument {
+                return Err(StoreError::InvalidArgument {
                     name,
                     reason: format!("must be between 0 and 1, got {v}"),
                 });
@@ -264,26 +269,35 @@ impl Store {
         ))
     }
 
-    /// Plans and runs one compaction (see the module documentation of `store::compact`
-    /// in ARCHITECTURE.md §Compaction). Safe while other threads read, search, insert and
-    /// delete; one compaction runs at a time.
-    pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactionReport> {
+    /// Plans and runs one compaction (ARCHITECTURE.md §Compaction). Safe while other
+    /// threads read, search, insert and delete; one compaction runs at a time.
+    ///
+    /// `tombstone_horizon` is the newest delete sequence that every derived index has
+    /// seen: tombstones deleted at or before it may be purged once their bytes are
+    /// reclaimed, later ones are kept. The caller supplies it (the index layer's
+    /// `tombstone_horizon(store_dir)` reads it from the saved index; `u64::MAX` when no
+    /// derived index exists, 0 to purge nothing). It may only be stale in the safe
+    /// direction: a saved index only moves forward.
+    pub fn compact(
+        &self,
+        policy: &CompactionPolicy,
+        tombstone_horizon: u64,
+    ) -> Result<CompactionReport> {
         let _one = self.compacting.lock();
         let plan = self.compaction_plan(policy)?;
         // Even with no shard to rewrite, a run purges the reclaimed tombstones that the
         // saved index has seen since an earlier run.
-        self.run_compaction(plan)
+        self.run_compaction(plan, tombstone_horizon)
     }
 
-    fn run_compaction(&self, plan: CompactionPlan) -> Result<CompactionReport> {
+    fn run_compaction(&self, plan: CompactionPlan, horizon: u64) -> Result<CompactionReport> {
         let t = std::time::Instant::now();
-        let horizon = crate::index::tombstone_horizon(&self.dir);
         let base = self.state.load_full();
         let chosen: BTreeSet<u32> = plan.shards.iter().copied().collect();
         let metas = self.shard_metas()?;
         for s in &chosen {
             if !matches!(metas.get(s), Some(m) if m.state == ShardState::Sealed) {
-                return Err(Error::InvalidArgument {
+                return Err(StoreError::InvalidArgument {
                     name: "plan",
                     reason: format!("shard {s} is not a sealed shard of this store"),
                 });
@@ -366,7 +380,7 @@ impl Store {
             for path in &created {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(Error::Poisoned { reason });
+            return Err(StoreError::Poisoned { reason });
         }
         let cur = self.state.load_full();
         let mut locs = cur.locs.clone();
@@ -398,12 +412,10 @@ impl Store {
                     report.deleted_during_copy += 1;
                 }
                 Some(other) => {
-                    return Err(Error::CorruptMetadata {
-                        what: format!(
-                            "expert {} moved from shard {} slot {} to shard {} slot {} during compaction",
-                            m.id, m.old.shard, m.old.slot, other.shard, other.slot
-                        ),
-                    });
+                    return Err(StoreError::corrupt(format!(
+                        "expert {} moved from shard {} slot {} to shard {} slot {} during compaction",
+                        m.id, m.old.shard, m.old.slot, other.shard, other.slot
+                    )));
                 }
             }
         }
@@ -426,7 +438,7 @@ impl Store {
         if let Err(e) = self.db.write_opt(batch, &synced()) {
             // Whether the batch reached the disk is unknown, so the new files may be
             // referenced: keep them, and stop writing until a reopen settles it.
-            let e = Error::rocks("committing a compaction", e);
+            let e = StoreError::db("committing a compaction", e);
             w.poisoned = Some(e.to_string());
             return Err(e);
         }
@@ -466,7 +478,8 @@ impl Store {
         let cap = self.layout.slots_per_shard(self.config.shard_size);
         let mut moved = Vec::with_capacity(sources.len());
         let mut new_shards = Vec::new();
-        let pb = crate::progress::bar(sources.len() as u64, "compact");
+        let progress = self.progress();
+        let task = Task::start(&*progress, "compact", sources.len() as u64);
         for s in base.shards.values() {
             s.advise_sequential();
         }
@@ -474,7 +487,7 @@ impl Store {
             let shard_id = {
                 let mut w = self.writer.lock();
                 if let Some(reason) = &w.poisoned {
-                    return Err(Error::Poisoned {
+                    return Err(StoreError::Poisoned {
                         reason: reason.clone(),
                     });
                 }
@@ -494,7 +507,7 @@ impl Store {
             let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK.min(chunk.len() * rs) + rs);
             let mut flushed = 0u32;
             for (slot, &(old, id)) in (0u32..).zip(chunk) {
-                let corrupt = |reason: &str| Error::CorruptRecord {
+                let corrupt = |reason: &str| StoreError::CorruptRecord {
                     id,
                     shard: old.shard,
                     offset: self.layout.slot_offset(old.slot),
@@ -522,17 +535,17 @@ impl Store {
                 });
                 if buf.len() >= WRITE_CHUNK {
                     file.write_all_at(&buf, self.layout.slot_offset(flushed))
-                        .map_err(|e| Error::io(&path, e))?;
+                        .map_err(|e| StoreError::io(&path, e))?;
                     flushed += (buf.len() / rs) as u32;
                     buf.clear();
                 }
-                pb.inc(1);
+                task.advance(1);
             }
             if !buf.is_empty() {
                 file.write_all_at(&buf, self.layout.slot_offset(flushed))
-                    .map_err(|e| Error::io(&path, e))?;
+                    .map_err(|e| StoreError::io(&path, e))?;
             }
-            file.sync_all().map_err(|e| Error::io(&path, e))?;
+            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
             let shard = Shard::map(&file, path, &header)?;
             new_shards.push(NewShard {
                 id: shard_id,
@@ -540,9 +553,9 @@ impl Store {
                 shard: Arc::new(shard),
             });
         }
-        pb.finish_and_clear();
+        drop(task);
         if !new_shards.is_empty() {
-            sync_dir(&self.dir.join(SHARDS_DIR))?;
+            sync_dir(&self.dir.shards())?;
         }
         Ok((moved, new_shards))
     }
@@ -583,7 +596,7 @@ impl Store {
         });
         drop(orphans);
         if removed > 0 {
-            sync_dir(&self.dir.join(SHARDS_DIR))?;
+            sync_dir(&self.dir.shards())?;
         }
         Ok(removed)
     }
@@ -738,7 +751,7 @@ mod tests {
         };
         assert!(matches!(
             bad.validate(),
-            Err(Error::InvalidArgument {
+            Err(StoreError::InvalidArgument {
                 name: "min_live_fraction",
                 ..
             })

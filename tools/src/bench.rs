@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
-use mome::index::{ExpertIndex, FlatIndex, IndexParams, KeyIndex};
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde_json::{json, Value};
@@ -250,7 +250,7 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
             .par_chunks_exact(dim)
             .take(sample)
             .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
-            .collect::<mome::Result<_>>()?
+            .collect::<mome::IndexResult<_>>()?
     };
     say(format_args!(
         "exact top-10 of {sample} queries in {:.1}s",
@@ -274,7 +274,7 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     raw.reserve_capacity_and_threads(a.experts, threads.max(1))
         .map_err(|e| anyhow::anyhow!("usearch reserve: {e}"))?;
     let t = Instant::now();
-    let pb = mome::progress::bar(a.experts as u64, "usearch");
+    let pb = crate::progress::bar(a.experts as u64, "usearch");
     keys.par_chunks_exact(dim)
         .enumerate()
         .try_for_each(|(i, k)| {
@@ -361,7 +361,7 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
             &a,
             &params,
             threads,
-            mome::store::RecordLayout::for_config(&cfg).record_size,
+            mome::RecordLayout::for_config(&cfg).record_size,
             &keys,
             &queries,
             &truth,
@@ -372,10 +372,11 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     let store = Arc::new(
         Store::create(&db, cfg.clone()).with_context(|| format!("creating {}", db.display()))?,
     );
+    store.set_progress(crate::progress::terminal());
     let per_matrix = (a.rank * d_model) as usize;
     let pool = weight_pool(per_matrix * 2 * layer_ids.len() + (1 << 22));
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let pb = mome::progress::bar(a.experts as u64, "ingest");
+    let pb = crate::progress::bar(a.experts as u64, "ingest");
     let mut insert_time = Duration::ZERO;
     let t_ingest = Instant::now();
     for chunk in keys.chunks(dim * a.ingest_batch.max(1)) {

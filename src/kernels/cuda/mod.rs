@@ -18,6 +18,8 @@ pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod runtime;
 
+#[cfg(feature = "cuda")]
+pub use super::cuda_plan::expert_bytes;
 pub use super::cuda_plan::PlanError;
 pub use slots::{Lookup, SlotCounters, SlotTable};
 
