@@ -10,14 +10,17 @@ mod error;
 mod expert_index;
 mod flat;
 mod hnsw;
+mod params;
+mod reachable;
+mod saved;
 
 pub use error::{IndexError, IndexResult};
-pub use expert_index::{
-    add_reachable, saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind,
-    IndexParams, OpenedFrom, Quantization, SavedIndexInfo,
-};
+pub use expert_index::{ExpertIndex, IndexCheck, OpenedFrom};
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
+pub use params::{IndexKind, IndexParams, Quantization};
+pub use reachable::add_reachable;
+pub use saved::{saved_index_info, tombstone_horizon, SavedIndexInfo};
 
 use error::IndexResult as Result;
 

@@ -164,8 +164,183 @@ fn say(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
 }
 
+/// The benchmark's fixed inputs, derived from the arguments.
+struct Setup {
+    dim: usize,
+    d_model: u32,
+    layer_ids: Vec<u32>,
+    cfg: StoreConfig,
+    params: IndexParams,
+    db: PathBuf,
+    temp_db: bool,
+    threads: usize,
+    machine: Value,
+}
+
+/// The sample of queries with their exact answers, and how to time a path over them.
+struct Timer<'a> {
+    queries: &'a [f32],
+    qs: Vec<&'a [f32]>,
+    truth: &'a [Vec<u64>],
+    sample: usize,
+    dim: usize,
+    batch: usize,
+}
+
+impl Timer<'_> {
+    /// Latency of single queries through `f` (which returns ids, best first), and its
+    /// recall@10 over the sample with exact answers.
+    fn single(&self, f: &dyn Fn(&[f32]) -> Result<Vec<u64>>) -> Result<(Lat, f64)> {
+        for q in self.qs.iter().take(200) {
+            std::hint::black_box(f(q)?);
+        }
+        let mut lat = Vec::with_capacity(self.qs.len());
+        let mut hit = 0usize;
+        for (i, q) in self.qs.iter().enumerate() {
+            let t = Instant::now();
+            let ids = f(q)?;
+            lat.push(t.elapsed());
+            if let Some(truth) = self.truth.get(i) {
+                let truth: HashSet<u64> = truth.iter().copied().collect();
+                hit += ids.iter().take(10).filter(|id| truth.contains(id)).count();
+            }
+        }
+        Ok((Lat::of(lat), hit as f64 / (self.sample.max(1) * 10) as f64))
+    }
+
+    /// Per-query latency of batches of queries through `f` (which returns the batch size).
+    fn batched(&self, f: &dyn Fn(&[f32]) -> Result<usize>) -> Result<Lat> {
+        let chunks: Vec<&[f32]> = self.queries.chunks(self.dim * self.batch).collect();
+        for c in chunks.iter().take(4) {
+            std::hint::black_box(f(c)?);
+        }
+        let mut lat = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let t = Instant::now();
+            let n = f(c)?;
+            lat.push(t.elapsed() / n.max(1) as u32);
+        }
+        Ok(Lat::of(lat))
+    }
+}
+
+/// Raw usearch's figures: the in-process peer.
+struct RawFigures {
+    build_s: f64,
+    single: Lat,
+    recall: f64,
+    batch: Lat,
+}
+
+/// Durable ingest and index build.
+struct BuildFigures {
+    ingest_s: f64,
+    insert_per_s: f64,
+    index_build_s: f64,
+}
+
+/// The engine's figures on every timed path.
+struct EngineFigures {
+    ids: Lat,
+    first_touch: Lat,
+    recall: f64,
+    verified: Lat,
+    touch: Lat,
+    batch: Lat,
+}
+
 fn lookup(a: LookupArgs) -> Result<ExitCode> {
     let t_all = Instant::now();
+    let s = setup(&a)?;
+    let dim = s.dim;
+
+    let t = Instant::now();
+    let keys = round_f16(mome::synth::clustered_keys(a.experts, dim, a.clusters, 1));
+    let queries = round_f16(mome::synth::clustered_keys(a.queries, dim, a.clusters, 2));
+    say(format_args!(
+        "generated keys in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let t = Instant::now();
+    let sample = a.recall_sample.min(a.queries);
+    let truth = exact_top10(&keys, &queries, dim, sample)?;
+    say(format_args!(
+        "exact top-10 of {sample} queries in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    let timer = Timer {
+        queries: &queries,
+        qs: queries.chunks_exact(dim).collect(),
+        truth: &truth,
+        sample,
+        dim,
+        batch: a.batch,
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let raw = time_raw_usearch(&a, &s, &keys, &timer, &mut rows)?;
+
+    // The peers' data, written while the keys are still in memory.
+    let peer_data = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| s.db.with_extension("peers-data"));
+    if a.peers {
+        let record_bytes = mome::RecordLayout::for_config(&s.cfg).record_size;
+        let peer = PeerExport {
+            params: &s.params,
+            threads: s.threads,
+            payload_bytes: record_bytes,
+        };
+        export(&peer_data, &a, &peer, &keys, &queries, &truth)?;
+    }
+
+    let (store, ingest_s, insert_per_s) = ingest(&a, &s, &keys)?;
+    drop(keys);
+    let (index, index_build_s) = build_index(&a, &s, &store)?;
+    let build = BuildFigures {
+        ingest_s,
+        insert_per_s,
+        index_build_s,
+    };
+    let engine = time_engine(&a, &store, &index, &timer, &mut rows)?;
+
+    let mut out = report(&a, &s, (&store, &index), sample, &build, &raw, &engine);
+    if a.peers {
+        let peers = run_peers(&a, &peer_data, s.threads)?;
+        for p in peers.as_array().into_iter().flatten() {
+            rows.push(peer_row(p));
+        }
+        out["peers"] = peers;
+        if a.data_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&peer_data);
+        }
+    }
+    out["seconds"] = json!(t_all.elapsed().as_secs_f64());
+
+    drop(index);
+    drop(store);
+    if !a.keep {
+        std::fs::remove_dir_all(&s.db).with_context(|| format!("removing {}", s.db.display()))?;
+    } else if s.temp_db {
+        say(format_args!("store kept at {}", s.db.display()));
+    }
+
+    if let Some(path) = &a.out {
+        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{out}");
+    } else {
+        print_table(&out, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the arguments and derives the store config, index parameters and store path.
+fn setup(a: &LookupArgs) -> Result<Setup> {
     ensure!(a.experts > 0, "--experts must be at least 1");
     ensure!(
         a.key_dim > 0 && a.rank > 0,
@@ -228,50 +403,56 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
             machine["cpu"].as_str().unwrap_or("?")
         ),
     );
+    Ok(Setup {
+        dim,
+        d_model,
+        layer_ids,
+        cfg,
+        params,
+        db,
+        temp_db,
+        threads,
+        machine,
+    })
+}
 
-    // --- data ---
-    let t = Instant::now();
-    let keys = round_f16(mome::synth::clustered_keys(a.experts, dim, a.clusters, 1));
-    let queries = round_f16(mome::synth::clustered_keys(a.queries, dim, a.clusters, 2));
-    say(format_args!(
-        "generated keys in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
+/// Exact top-10 ids of the first `sample` queries (ids are row numbers + 1).
+fn exact_top10(keys: &[f32], queries: &[f32], dim: usize, sample: usize) -> Result<Vec<Vec<u64>>> {
+    let flat = FlatIndex::new(dim);
+    for (i, k) in keys.chunks_exact(dim).enumerate() {
+        flat.add(i as u64 + 1, k)?;
+    }
+    Ok(queries
+        .par_chunks_exact(dim)
+        .take(sample)
+        .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
+        .collect::<mome::IndexResult<_>>()?)
+}
 
-    // --- exact answers ---
-    let t = Instant::now();
-    let sample = a.recall_sample.min(a.queries);
-    let truth: Vec<Vec<u64>> = {
-        let flat = FlatIndex::new(dim);
-        for (i, k) in keys.chunks_exact(dim).enumerate() {
-            flat.add(i as u64 + 1, k)?;
-        }
-        queries
-            .par_chunks_exact(dim)
-            .take(sample)
-            .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
-            .collect::<mome::IndexResult<_>>()?
-    };
-    say(format_args!(
-        "exact top-10 of {sample} queries in {:.1}s",
-        t.elapsed().as_secs_f64()
-    ));
-
-    // Raw usearch is built, timed and dropped before the engine's store and index
-    // exist, so the engine's measurements run with one index in memory (as a
-    // deployment would) and the page cache left to its shards.
-    // --- raw usearch, same parameters and keys ---
+/// Builds raw usearch with the engine's parameters on the same keys and times it.
+///
+/// It is built, timed and dropped before the engine's store and index exist, so the
+/// engine's measurements run with one index in memory (as a deployment would) and the
+/// page cache left to its shards.
+fn time_raw_usearch(
+    a: &LookupArgs,
+    s: &Setup,
+    keys: &[f32],
+    timer: &Timer,
+    rows: &mut Vec<Row>,
+) -> Result<RawFigures> {
+    let (dim, k) = (s.dim, a.candidates);
     let raw = usearch::Index::new(&usearch::IndexOptions {
         dimensions: dim,
         metric: usearch::MetricKind::Cos,
         quantization: usearch::ScalarKind::F16,
-        connectivity: params.connectivity,
-        expansion_add: params.expansion_add,
-        expansion_search: params.expansion_search,
+        connectivity: s.params.connectivity,
+        expansion_add: s.params.expansion_add,
+        expansion_search: s.params.expansion_search,
         multi: false,
     })
     .map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
-    raw.reserve_capacity_and_threads(a.experts, threads.max(1))
+    raw.reserve_capacity_and_threads(a.experts, s.threads.max(1))
         .map_err(|e| anyhow::anyhow!("usearch reserve: {e}"))?;
     let t = Instant::now();
     let pb = crate::progress::bar(a.experts as u64, "usearch");
@@ -283,45 +464,10 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         })
         .map_err(|e| anyhow::anyhow!("usearch add: {e}"))?;
     pb.finish_and_clear();
-    let usearch_build_s = t.elapsed().as_secs_f64();
-    say(format_args!("raw usearch built in {usearch_build_s:.1}s"));
+    let build_s = t.elapsed().as_secs_f64();
+    say(format_args!("raw usearch built in {build_s:.1}s"));
 
-    // --- timed paths ---
-    let k = a.candidates;
-    let qs: Vec<&[f32]> = queries.chunks_exact(dim).collect();
-    let mut rows: Vec<Row> = Vec::new();
-    let single = |f: &dyn Fn(&[f32]) -> Result<Vec<u64>>| -> Result<(Lat, f64)> {
-        for q in qs.iter().take(200) {
-            std::hint::black_box(f(q)?);
-        }
-        let mut lat = Vec::with_capacity(qs.len());
-        let mut hit = 0usize;
-        for (i, q) in qs.iter().enumerate() {
-            let t = Instant::now();
-            let ids = f(q)?;
-            lat.push(t.elapsed());
-            if let Some(truth) = truth.get(i) {
-                let truth: HashSet<u64> = truth.iter().copied().collect();
-                hit += ids.iter().take(10).filter(|id| truth.contains(id)).count();
-            }
-        }
-        Ok((Lat::of(lat), hit as f64 / (sample.max(1) * 10) as f64))
-    };
-    let batched = |f: &dyn Fn(&[f32]) -> Result<usize>| -> Result<Lat> {
-        let chunks: Vec<&[f32]> = queries.chunks(dim * a.batch).collect();
-        for c in chunks.iter().take(4) {
-            std::hint::black_box(f(c)?);
-        }
-        let mut lat = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            let t = Instant::now();
-            let n = f(c)?;
-            lat.push(t.elapsed() / n.max(1) as u32);
-        }
-        Ok(Lat::of(lat))
-    };
-
-    let (u_lat, u_recall) = single(&|q| {
+    let (single, recall) = timer.single(&|q| {
         Ok(raw
             .search(q, k)
             .map_err(|e| anyhow::anyhow!("usearch search: {e}"))?
@@ -330,10 +476,10 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     rows.push(Row {
         system: format!("usearch {} (raw)", usearch::version()),
         path: "search top-K",
-        lat: u_lat,
-        recall: Some(u_recall),
+        lat: single,
+        recall: Some(recall),
     });
-    let u_batch = batched(&|c| {
+    let batch = timer.batched(&|c| {
         let n = c
             .par_chunks_exact(dim)
             .map(|q| raw.search(q, k).map(|m| m.keys.len()))
@@ -344,47 +490,38 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     rows.push(Row {
         system: format!("usearch {} (raw)", usearch::version()),
         path: "batched search, per query",
-        lat: u_batch,
+        lat: batch,
         recall: None,
     });
+    Ok(RawFigures {
+        build_s,
+        single,
+        recall,
+        batch,
+    })
+}
 
-    drop(raw);
-
-    // The peers' data, written while the keys are still in memory.
-    let peer_data = a
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| db.with_extension("peers-data"));
-    if a.peers {
-        export(
-            &peer_data,
-            &a,
-            &params,
-            threads,
-            mome::RecordLayout::for_config(&cfg).record_size,
-            &keys,
-            &queries,
-            &truth,
-        )?;
-    }
-
-    // --- ingest: durable store ---
+/// Ingests the experts durably into a new store (group commits of `--ingest-batch`).
+/// Returns the store, the ingest's wall time and the insert rate.
+fn ingest(a: &LookupArgs, s: &Setup, keys: &[f32]) -> Result<(Arc<Store>, f64, f64)> {
     let store = Arc::new(
-        Store::create(&db, cfg.clone()).with_context(|| format!("creating {}", db.display()))?,
+        Store::create(&s.db, s.cfg.clone())
+            .with_context(|| format!("creating {}", s.db.display()))?,
     );
     store.set_progress(crate::progress::terminal());
-    let per_matrix = (a.rank * d_model) as usize;
-    let pool = weight_pool(per_matrix * 2 * layer_ids.len() + (1 << 22));
+    let per_matrix = (a.rank * s.d_model) as usize;
+    let pool = weight_pool(per_matrix * 2 * s.layer_ids.len() + (1 << 22));
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let pb = crate::progress::bar(a.experts as u64, "ingest");
     let mut insert_time = Duration::ZERO;
     let t_ingest = Instant::now();
-    for chunk in keys.chunks(dim * a.ingest_batch.max(1)) {
+    for chunk in keys.chunks(s.dim * a.ingest_batch.max(1)) {
         let batch: Vec<NewExpert> = chunk
-            .chunks_exact(dim)
+            .chunks_exact(s.dim)
             .map(|k| NewExpert {
                 key: k.iter().map(|&x| f16::from_f32(x)).collect(),
-                layers: layer_ids
+                layers: s
+                    .layer_ids
                     .iter()
                     .map(|_| AdapterPair {
                         a: slice_of(&pool, per_matrix, &mut rng),
@@ -408,12 +545,13 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
             a.experts
         ),
     );
+    Ok((store, ingest_s, insert_per_s))
+}
 
-    drop(keys);
-
-    // --- index build from the store ---
+/// Builds the index from the store (the rebuild path an operator gets) and saves it.
+fn build_index(a: &LookupArgs, s: &Setup, store: &Arc<Store>) -> Result<(ExpertIndex, f64)> {
     let t = Instant::now();
-    let index = ExpertIndex::open_with(store.clone(), params)?;
+    let index = ExpertIndex::open_with(store.clone(), s.params)?;
     let index_build_s = t.elapsed().as_secs_f64();
     ensure!(
         index.len() == a.experts,
@@ -424,53 +562,59 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
     say(format_args!(
         "index built from the store and saved in {index_build_s:.1}s"
     ));
+    Ok((index, index_build_s))
+}
 
+/// Times the engine's lookup paths: ids only; ids + resolved zero-copy views (first
+/// touch verifies each record's checksum, so once on mostly unverified records and once
+/// on verified ones); the same reading every weight byte; batched search + resolve.
+fn time_engine(
+    a: &LookupArgs,
+    store: &Store,
+    index: &ExpertIndex,
+    timer: &Timer,
+    rows: &mut Vec<Row>,
+) -> Result<EngineFigures> {
+    let k = a.candidates;
     let resolve = |q: &[f32]| -> Result<(Vec<u64>, Vec<mome::ExpertRef>)> {
         let ids: Vec<u64> = index.search(q, k)?.iter().map(|h| h.id).collect();
         let views = store.get_many(&ids)?;
         Ok((ids, views))
     };
-    let (ids_lat, _) = single(&|q| Ok(index.search(q, k)?.iter().map(|h| h.id).collect()))?;
-    rows.push(Row {
-        system: "mome".into(),
-        path: "index search top-K (ids only)",
-        lat: ids_lat,
-        recall: None,
-    });
-    // First resolution of a record through a mapping verifies its checksum (reading
-    // the record); later ones do not. The first timed pass sees mostly unverified
-    // records, a second pass over the same queries only verified ones.
+    let mut row = |path: &'static str, lat: Lat, recall: Option<f64>| {
+        rows.push(Row {
+            system: "mome".into(),
+            path,
+            lat,
+            recall,
+        })
+    };
+    let (ids, _) = timer.single(&|q| Ok(index.search(q, k)?.iter().map(|h| h.id).collect()))?;
+    row("index search top-K (ids only)", ids, None);
     let views_only = |q: &[f32]| -> Result<Vec<u64>> {
         let (ids, views) = resolve(q)?;
         std::hint::black_box(&views);
         Ok(ids)
     };
-    let (m_lat, m_recall) = single(&views_only)?;
-    rows.push(Row {
-        system: "mome".into(),
-        path: "search top-K + resolve weight views (first touch: checksums verified)",
-        lat: m_lat,
-        recall: Some(m_recall),
-    });
-    let (warm_lat, _) = single(&views_only)?;
-    rows.push(Row {
-        system: "mome".into(),
-        path: "search top-K + resolve weight views (records already verified)",
-        lat: warm_lat,
-        recall: None,
-    });
-    let (touch_lat, _) = single(&|q| {
+    let (first_touch, recall) = timer.single(&views_only)?;
+    row(
+        "search top-K + resolve weight views (first touch: checksums verified)",
+        first_touch,
+        Some(recall),
+    );
+    let (verified, _) = timer.single(&views_only)?;
+    row(
+        "search top-K + resolve weight views (records already verified)",
+        verified,
+        None,
+    );
+    let (touch_lat, _) = timer.single(&|q| {
         let (ids, views) = resolve(q)?;
         std::hint::black_box(touch(&views));
         Ok(ids)
     })?;
-    rows.push(Row {
-        system: "mome".into(),
-        path: "… + read every weight byte",
-        lat: touch_lat,
-        recall: None,
-    });
-    let m_batch = batched(&|c| {
+    row("… + read every weight byte", touch_lat, None);
+    let batch = timer.batched(&|c| {
         let hits = index.search_batch(c, k)?;
         for h in &hits {
             let ids: Vec<u64> = h.iter().map(|h| h.id).collect();
@@ -478,126 +622,109 @@ fn lookup(a: LookupArgs) -> Result<ExitCode> {
         }
         Ok(hits.len())
     })?;
-    rows.push(Row {
-        system: "mome".into(),
-        path: "batched search + resolve, per query",
-        lat: m_batch,
-        recall: None,
-    });
+    row("batched search + resolve, per query", batch, None);
+    Ok(EngineFigures {
+        ids,
+        first_touch,
+        recall,
+        verified,
+        touch: touch_lat,
+        batch,
+    })
+}
 
-    // --- footprint ---
-    let store_bytes = dir_bytes(&db);
-    let index_bytes = dir_bytes(&db.join("index"));
+/// The run's JSON object (footprint measured now).
+fn report(
+    a: &LookupArgs,
+    s: &Setup,
+    (store, index): (&Store, &ExpertIndex),
+    sample: usize,
+    b: &BuildFigures,
+    u: &RawFigures,
+    m: &EngineFigures,
+) -> Value {
+    let store_bytes = dir_bytes(&s.db);
+    let index_bytes = dir_bytes(&store.store_dir().index());
     let bytes_per_expert = store_bytes as f64 / a.experts as f64;
     let rss_mib = proc_status_kib("VmRSS").map(|k| k as f64 / 1024.0);
     let hwm_mib = proc_status_kib("VmHWM").map(|k| k as f64 / 1024.0);
     let index_mib = index.memory_bytes() as f64 / (1 << 20) as f64;
-    let record_bytes = store.layout().record_size;
-
-    let mut out = json!({
+    json!({
         "experts": a.experts,
-        "key_dim": dim,
-        "d_model": d_model,
+        "key_dim": s.dim,
+        "d_model": s.d_model,
         "rank": a.rank,
-        "layers": layer_ids.len(),
-        "candidates": k,
+        "layers": s.layer_ids.len(),
+        "candidates": a.candidates,
         "queries": a.queries,
         "batch": a.batch,
         "recall_sample": sample,
-        "threads": threads,
+        "threads": s.threads,
         "params": {
-            "connectivity": params.connectivity,
-            "expansion_add": params.expansion_add,
-            "expansion_search": params.expansion_search,
+            "connectivity": s.params.connectivity,
+            "expansion_add": s.params.expansion_add,
+            "expansion_search": s.params.expansion_search,
             "quantization": "f16",
             "metric": "cos",
         },
-        "insert_per_s": insert_per_s,
-        "ingest_s": ingest_s,
-        "index_build_s": index_build_s,
-        "p50_us": m_lat.p50,
-        "p99_us": m_lat.p99,
-        "p999_us": m_lat.p999,
-        "search_p50_us": ids_lat.p50,
-        "search_p99_us": ids_lat.p99,
-        "warm_p50_us": warm_lat.p50,
-        "warm_p99_us": warm_lat.p99,
-        "warm_p999_us": warm_lat.p999,
-        "batch_p50_us": m_batch.p50,
-        "batch_p99_us": m_batch.p99,
-        "touch_p50_us": touch_lat.p50,
-        "touch_p99_us": touch_lat.p99,
-        "touch_p999_us": touch_lat.p999,
-        "recall_at_10": m_recall,
+        "insert_per_s": b.insert_per_s,
+        "ingest_s": b.ingest_s,
+        "index_build_s": b.index_build_s,
+        "p50_us": m.first_touch.p50,
+        "p99_us": m.first_touch.p99,
+        "p999_us": m.first_touch.p999,
+        "search_p50_us": m.ids.p50,
+        "search_p99_us": m.ids.p99,
+        "warm_p50_us": m.verified.p50,
+        "warm_p99_us": m.verified.p99,
+        "warm_p999_us": m.verified.p999,
+        "batch_p50_us": m.batch.p50,
+        "batch_p99_us": m.batch.p99,
+        "touch_p50_us": m.touch.p50,
+        "touch_p99_us": m.touch.p99,
+        "touch_p999_us": m.touch.p999,
+        "recall_at_10": m.recall,
         "usearch_version": usearch::version(),
-        "usearch_build_s": usearch_build_s,
-        "usearch_p50_us": u_lat.p50,
-        "usearch_p99_us": u_lat.p99,
-        "usearch_p999_us": u_lat.p999,
-        "usearch_batch_p50_us": u_batch.p50,
-        "usearch_batch_p99_us": u_batch.p99,
-        "usearch_recall_at_10": u_recall,
-        "overhead_p50": m_lat.p50 / u_lat.p50,
-        "overhead_p99": m_lat.p99 / u_lat.p99,
-        "warm_overhead_p50": warm_lat.p50 / u_lat.p50,
-        "warm_overhead_p99": warm_lat.p99 / u_lat.p99,
+        "usearch_build_s": u.build_s,
+        "usearch_p50_us": u.single.p50,
+        "usearch_p99_us": u.single.p99,
+        "usearch_p999_us": u.single.p999,
+        "usearch_batch_p50_us": u.batch.p50,
+        "usearch_batch_p99_us": u.batch.p99,
+        "usearch_recall_at_10": u.recall,
+        "overhead_p50": m.first_touch.p50 / u.single.p50,
+        "overhead_p99": m.first_touch.p99 / u.single.p99,
+        "warm_overhead_p50": m.verified.p50 / u.single.p50,
+        "warm_overhead_p99": m.verified.p99 / u.single.p99,
         "bytes_per_expert": bytes_per_expert,
-        "record_bytes": record_bytes,
+        "record_bytes": store.layout().record_size,
         "store_bytes": store_bytes,
         "index_bytes": index_bytes,
         "index_mib": index_mib,
         "rss_mib": rss_mib,
         "peak_rss_mib": hwm_mib,
         "rss_note": "whole benchmark process: includes its own copy of the keys (experts × key_dim × 4 bytes) and the raw usearch index",
-        "machine": machine,
-        "db": if a.keep { Some(db.display().to_string()) } else { None },
-    });
+        "machine": s.machine.clone(),
+        "db": if a.keep { Some(s.db.display().to_string()) } else { None },
+    })
+}
 
-    // --- peers ---
-    if a.peers {
-        let data = peer_data;
-        let peers = run_peers(&a, &data, threads)?;
-        for p in peers.as_array().into_iter().flatten() {
-            rows.push(Row {
-                system: format!(
-                    "{} {}",
-                    p["system"].as_str().unwrap_or("?"),
-                    p["version"].as_str().unwrap_or("")
-                ),
-                path: peer_path(p["system"].as_str().unwrap_or("")),
-                lat: Lat {
-                    p50: p["p50_us"].as_f64().unwrap_or(f64::NAN),
-                    p99: p["p99_us"].as_f64().unwrap_or(f64::NAN),
-                    p999: p["p999_us"].as_f64().unwrap_or(f64::NAN),
-                },
-                recall: p["recall_at_10"].as_f64(),
-            });
-        }
-        out["peers"] = peers;
-        if a.data_dir.is_none() {
-            let _ = std::fs::remove_dir_all(&data);
-        }
+/// One peer's row of the table, from its JSON.
+fn peer_row(p: &Value) -> Row {
+    Row {
+        system: format!(
+            "{} {}",
+            p["system"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("")
+        ),
+        path: peer_path(p["system"].as_str().unwrap_or("")),
+        lat: Lat {
+            p50: p["p50_us"].as_f64().unwrap_or(f64::NAN),
+            p99: p["p99_us"].as_f64().unwrap_or(f64::NAN),
+            p999: p["p999_us"].as_f64().unwrap_or(f64::NAN),
+        },
+        recall: p["recall_at_10"].as_f64(),
     }
-    out["seconds"] = json!(t_all.elapsed().as_secs_f64());
-
-    drop(index);
-    drop(store);
-    if !a.keep {
-        std::fs::remove_dir_all(&db).with_context(|| format!("removing {}", db.display()))?;
-    } else if temp_db {
-        say(format_args!("store kept at {}", db.display()));
-    }
-
-    if let Some(path) = &a.out {
-        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if a.json {
-        println!("{out}");
-    } else {
-        print_table(&out, &rows);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn peer_path(system: &str) -> &'static str {
@@ -738,17 +865,26 @@ fn machine() -> Value {
 
 /// Writes the data for the peers: meta.json, keys.npy (f16, N×D; row i is id i+1),
 /// queries.npy (f16, Q×D), truth.npy (i64, S×10).
-#[allow(clippy::too_many_arguments)]
+/// What the peers' metadata records besides the arguments.
+struct PeerExport<'a> {
+    params: &'a IndexParams,
+    threads: usize,
+    payload_bytes: usize,
+}
+
 fn export(
     dir: &Path,
     a: &LookupArgs,
-    params: &IndexParams,
-    threads: usize,
-    payload_bytes: usize,
+    peer: &PeerExport,
     keys: &[f32],
     queries: &[f32],
     truth: &[Vec<u64>],
 ) -> Result<()> {
+    let PeerExport {
+        params,
+        threads,
+        payload_bytes,
+    } = *peer;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dim = a.key_dim as usize;
