@@ -71,7 +71,8 @@ pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
         (
             "tokenizer.chat_template".into(),
             Value::String(
-                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{% endfor %}".into(),
+                // SmolLM2's template with a shorter default system prompt.
+                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}".into(),
             ),
         ),
     ]
