@@ -2,7 +2,7 @@
 //! experts it selects and memorizing new facts.
 //!
 //! ```no_run
-//! use mome::engine::{AskOptions, Engine, Fact};
+//! use mome::{AskOptions, Engine, Fact};
 //! # fn main() -> mome::Result<()> {
 //! let mut engine = Engine::open_or_create("experts".as_ref(), None)?; // finds the model
 //! let report = engine.memorize(
@@ -546,7 +546,7 @@ impl Engine {
     }
 
     /// Memorizes facts: trains one expert per fact in batches, verifies each through
-    /// the inference path, commits the verified ones (module docs of [`crate::tune`]).
+    /// the inference path, commits the verified ones (module docs of `src/tune`).
     pub fn memorize(
         &mut self,
         facts: &[Fact],
