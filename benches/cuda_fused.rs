@@ -24,10 +24,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use cudarc::driver::sys::CUevent_flags;
-use mome::kernels::cuda::{CudaFusedApply, DeviceAdapters, DeviceInputs, DeviceRecord};
-use mome::kernels::cuda_plan::expert_bytes;
-use mome::kernels::{reference_apply, AdapterWeights, FusedApplyOp, OwnedAdapters};
-use mome::select::SelectionParams;
+use mome::cuda::expert_bytes;
+use mome::cuda::{CudaFusedApply, DeviceAdapters, DeviceInputs, DeviceRecord};
+use mome::SelectionParams;
+use mome::{reference_apply, AdapterWeights, FusedApplyOp, OwnedAdapters};
 use rand::{Rng, SeedableRng};
 
 const CANDIDATES: usize = 256;

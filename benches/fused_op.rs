@@ -21,10 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use mome::kernels::{
-    fused_apply, fused_apply_explain, reference_apply, AdapterWeights, OwnedAdapters,
-};
-use mome::select::SelectionParams;
+use mome::SelectionParams;
+use mome::{fused_apply, fused_apply_explain, reference_apply, AdapterWeights, OwnedAdapters};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 

@@ -7,15 +7,18 @@
 //!
 //! `cargo bench --bench memorize -- [--facts N] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--no-peer] [--db DIR]`
 
+#[path = "common/progress.rs"]
+mod progress;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
 use half::f16;
-use mome::engine::{AskOptions, CandidateSet, Engine, EngineParams, Fact, FactStatus};
-use mome::model::{Backbone, WeightFormat};
-use mome::store::{AdapterPair, NewExpert, Provenance};
-use mome::tune::{train_shared, TrainRow, TuneOptions};
+use mome::{train_shared, TrainRow, TuneOptions};
+use mome::{AdapterPair, NewExpert, Provenance};
+use mome::{AskOptions, CandidateSet, Engine, EngineParams, Fact, FactStatus};
+use mome::{Backbone, WeightFormat};
 use rand::{Rng, SeedableRng};
 
 use mome::synth::{random_name, LOCALITY_PROMPTS};
@@ -97,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let n_distractors = arg(&args, "--distractors", 10_000);
     let batch = arg(&args, "--batch", 10);
     let peer = !args.iter().any(|a| a == "--no-peer");
-    let path = mome::model::locate_model(None)?;
+    let path = mome::locate_model(None)?;
     let bb = Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu)?;
     // --db DIR keeps the store: a rerun reuses its distractors (inserting 1M takes most
     // of an hour here) after deleting the facts an earlier run memorized.
@@ -120,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 .split(',')
                 .map(str::parse)
                 .collect::<Result<Vec<u32>, _>>()?;
-            let base = mome::engine::default_store_config(&bb.model);
+            let base = mome::default_store_config(&bb.model);
             let query = base.query_layer.min(layers[0]);
             Ok(
                 mome::StoreConfig::new(base.d_model, base.key_dim, base.rank, layers)
@@ -160,7 +163,7 @@ fn main() -> anyhow::Result<()> {
     let pool: Vec<f16> = (0..(1 << 22) + mat)
         .map(|_| f16::from_f32(rng.random_range(-0.01f32..0.01)))
         .collect();
-    let pb = mome::progress::bar(n_new as u64, "distractors");
+    let pb = progress::bar(n_new as u64, "distractors");
     let mut left = n_new;
     while left > 0 {
         let k = left.min(1000);
@@ -213,8 +216,8 @@ fn main() -> anyhow::Result<()> {
     let mut batch_steps = Vec::new();
     let mut cur = 0usize;
     let report = engine.memorize(&plain, &opts, &mut |ev| match ev {
-        mome::engine::MemorizeEvent::Step { step, .. } => cur = step,
-        mome::engine::MemorizeEvent::Done(_) => batch_steps.push(cur),
+        mome::MemorizeEvent::Step { step, .. } => cur = step,
+        mome::MemorizeEvent::Done(_) => batch_steps.push(cur),
     })?;
     let total_steps: usize = batch_steps.iter().sum();
     let steps: Vec<u32> = report.outcomes.iter().map(|o| o.steps).collect();
@@ -315,7 +318,7 @@ fn main() -> anyhow::Result<()> {
             neighbours: Vec::new(),
         });
     }
-    let sites = mome::model::AdapterSites::new(
+    let sites = mome::AdapterSites::new(
         cfg.query_layer as usize,
         &cfg.layers.iter().map(|&l| l as usize).collect::<Vec<_>>(),
     )?;

@@ -18,15 +18,15 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use mome::kernels::cuda::{
+use mome::cuda::{
     CudaError, CudaFusedApply, DeviceExpertCache, DeviceInputs, DeviceRecord, ExpertLayout,
     ExpertSource,
 };
-use mome::kernels::{
+use mome::{
     fused_apply, fused_apply_with, reference_apply, AdapterWeights, FusedOptions, KernelError,
     OwnedAdapters,
 };
-use mome::select::{SelectError, TokenAssignments};
+use mome::{SelectError, TokenAssignments};
 use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case, Inputs};
 use rand::{Rng, SeedableRng};
 
@@ -56,7 +56,7 @@ fn probe_device() {
     };
     let info = rt.info();
     println!("device: {info}");
-    let (driver, nvrtc) = mome::kernels::cuda::runtime::library_versions();
+    let (driver, nvrtc) = mome::cuda::runtime::library_versions();
     println!("libraries: driver API {driver:?}, NVRTC {nvrtc:?}");
     println!("limits: {:?}", info.limits);
     println!(
@@ -514,7 +514,7 @@ fn expert_cache_hits_misses_pins_and_parity() {
 /// Skipped where libnvrtc cannot be loaded (point LD_LIBRARY_PATH at it to run it).
 #[test]
 fn nvrtc_compiles_every_variant() {
-    use mome::kernels::cuda::runtime::{compile_variant, VARIANTS};
+    use mome::cuda::runtime::{compile_variant, VARIANTS};
     for cc in [(8, 0), (9, 0)] {
         for v in VARIANTS {
             match compile_variant(v, cc) {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use half::f16;
-use mome::kernels::{
+use mome::{
     fused_apply, fused_apply_explain, fused_apply_with, reference_apply, reference_select,
     AdapterWeights, FusedApplyOp, FusedOptions, KernelError, OwnedAdapters,
 };
-use mome::select::{SelectError, SelectionParams, TokenAssignments};
+use mome::{SelectError, SelectionParams, TokenAssignments};
 use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case};
 use proptest::prelude::*;
 

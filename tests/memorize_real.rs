@@ -10,9 +10,9 @@ mod common;
 use std::process::Command;
 
 use candle_core::Device;
-use mome::engine::{AskOptions, Engine, EngineParams, Fact, FactStatus};
-use mome::model::{Backbone, WeightFormat};
-use mome::tune::TuneOptions;
+use mome::TuneOptions;
+use mome::{AskOptions, Engine, EngineParams, Fact, FactStatus};
+use mome::{Backbone, WeightFormat};
 use rand::{Rng, SeedableRng};
 
 use mome::synth::{random_name, LOCALITY_PROMPTS};

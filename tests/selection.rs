@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use half::f16;
-use mome::index::{ExpertIndex, IndexParams};
-use mome::model::{AdapterSites, Adapters, Logits, Mode, Pass};
-use mome::select::{Candidates, ExpertHook, Selection, SelectionParams};
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig, UsageAccumulator};
-use mome::Error;
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig, UsageAccumulator};
+use mome::{AdapterSites, Adapters, Logits, Mode, Pass};
+use mome::{Candidates, ExpertHook, Selection, SelectionParams};
+use mome::{Error, IndexError};
+use mome::{ExpertIndex, IndexParams};
 use rand::{Rng, SeedableRng};
 
 const DIM: usize = 48; // the tiny model's d_model, so the hook test can reuse the store
@@ -243,7 +243,7 @@ fn bad_input_and_empty_store() {
     }
     assert!(matches!(
         err(Selection::compute(&index, &q[..DIM - 1], &q, 8, &p)),
-        Error::DimMismatch { .. }
+        Error::Index(IndexError::DimMismatch { .. })
     ));
     assert!(matches!(
         err(Selection::compute(&index, &q, &q[..DIM - 1], 8, &p)),
@@ -253,7 +253,7 @@ fn bad_input_and_empty_store() {
     nan[3] = f32::NAN;
     assert!(matches!(
         err(Selection::compute(&index, &nan, &q, 8, &p)),
-        Error::NonFinite { .. }
+        Error::Index(IndexError::NonFinite { .. })
     ));
     assert!(matches!(
         err(Selection::compute(&index, &q, &nan, 8, &p)),

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
 use half::f16;
-use mome::engine::{CandidateSet, RequestHook};
-use mome::model::{AdapterSites, Adapters, Logits, Mode, Pass};
-use mome::select::SelectionParams;
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
-use mome::tune::{train_batch, TrainRow, TuneOptions};
+use mome::SelectionParams;
+use mome::{train_batch, TrainRow, TuneOptions};
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{AdapterSites, Adapters, Logits, Mode, Pass};
+use mome::{CandidateSet, RequestHook};
 use rand::{Rng, SeedableRng};
 
 #[test]

@@ -2,7 +2,7 @@
 //! experts the selection rule chooses and memorizing new facts.
 //!
 //! ```no_run
-//! use mome::engine::{AskOptions, Engine, Fact};
+//! use mome::{AskOptions, Engine, Fact};
 //! # fn main() -> mome::Result<()> {
 //! let mut engine = Engine::open_or_create("experts".as_ref(), None)?; // finds the model
 //! let report = engine.memorize(
@@ -31,16 +31,13 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-pub use crate::select::CandidateSet;
-pub use crate::tune::{
-    Fact, FactOutcome, FactStatus, MemorizeEvent, MemorizeReport, TuneOptions,
-};
+use crate::tune::{Fact, MemorizeEvent, MemorizeReport, TuneOptions};
 
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
 use crate::model::{AdapterSites, Backbone, Llama, WeightFormat};
 use crate::select::{generate_answers, Encoded, QueryEncoder, RuleParams, Selection, Selector};
-use crate::store::{Store, StoreConfig, UsageAccumulator};
+use crate::store::{Store, StoreConfig, StoreDir, UsageAccumulator};
 use crate::tune::Memorizer;
 
 /// File in the store directory recording the engine's selection parameters.
@@ -190,7 +187,7 @@ impl Engine {
         config: Option<StoreConfig>,
         params: EngineParams,
     ) -> Result<Self> {
-        let exists = dir.join("meta").exists();
+        let exists = StoreDir::new(dir).holds_store();
         let store = if exists {
             Store::open(dir)?
         } else {
@@ -405,7 +402,7 @@ impl Engine {
     /// Flushes usage counters and saves the index.
     pub fn flush(&self) -> Result<()> {
         self.usage.flush(&self.store)?;
-        self.index.save()
+        Ok(self.index.save()?)
     }
 }
 
@@ -418,7 +415,7 @@ impl Drop for Engine {
 }
 
 fn engine_file(dir: &Path) -> PathBuf {
-    dir.join(ENGINE_FILE)
+    StoreDir::new(dir).engine_file()
 }
 
 fn write_engine_file(dir: &Path, p: &EngineParams) -> Result<()> {
@@ -429,13 +426,11 @@ fn write_engine_file(dir: &Path, p: &EngineParams) -> Result<()> {
         coverage_threshold: Some(p.rule.coverage_threshold),
         k_candidates: p.k_candidates,
     };
-    let path = engine_file(dir);
-    let tmp = dir.join(format!("{ENGINE_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::CorruptMetadata {
-        what: format!("encoding {ENGINE_FILE}: {e}"),
+    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::Encode {
+        what: ENGINE_FILE.into(),
+        reason: e.to_string(),
     })?;
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    crate::fs::atomic_write_bytes(&engine_file(dir), &bytes)
 }
 
 fn read_engine_file(dir: &Path) -> Result<EngineParams> {

@@ -26,6 +26,9 @@
 //! in `half`). Scratch buffers come from process-wide pools, so a call allocates
 //! nothing but its output once the pools are warm.
 
+// One of the named modules allowed `unsafe` (workspace lints): calls into the `#[target_feature]` micro-kernels of `cpu/x86.rs`, each behind a CPU-detection token.
+#![allow(unsafe_code)]
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use parking_lot::Mutex;

@@ -34,14 +34,18 @@
 //!   candidates). It is the oracle of the fused paths and what memory tuning trains
 //!   through.
 
-pub mod cpu;
+// Internals (the CPU kernel, launch plans, the op's plumbing) are private; the CUDA
+// launcher is public behind the `cuda` feature (re-exported as `mome::cuda`).
+mod cpu;
 pub mod cuda;
-pub mod cuda_plan;
-pub mod gate;
+// The pure launch plan is unit-tested on every build; only the `cuda` launcher uses it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cuda_plan;
+mod gate;
 mod math;
-pub mod op;
-pub mod plan;
-pub mod reference;
+mod op;
+mod plan;
+mod reference;
 
 use std::sync::Arc;
 

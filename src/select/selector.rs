@@ -14,7 +14,7 @@ use super::rule::{select_facts, Chosen, RuleParams};
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
 use crate::model::Backbone;
-use crate::store::{AdapterPair, ExpertRef, Store};
+use crate::store::{AdapterPair, ExpertRef, Store, StoreError};
 
 /// Width of the retried stage-1 search when the first finds nothing the rule selects:
 /// usearch widens its expansion to at least the number of results. A greedy HNSW
@@ -178,7 +178,7 @@ impl Selector {
         if index.store().is_empty() {
             return Ok(Vec::new());
         }
-        index.search(key, self.k_candidates)
+        Ok(index.search(key, self.k_candidates)?)
     }
 
     /// Resolves hits to stored facts from one snapshot (deleted ones and experts
@@ -195,8 +195,8 @@ impl Selector {
         for h in hits {
             let e = match snap.get(h.id) {
                 Ok(e) => e,
-                Err(Error::UnknownExpert { .. }) => continue,
-                Err(e) => return Err(e),
+                Err(StoreError::UnknownExpert { .. }) => continue,
+                Err(e) => return Err(e.into()),
             };
             if let Some(q) = self.fact_query(backbone, store, h.id)? {
                 out.push((e, q));

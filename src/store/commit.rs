@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::error::StoreResult as Result;
 use super::expert::NewExpert;
-use crate::error::Result;
 
 pub(crate) enum Op {
     Insert(Vec<NewExpert>),

@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
-use mome::kernels::{reference_select, OwnedAdapters};
-use mome::select::{select, SelectionParams, TokenAssignments};
+use mome::{reference_select, OwnedAdapters};
+use mome::{select, SelectionParams, TokenAssignments};
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone)]

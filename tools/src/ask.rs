@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use mome::engine::{AskOptions, Engine};
+use mome::{AskOptions, Engine};
 
 /// Arguments of `mome ask`.
 #[derive(clap::Args)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use mome::engine::{AskOptions, Engine, Fact};
+use mome::{AskOptions, Engine, Fact};
 
 use crate::memorize::read_jsonl;
 
@@ -43,7 +43,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let engine = Engine::open(&a.db, a.model.as_deref())
         .with_context(|| format!("opening {}", a.db.display()))?;
     let start = Instant::now();
-    let pb = mome::progress::bar((facts.len() + unrelated.len()) as u64, "eval");
+    let pb = crate::progress::bar((facts.len() + unrelated.len()) as u64, "eval");
     let mut recalled = 0usize;
     let mut misses = Vec::new();
     for f in &facts {

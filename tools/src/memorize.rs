@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use mome::engine::{Engine, Fact, FactStatus, MemorizeEvent};
-use mome::tune::TuneOptions;
+use mome::TuneOptions;
+use mome::{Engine, Fact, FactStatus, MemorizeEvent};
 
 /// Arguments of `mome memorize`.
 #[derive(clap::Args)]
@@ -96,7 +96,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         max_steps: a.max_steps,
         ..TuneOptions::default()
     };
-    let pb = mome::progress::bar(facts.len() as u64, "memorize");
+    let pb = crate::progress::bar(facts.len() as u64, "memorize");
     let report = match engine.memorize(&facts, &opts, &mut |ev| match ev {
         MemorizeEvent::Step {
             step,

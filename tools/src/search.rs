@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use mome::index::ExpertIndex;
-use mome::model::{AdapterSites, Backbone, WeightFormat};
+use mome::ExpertIndex;
+use mome::{AdapterSites, Backbone, WeightFormat};
 use serde_json::json;
 
 /// Long help of the subcommand.

@@ -6,12 +6,12 @@ mod common;
 
 use common::{mome, s};
 use half::f16;
-use mome::engine::{AskOptions, Engine};
-use mome::store::{AdapterPair, NewExpert, Provenance};
+use mome::{AdapterPair, NewExpert, Provenance};
+use mome::{AskOptions, Engine};
 
 #[test]
 fn verify_recall_names_facts_that_are_not_recalled() {
-    if let Err(e) = mome::model::locate_model(None) {
+    if let Err(e) = mome::locate_model(None) {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI without the model: {e}"

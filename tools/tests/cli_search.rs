@@ -6,14 +6,14 @@ mod common;
 
 use candle_core::Device;
 use common::{expert, ok, s};
-use mome::index::{ExpertIndex, IndexParams};
-use mome::model::{Backbone, WeightFormat};
-use mome::store::{Provenance, Store, StoreConfig};
+use mome::{Backbone, WeightFormat};
+use mome::{ExpertIndex, IndexParams};
+use mome::{Provenance, Store, StoreConfig};
 use std::sync::Arc;
 
 #[test]
 fn search_finds_the_experts_of_a_prompt() {
-    let model = match mome::model::locate_model(None) {
+    let model = match mome::locate_model(None) {
         Ok(p) => p,
         Err(e) => {
             assert!(

@@ -8,6 +8,9 @@
 //! its own dtype), and — unless the weights come from the [device expert
 //! cache](super::cache) — the K candidates' `A`/`B` of this layer.
 
+// One of the named modules allowed `unsafe` (workspace lints): driver calls, kernel launches.
+#![allow(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
