@@ -37,10 +37,10 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::plan::{self, PlanInput};
-use super::{AdapterWeights, KernelError};
 use super::gate::{check_scores, finish_token, Selected, SelectionParams, TokenAssignments};
 use super::math::{dot, madd};
+use super::plan::{self, PlanInput};
+use super::{AdapterWeights, KernelError};
 
 /// Rows of `B` converted per expand step: ≈16 KiB of f32 whatever the rank.
 const B_CHUNK_VALUES: usize = 4096;
@@ -386,14 +386,7 @@ pub(crate) fn apply<H: Elem>(
         if tplan.blocks <= 1 || d == 0 {
             let (counts, slots) = cs.assignments.parts_mut();
             with_pooled(&BLOCK_POOL, |bs| {
-                single_block(
-                    args,
-                    counts,
-                    slots,
-                    &mut out[..t * d],
-                    bs,
-                    &mut cs.groups,
-                )
+                single_block(args, counts, slots, &mut out[..t * d], bs, &mut cs.groups)
             })?;
         } else {
             let blocks = out[..t * d]
@@ -659,7 +652,9 @@ fn select_block<H: Elem>(
     let stride = slots.len().checked_div(n).unwrap_or(0);
     for (u, count) in counts.iter_mut().enumerate() {
         let row = &mut scores[u * k..(u + 1) * k];
-        let sel = slots.get_mut(u * stride..(u + 1) * stride).unwrap_or(&mut []);
+        let sel = slots
+            .get_mut(u * stride..(u + 1) * stride)
+            .unwrap_or(&mut []);
         *count = finish_token(row, args.params, sel) as u32;
     }
     Ok(())

@@ -279,7 +279,11 @@ pub fn gate_into(
 
 /// The first NaN or +inf of a `n × candidates` score block whose first row is token
 /// `t0`, as a typed error.
-pub(crate) fn check_scores(scores: &[f32], candidates: usize, t0: usize) -> Result<(), SelectError> {
+pub(crate) fn check_scores(
+    scores: &[f32],
+    candidates: usize,
+    t0: usize,
+) -> Result<(), SelectError> {
     match scores
         .iter()
         .position(|s| s.is_nan() || *s == f32::INFINITY)
@@ -484,15 +488,26 @@ mod tests {
         let p = SelectionParams::new(0.0, 1, 1.0);
         assert!(matches!(
             gate(&[1.0, 0.0, f32::NAN, 0.0], 2, &p),
-            Err(SelectError::NonFiniteScore { token: 1, candidate: 0, .. })
+            Err(SelectError::NonFiniteScore {
+                token: 1,
+                candidate: 0,
+                ..
+            })
         ));
         assert!(matches!(
             gate(&[1.0, f32::INFINITY], 2, &p),
-            Err(SelectError::NonFiniteScore { token: 0, candidate: 1, .. })
+            Err(SelectError::NonFiniteScore {
+                token: 0,
+                candidate: 1,
+                ..
+            })
         ));
         assert!(matches!(
             gate(&[1.0, 2.0, 3.0], 2, &p),
-            Err(SelectError::RaggedScores { len: 3, candidates: 2 })
+            Err(SelectError::RaggedScores {
+                len: 3,
+                candidates: 2
+            })
         ));
     }
 

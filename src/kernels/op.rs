@@ -138,18 +138,12 @@ impl FusedApplyOp {
             threads,
         };
         let out = match (h.0, h_norm.0) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                s,
-                record.as_mut(),
-            )?),
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                s,
-                record.as_mut(),
-            )?),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(run(&ctx, [(a, h.1), (b, h_norm.1)], s, record.as_mut())?)
+            }
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => {
+                CpuStorage::F16(run(&ctx, [(a, h.1), (b, h_norm.1)], s, record.as_mut())?)
+            }
             (a, b) if a.dtype() != b.dtype() => {
                 return Err(KernelError::DtypeMismatch {
                     left_name: "hidden states",

@@ -85,7 +85,10 @@ pub fn reference_select(
         s2 = s2.broadcast_sub(&p)?;
     }
     // candle's arg sort is stable, so equal scores keep the lower index first.
-    let indices = s2.arg_sort_last_dim(false)?.narrow(1, 0, slots)?.contiguous()?;
+    let indices = s2
+        .arg_sort_last_dim(false)?
+        .narrow(1, 0, slots)?
+        .contiguous()?;
     let top = s2.gather(&indices, 1)?;
     let valid = top.gt(params.tau as f64)?;
     // Only as many slots as the busiest token uses: training batches mostly use one.
@@ -221,7 +224,9 @@ pub fn reference_mix(
         .broadcast_as((batch * tokens, slots, d_model))?
         .reshape((n, d_model, 1))?;
     let z = a_sel.matmul(&x)?; // [n, rank, 1]
-    let y = b_sel.matmul(&z)?.reshape((batch * tokens, slots, d_model))?;
+    let y = b_sel
+        .matmul(&z)?
+        .reshape((batch * tokens, slots, d_model))?;
     let w = sel.weights.reshape((batch * tokens, slots, 1))?;
     let delta = y.broadcast_mul(&w)?.sum(1)?.reshape(h.dims())?;
     let out = (h.to_dtype(DType::F32)? + delta)?.to_dtype(h.dtype())?;
@@ -242,8 +247,7 @@ pub fn reference_apply(
     b: &Tensor,
     params: &SelectionParams,
 ) -> Result<Tensor, KernelError> {
-    if scores.rank() != h.rank() || scores.dims()[..scores.rank() - 1] != h.dims()[..h.rank() - 1]
-    {
+    if scores.rank() != h.rank() || scores.dims()[..scores.rank() - 1] != h.dims()[..h.rank() - 1] {
         return Err(KernelError::shape(
             "hidden states",
             h.dims(),

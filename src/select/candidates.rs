@@ -91,7 +91,12 @@ impl CandidateSet {
 
     /// The candidates' weights at adapted layer `layer`, as the fused operator reads
     /// them (borrowed, no copy).
-    pub fn layer_weights(&self, layer: usize, rank: usize, d_model: usize) -> Arc<dyn AdapterWeights> {
+    pub fn layer_weights(
+        &self,
+        layer: usize,
+        rank: usize,
+        d_model: usize,
+    ) -> Arc<dyn AdapterWeights> {
         Arc::new(LayerWeights {
             set: self.clone(),
             layer,

@@ -35,7 +35,10 @@ pub struct SelectionHook {
 impl std::fmt::Debug for SelectionHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SelectionHook")
-            .field("rows", &self.rows.iter().map(|r| &r.plan).collect::<Vec<_>>())
+            .field(
+                "rows",
+                &self.rows.iter().map(|r| &r.plan).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -188,7 +191,8 @@ pub fn generate_answers(
         let mut input = enc.tokens[end..].to_vec();
         let mut tokens = Vec::new();
         while tokens.len() < max_tokens && cache.len() + input.len() <= max_ctx {
-            let logits = model.forward(&input, &mut cache, Some(Adapters { sites, hook: &hook }))?;
+            let logits =
+                model.forward(&input, &mut cache, Some(Adapters { sites, hook: &hook }))?;
             let next = argmax(&logits)?;
             tokens.push(next);
             if opts.stop_tokens.contains(&next) {

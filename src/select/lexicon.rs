@@ -270,9 +270,12 @@ mod tests {
         assert_eq!(kinds[6], TokenKind::Name); // Zorblax's
         assert_eq!(kinds[7], TokenKind::Content); // brother
         assert_eq!(kinds[8], TokenKind::Function); // ?
-        // Sentence-initial common word is not a name; an unknown one is.
+                                                   // Sentence-initial common word is not a name; an unknown one is.
         let b = lx.analyse(&pieces("Tell me the code of South Sudan, I think?"));
-        assert_eq!(b.names, vec![(vec!["South".to_string(), "Sudan".to_string()], 7)]);
+        assert_eq!(
+            b.names,
+            vec![(vec!["South".to_string(), "Sudan".to_string()], 7)]
+        );
         let c = lx.analyse(&pieces("Zorblax has which secret code?"));
         assert_eq!(c.names[0].0, vec!["Zorblax".to_string()]);
         // Hyphenated words are one name; numbers are names.

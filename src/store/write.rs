@@ -128,15 +128,8 @@ impl Store {
             for e in insert {
                 let id = next_id;
                 next_id += 1;
-                let loc = self.append(
-                    w,
-                    &mut shards,
-                    &mut to_sync,
-                    &mut shard_updates,
-                    id,
-                    seq,
-                    e,
-                )?;
+                let loc =
+                    self.append(w, &mut shards, &mut to_sync, &mut shard_updates, id, seq, e)?;
                 locs.set(id, Some(loc));
                 batch.put_cf(cf_loc, id_key(id), LocValue { loc, seq }.encode());
                 batch.put_cf(cf_keys, id_key(id), bytemuck::cast_slice::<f16, u8>(&e.key));

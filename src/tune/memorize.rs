@@ -174,7 +174,11 @@ impl Memorizer<'_> {
                 .index
                 .ensure_findable(&committed, |key| self.selector.retrieve(self.index, key))?;
             if !relinked.is_empty() {
-                tracing::info!(?relinked, ?lost, "relinked facts that search no longer found");
+                tracing::info!(
+                    ?relinked,
+                    ?lost,
+                    "relinked facts that search no longer found"
+                );
             }
             broken.extend(lost);
             progress(MemorizeEvent::Done(chunk.len()));
@@ -250,18 +254,32 @@ impl Memorizer<'_> {
     /// branch. `None` if the rule would not select the new expert.
     fn train_row(&self, p: &Prepared) -> Option<TrainRow> {
         let own: OwnedFact = (Arc::new(p.enc.query.clone()), Arc::new(Vec::new()));
-        let sel = self
-            .selector
-            .choose(&p.enc, &p.stored, std::slice::from_ref(&own), p.hits.clone());
+        let sel = self.selector.choose(
+            &p.enc,
+            &p.stored,
+            std::slice::from_ref(&own),
+            p.hits.clone(),
+        );
         let own_col = sel
             .chosen
             .iter()
             .position(|(src, _)| *src == Source::Owned(0))?;
         // Columns: the new expert first, then the chosen stored facts.
         let stored_refs: Vec<_> = sel.set.stored_refs().to_vec();
-        let col = |c: usize| if c == own_col { 0 } else { c + 1 - usize::from(c > own_col) };
+        let col = |c: usize| {
+            if c == own_col {
+                0
+            } else {
+                c + 1 - usize::from(c > own_col)
+            }
+        };
         let mut plan = RowPlan {
-            active: sel.plan.active.iter().map(|&(c, from)| (col(c), from)).collect(),
+            active: sel
+                .plan
+                .active
+                .iter()
+                .map(|&(c, from)| (col(c), from))
+                .collect(),
             candidates: 1 + stored_refs.len(),
             ..sel.plan.clone()
         };
@@ -430,7 +448,9 @@ impl Memorizer<'_> {
                 continue;
             }
             let p = &batch[b];
-            let sel = self.selector.choose(&p.enc, &p.stored, &owned, p.hits.clone());
+            let sel = self
+                .selector
+                .choose(&p.enc, &p.stored, &owned, p.hits.clone());
             let me = owned_row.iter().position(|&x| x == r);
             let own_col = sel
                 .chosen
@@ -499,7 +519,10 @@ impl Memorizer<'_> {
                     continue;
                 }
                 let rule = self.selector.rule();
-                if !new_queries.iter().any(|nq| match_fact(q, nq, rule).matches(rule)) {
+                if !new_queries
+                    .iter()
+                    .any(|nq| match_fact(q, nq, rule).matches(rule))
+                {
                     continue;
                 }
                 let meta = self.store().meta(id)?;

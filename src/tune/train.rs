@@ -316,7 +316,8 @@ impl AdapterHook for TrainHook {
             return Ok(h.clone());
         };
         let (a, b) = &self.weights[lp];
-        reference_apply(h, h_norm, &self.scores, a, b, &self.params).map_err(candle_core::Error::wrap)
+        reference_apply(h, h_norm, &self.scores, a, b, &self.params)
+            .map_err(candle_core::Error::wrap)
     }
 }
 
@@ -449,8 +450,8 @@ fn train(
     for r in rows {
         let mut per = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
-            let (mut na, mut nb) = neighbour_tensors(&r.neighbours, l, rank, d, &device)
-                .map_err(kerr)?;
+            let (mut na, mut nb) =
+                neighbour_tensors(&r.neighbours, l, rank, d, &device).map_err(kerr)?;
             let pad = k_max - 1 - if shared { 0 } else { r.neighbours.len() };
             if pad > 0 {
                 let za = Tensor::zeros((pad, rank, d), DType::F32, &device).map_err(kerr)?;
@@ -545,7 +546,10 @@ fn train(
             for p in 0..t_act {
                 let row = &s[p * plan.candidates..(p + 1) * plan.candidates];
                 scores.extend_from_slice(row);
-                scores.extend(std::iter::repeat_n(f32::NEG_INFINITY, k_max - plan.candidates));
+                scores.extend(std::iter::repeat_n(
+                    f32::NEG_INFINITY,
+                    k_max - plan.candidates,
+                ));
             }
         }
         let f = || -> candle_core::Result<_> {

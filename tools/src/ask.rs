@@ -86,7 +86,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 );
             }
             if answer.selected.is_empty() {
-                eprintln!("  selected: none (no stored fact answers this question: bare backbone output)");
+                eprintln!(
+                    "  selected: none (no stored fact answers this question: bare backbone output)"
+                );
             }
             for (id, w) in &answer.selected {
                 eprintln!("  selected {id:>6}  score {w:.4}  {}", describe(*id));
