@@ -13,7 +13,7 @@ use std::io::{BufRead, Write};
 
 use candle_core::Device;
 use half::f16;
-use mome::model::{Backbone, ChatMessage, WeightFormat};
+use mome::{Backbone, ChatMessage, WeightFormat};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

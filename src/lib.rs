@@ -128,6 +128,7 @@ pub use tune::{
 };
 
 pub use engine::{
-    default_store_config, legacy_rule, Answer, AskOptions, Engine, EngineParams, ENGINE_FILE,
-    LEGACY_QUERY_RULE, QUERY_RULE,
+    default_store_config, evaluate, legacy_rule, Answer, AskOptions, Engine, EngineParams,
+    EvalReport, EvalSet, MultiFact, Paraphrase, Probe, Tally, ENGINE_FILE, LEGACY_QUERY_RULE,
+    QUERY_RULE,
 };

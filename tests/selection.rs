@@ -181,12 +181,8 @@ fn reference(q: &Query, facts: &[&Query], p: &RuleParams) -> Vec<(usize, usize)>
             d / (nx * ny)
         }
     };
-    let contains = |words: &[(String, usize)], run: &[String]| -> Option<usize> {
-        (0..words.len()).find_map(|s| {
-            (s + run.len() <= words.len()
-                && run.iter().enumerate().all(|(k, w)| &words[s + k].0 == w))
-            .then(|| words[s + run.len() - 1].1)
-        })
+    let contains = |names: &[(Vec<String>, usize)], run: &[String]| -> Option<usize> {
+        names.iter().find(|(n, _)| n == run).map(|(_, e)| *e)
     };
     let qa = q.analysis();
     let content_q: Vec<usize> = (0..q.len())
@@ -201,7 +197,7 @@ fn reference(q: &Query, facts: &[&Query], p: &RuleParams) -> Vec<(usize, usize)>
         let mut at = 0usize;
         let mut ok = true;
         for (name, _) in &fa.names {
-            match contains(&qa.words, name) {
+            match contains(&qa.names, name) {
                 Some(e) => at = at.max(e),
                 None => ok = false,
             }
@@ -229,8 +225,15 @@ fn reference(q: &Query, facts: &[&Query], p: &RuleParams) -> Vec<(usize, usize)>
             matching.push((k, fwd, at, if content_q.is_empty() { 1.0 } else { cover }));
         }
     }
+    let names_of = |k: usize| {
+        qa.names
+            .iter()
+            .filter(|(n, _)| contains(&facts[k].analysis().names, n).is_some())
+            .count()
+    };
     matching.sort_by(|a, b| {
         b.1.total_cmp(&a.1)
+            .then(names_of(b.0).cmp(&names_of(a.0)))
             .then(b.3.total_cmp(&a.3))
             .then(a.0.cmp(&b.0))
     });
@@ -241,7 +244,7 @@ fn reference(q: &Query, facts: &[&Query], p: &RuleParams) -> Vec<(usize, usize)>
         let f = facts[k];
         let mut adds = false;
         for (n, (name, _)) in qa.names.iter().enumerate() {
-            if !names[n] && contains(&f.analysis().words, name).is_some() {
+            if !names[n] && contains(&f.analysis().names, name).is_some() {
                 names[n] = true;
                 adds = true;
             }

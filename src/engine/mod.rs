@@ -25,6 +25,10 @@
 //! inside the fused operator; a question that names two stored facts is answered one
 //! branch per fact, the answers joined by a line break.
 
+mod eval;
+
+pub use eval::{evaluate, EvalReport, EvalSet, MultiFact, Paraphrase, Probe, Tally};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

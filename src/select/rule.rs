@@ -2,7 +2,8 @@
 //!
 //! A stored fact `f` **matches** a question `q` when
 //!
-//! 1. every name of `f` occurs in `q` as the same run of words, and
+//! 1. every name of `f` is a name of `q` — the same whole run of name words, so
+//!    "Georgia" is not found in "South Georgia", nor "Samoa" in "American Samoa" — and
 //! 2. every content token `i` of `f` finds a token `j` of `q` with `sim(i, j) > τ_m`
 //!    ([`RuleParams::match_threshold`]), where `sim` is 1 for the same normalised
 //!    token and otherwise the cosine of the two tokens' states at the query layer (an
@@ -13,21 +14,22 @@
 //! of matching facts `S` (one per part of the question: a two-fact question gets two)
 //! only if, together, they account for the question:
 //!
-//! 3. every name of `q` occurs in some fact of `S` (so "Guinea-Bissau" or "Zorblax's
-//!    brother" is not answered from "Guinea" or "Zorblax"), and
+//! 3. every name of `q` is a name of some fact of `S` (so "Guinea-Bissau" is not
+//!    answered from "Guinea"), and
 //! 4. the mean, over `q`'s content tokens, of their best similarity to a token of `S`
 //!    exceeds τ_c ([`RuleParams::coverage_threshold`]): a question that is mostly about
 //!    something else is not answered from a fact it merely contains.
 //!
-//! `S` is built greedily: matching facts by forward score, each kept only if it
-//! accounts for a content token or name of `q` that the ones before did not. If 3 or
+//! `S` is built greedily: matching facts by forward score, then by how many of `q`'s
+//! names they account for, each kept only if it accounts for a content token or name
+//! of `q` that the ones before did not. If 3 or
 //! 4 fail, nothing is selected and the bare model answers.
 //!
 //! Each selected fact becomes active at the question's first position where all of
 //! its names and content tokens have been seen ([`Chosen::complete_at`]), which is
 //! what makes the selection per token (see [`super::plan`]).
 
-use super::lexicon::{find_run, TokenKind};
+use super::lexicon::TokenKind;
 use super::query::Query;
 
 /// Thresholds of the rule.
@@ -103,8 +105,8 @@ pub fn match_fact(query: &Query, fact: &Query, p: &RuleParams) -> Match {
     let mut complete = Some(0usize);
     let mut names = true;
     for (name, _) in &fa.names {
-        match find_run(&qa.words, name) {
-            Some(end) => complete = complete.map(|c| c.max(end)),
+        match qa.names.iter().find(|(n, _)| n == name) {
+            Some(&(_, end)) => complete = complete.map(|c| c.max(end)),
             None => {
                 names = false;
                 complete = None;
@@ -165,11 +167,20 @@ pub fn select_facts(query: &Query, facts: &[&Query], p: &RuleParams) -> Vec<Chos
     if matching.is_empty() {
         return Vec::new();
     }
-    // Best first; among equals the fact that accounts for more of the question.
+    // Best first; among equals the fact that accounts for more of the question's names,
+    // then of its content.
     let cover = |k: usize| coverage(query, &[facts[k]]);
+    let names_of = |k: usize| {
+        let fa = facts[k].analysis();
+        qa.names
+            .iter()
+            .filter(|(n, _)| fa.names.iter().any(|(m, _)| m == n))
+            .count()
+    };
     matching.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
+            .then(names_of(b.fact).cmp(&names_of(a.fact)))
             .then(cover(b.fact).total_cmp(&cover(a.fact)))
             .then(a.fact.cmp(&b.fact))
     });
@@ -186,7 +197,7 @@ pub fn select_facts(query: &Query, facts: &[&Query], p: &RuleParams) -> Vec<Chos
         let fa = f.analysis();
         let mut adds = false;
         for (n, (name, _)) in qa.names.iter().enumerate() {
-            if !covered_name[n] && find_run(&fa.words, name).is_some() {
+            if !covered_name[n] && fa.names.iter().any(|(m, _)| m == name) {
                 covered_name[n] = true;
                 adds = true;
             }
