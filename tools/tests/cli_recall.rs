@@ -32,9 +32,7 @@ fn verify_recall_names_facts_that_are_not_recalled() {
         // records the bare answer (recalled), one a different answer (not recalled).
         let bare = engine.ask(good, &AskOptions::default()).unwrap().text;
         let mk = |prompt: &str, answer: &str| {
-            let q = engine
-                .request_query(&engine.prompt_tokens(prompt).unwrap())
-                .unwrap();
+            let q = engine.encode(prompt).unwrap().query.pooled_key();
             let mat = (cfg.rank * cfg.d_model) as usize;
             NewExpert {
                 key: q.iter().map(|&x| f16::from_f32(x)).collect(),
