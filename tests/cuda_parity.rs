@@ -551,3 +551,138 @@ fn nvrtc_compiles_every_variant() {
         }
     }
 }
+
+/// The fused operator as the backbone's hook: cosine scores of the per-token queries
+/// against `keys`, then `fused_apply_with` (CUDA dispatch, or the CPU kernel with
+/// `portable`).
+struct FusedHook {
+    keys: Tensor,
+    layers: Vec<(usize, Arc<OwnedAdapters>)>,
+    params: mome::SelectionParams,
+    portable: bool,
+}
+
+impl mome::AdapterHook for FusedHook {
+    fn apply(
+        &self,
+        layer: usize,
+        _pos: usize,
+        h: &Tensor,
+        h_norm: &Tensor,
+        queries: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let Some((_, w)) = self.layers.iter().find(|(l, _)| *l == layer) else {
+            return Ok(h.clone());
+        };
+        let (b, t, d) = h.dims3()?;
+        let q = queries.reshape((b * t, queries.dim(2)?))?;
+        let qn = q.broadcast_div(&q.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let scores = qn.matmul(&self.keys.t()?)?.contiguous()?;
+        let opts = FusedOptions {
+            portable: self.portable,
+            ..FusedOptions::default()
+        };
+        let (out, _) = fused_apply_with(
+            &h.reshape((b * t, d))?,
+            &h_norm.reshape((b * t, d))?,
+            &scores,
+            w.clone(),
+            &self.params,
+            &opts,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        out.reshape((b, t, d))
+    }
+}
+
+/// Whole forward with experts attached, the fused operator on the GPU (the backbone
+/// stays on the CPU: candle's CUDA backend is not built, docs/CUDA.md): a tiny random
+/// model's greedy tokens equal those with the portable CPU kernel, and the prompt's
+/// logits agree within `1e-3 · max|logit| + 1e-4` (f32 summation order only). Without a
+/// GPU the default path is the AVX2 CPU kernel, so the same comparison still runs.
+#[test]
+fn whole_forward_with_experts_gpu_operator_equals_cpu() {
+    let on_gpu = match CudaFusedApply::global() {
+        Ok(_) => true,
+        Err(e) if std::env::var("MOME_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("MOME_REQUIRE_GPU=1 but the CUDA path is unavailable: {e}")
+        }
+        Err(_) => false,
+    };
+    println!(
+        "whole forward: default fused path on the {}",
+        if on_gpu { "GPU" } else { "CPU (no GPU found)" }
+    );
+    let cfg = mome::LlamaConfig::tiny(300);
+    let model = mome::Llama::random(&cfg, 5, &Device::Cpu).unwrap();
+    let d = model.d_model();
+    let n = 12;
+    let sites = mome::AdapterSites::new(1, &[1, 3]).unwrap();
+    let keys_v: Vec<f32> = parity::randn(&mut rand::rngs::StdRng::seed_from_u64(3), n * d, 1.0);
+    let keys = Tensor::from_vec(keys_v, (n, d), &Device::Cpu).unwrap();
+    let keys = keys
+        .broadcast_div(&keys.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+        .unwrap();
+    let hook = |portable| FusedHook {
+        keys: keys.clone(),
+        layers: [1usize, 3]
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    Arc::new(OwnedAdapters::random(n, 4, d, 0.3, 40 + l as u64)),
+                )
+            })
+            .collect(),
+        params: mome::SelectionParams::new(0.0, 2, 0.5),
+        portable,
+    };
+    let (gpu_hook, cpu_hook) = (hook(false), hook(true));
+    let prompt: Vec<u32> = (0..24u32).map(|i| (i * 37 + 11) % 300).collect();
+    let run = |h: &FusedHook| {
+        let adapters = mome::Adapters {
+            sites: &sites,
+            hook: h,
+        };
+        let mut cache = mome::KvCache::new(&model);
+        let logits = model
+            .forward(&prompt, &mut cache, Some(adapters))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let generated = model
+            .generate(
+                &prompt,
+                &mome::GenerateOptions::greedy(16, vec![]),
+                Some(adapters),
+                &mut |_| std::ops::ControlFlow::Continue(()),
+            )
+            .unwrap();
+        (logits, generated.tokens)
+    };
+    let (gl, gt) = run(&gpu_hook);
+    let (cl, ct) = run(&cpu_hook);
+    assert_eq!(gt, ct, "greedy tokens, GPU operator vs CPU kernel");
+    let scale = cl.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = gl
+        .iter()
+        .zip(&cl)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("whole forward: max |Δlogit| {worst:e} of max |logit| {scale}");
+    assert!(worst <= 1e-3 * scale + 1e-4, "{worst} vs scale {scale}");
+    // The experts did act: the bare model's logits differ.
+    let mut cache = mome::KvCache::new(&model);
+    let bare = model
+        .forward(&prompt, &mut cache, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        bare.iter().zip(&cl).any(|(a, b)| a != b),
+        "experts changed nothing"
+    );
+}
