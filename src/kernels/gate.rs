@@ -256,7 +256,7 @@ pub fn gate_into(
                 candidates,
             })
         }
-        k if scores.len() % k != 0 => {
+        k if !scores.len().is_multiple_of(k) => {
             return Err(SelectError::RaggedScores {
                 len: scores.len(),
                 candidates,

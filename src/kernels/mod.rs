@@ -517,8 +517,8 @@ pub fn fused_apply_with(
         }
     }
     if !matches!(h.device(), Device::Cpu) {
-        // Tensors on a candle GPU device: candle's CUDA backend is not built (it needs
-        // nvcc); the CUDA path above takes CPU tensors. See docs/CUDA.md.
+        // Tensors on a candle GPU device: candle's CUDA backend is not built; the CUDA
+        // path above takes CPU tensors. See docs/CUDA.md.
         return Err(KernelError::UnsupportedDevice(format!(
             "{:?}",
             h.device().location()

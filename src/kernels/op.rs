@@ -233,7 +233,8 @@ impl CustomOp3 for FusedApplyOp {
     }
 
     // `cuda_fwd` is left to candle's default: candle's CUDA backend is not built (it
-    // needs nvcc), so no tensor can reach it. The CUDA path is dispatched in
+    // forces cudarc's dynamic linking and its kernels take 15 min a build here; measured
+    // in docs/CUDA.md), so no tensor can reach it. The CUDA path is dispatched in
     // `fused_apply_with` instead (src/kernels/cuda/runtime.rs); docs/CUDA.md says how it
     // would plug in here.
 }

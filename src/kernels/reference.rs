@@ -143,9 +143,9 @@ pub fn reference_mix(
     sel: &ReferenceSelection,
 ) -> Result<Tensor, KernelError> {
     let batched = h.rank() == 3;
-    let (batch, tokens, d_model) = match h.dims() {
-        &[t, d] => (1, t, d),
-        &[bs, t, d] => (bs, t, d),
+    let (batch, tokens, d_model) = match *h.dims() {
+        [t, d] => (1, t, d),
+        [bs, t, d] => (bs, t, d),
         _ => return Err(bad("hidden states", h, "[T, d_model] or [B, T, d_model]")),
     };
     if h_norm.dims() != h.dims() {

@@ -86,12 +86,16 @@ pub type StoredFact = (ExpertRef, Arc<Query>);
 /// An uncommitted candidate: its prompt's query and its weights.
 pub type OwnedFact = (Arc<Query>, Arc<Vec<AdapterPair>>);
 
+/// Stored facts' queries by expert id (`None`: the fact has none), and the ids in
+/// insertion order for eviction.
+type QueryCache = (HashMap<u64, Option<Arc<Query>>>, VecDeque<u64>);
+
 /// Stage 1 + the rule, with a cache of stored facts' queries.
 pub struct Selector {
     encoder: QueryEncoder,
     rule: RuleParams,
     k_candidates: usize,
-    cache: Mutex<(HashMap<u64, Option<Arc<Query>>>, VecDeque<u64>)>,
+    cache: Mutex<QueryCache>,
 }
 
 impl std::fmt::Debug for Selector {
