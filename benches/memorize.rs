@@ -26,8 +26,8 @@ use mome::{evaluate, EvalReport, EvalSet, MultiFact, Paraphrase, Probe};
 use mome::{generate_answers, CandidateSet, RowPlan, Selection};
 use mome::{train_shared, TrainRow, TuneOptions};
 use mome::{AdapterPair, NewExpert, Provenance};
-use mome::{Engine, EngineParams, Fact};
 use mome::{Backbone, WeightFormat};
+use mome::{Engine, EngineParams, Fact};
 use rand::{Rng, SeedableRng};
 
 use mome::synth::{random_name, LOCALITY_PROMPTS};
@@ -187,14 +187,22 @@ fn real_set(dir: &std::path::Path, n: usize) -> anyhow::Result<EvalSet> {
     for m in jsonl(&dir.join("multi.jsonl"))? {
         let parts: Vec<String> = m["parts"]
             .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         if !parts.is_empty() && parts.iter().all(|p| prompts.contains(p)) {
             set.multi.push(MultiFact {
                 prompt: s(&m, "prompt"),
                 answers: m["answers"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
         }
@@ -517,7 +525,11 @@ fn main() -> anyhow::Result<()> {
     let peer_facts: Vec<&Fact> = set.facts[..peer_n].iter().collect();
     let p_recall = peer_facts
         .iter()
-        .filter(|f| peer_answer(&f.prompt, 48).map(|a| a.0 == f.answer).unwrap_or(false))
+        .filter(|f| {
+            peer_answer(&f.prompt, 48)
+                .map(|a| a.0 == f.answer)
+                .unwrap_or(false)
+        })
         .count();
     let answers: HashSet<&str> = peer_facts.iter().map(|f| f.answer.as_str()).collect();
     let peer_paras: Vec<&Paraphrase> = set
@@ -527,7 +539,11 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let p_para = peer_paras
         .iter()
-        .filter(|p| peer_answer(&p.prompt, 48).map(|a| a.0 == p.answer).unwrap_or(false))
+        .filter(|p| {
+            peer_answer(&p.prompt, 48)
+                .map(|a| a.0 == p.answer)
+                .unwrap_or(false)
+        })
         .count();
     let bare = mome::AskOptions {
         max_tokens: 16,

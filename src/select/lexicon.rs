@@ -249,10 +249,8 @@ mod tests {
         let mut out = Vec::new();
         let mut cur = String::new();
         for c in s.chars() {
-            if c == ' ' || c == '?' || c == '-' || c == ',' {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
+            if (c == ' ' || c == '?' || c == '-' || c == ',') && !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
             }
             cur.push(c);
             if c == '?' || c == '-' || c == ',' {

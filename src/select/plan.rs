@@ -164,7 +164,7 @@ mod tests {
         let b = p.branch(0);
         assert!(b.is_active(0, 17) && !b.is_active(3, 17) && b.is_active(3, 16));
         let s = b.scores(16, 2);
-        assert_eq!(s[0 * 4 + 3], 1.0);
+        assert_eq!(s[3], 1.0); // row 0, column 3
         assert_eq!(s[4 + 3], f32::NEG_INFINITY);
         assert_eq!(s[4], 1.0);
         assert!(!p.any_active(0, 12) && p.any_active(0, 13));

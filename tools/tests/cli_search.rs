@@ -80,8 +80,16 @@ fn search_finds_the_experts_of_a_prompt() {
     assert_eq!(out["selected"], serde_json::json!([42]));
     // The same question about an entity that is not stored: hits, but nothing chosen.
     let near = ok(&[
-        "search", "--db", s(&db), "--model", model, "--query-text",
-        "What is the secret code of Morvath?", "-k", "3", "--json",
+        "search",
+        "--db",
+        s(&db),
+        "--model",
+        model,
+        "--query-text",
+        "What is the secret code of Morvath?",
+        "-k",
+        "3",
+        "--json",
     ])
     .json();
     assert_eq!(near["selected"], serde_json::json!([]), "{near}");
