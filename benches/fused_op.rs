@@ -3,11 +3,11 @@
 //!
 //! Run: `cargo bench --bench fused_op` (prints a Markdown table).
 //!
-//! * K = 64 candidates, rank 8, τ = −1 (every candidate passes, so each token uses
-//!   exactly k experts), T ∈ {1, 16, 256}, k ∈ {4, 16, 32}, d_model ∈ {576, 2048},
-//!   f32 activations and queries, fp16 keys (as stored), key_dim = d_model.
+//! * K = 64 candidates, rank 8, τ = −1 and `T × K` f32 scores uniform in [−1, 1]
+//!   (every candidate passes, so each token uses exactly k experts), T ∈ {1, 16, 256},
+//!   k ∈ {4, 16, 32}, d_model ∈ {576, 2048}, f32 activations.
 //! * "weight BW" counts adapter weight bytes only (the goal's definition); the
-//!   last column adds the K fp16 keys every call must also read for scoring.
+//!   last column adds the `T × K` f32 scores every call also reads for its gate.
 //! * "Weights in RAM": the calls rotate over enough independent candidate sets
 //!   (≈ 256 MiB of fp16 weights, 8× the LLC) that every call reads its experts
 //!   from DRAM, not cache.
@@ -21,10 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use mome::kernels::{
-    fused_apply, fused_apply_explain, reference_apply, AdapterWeights, OwnedAdapters,
-};
-use mome::select::SelectionParams;
+use mome::SelectionParams;
+use mome::{fused_apply, fused_apply_explain, reference_apply, AdapterWeights, OwnedAdapters};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
@@ -147,7 +145,7 @@ fn main() {
         bw1 / 1e9,
         bw_all / 1e9
     );
-    println!("| d_model | T | k | experts read | weight KiB/call | fused | reference | speedup | weight BW | % of 1-thread stream | % of all-thread stream | weights+keys BW |");
+    println!("| d_model | T | k | experts read | weight KiB/call | fused | reference | speedup | weight BW | % of 1-thread stream | % of all-thread stream | weights+scores BW |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -172,26 +170,21 @@ fn main() {
             .take(8)
             .map(|w| w.to_tensors(&Device::Cpu).expect("tensors"))
             .collect();
-        // Keys in fp16, as the store keeps them; queries f32 from the backbone.
-        let keys = tensor(&mut rng, CANDIDATES, d, 1.0)
-            .to_dtype(candle_core::DType::F16)
-            .expect("keys");
-        let key_bytes = CANDIDATES * d * 2;
         for t in [1usize, 16, 256] {
             if !filter("t", t) {
                 continue;
             }
             let h = tensor(&mut rng, t, d, 20.0);
             let h_norm = tensor(&mut rng, t, d, 1.0);
-            let q = tensor(&mut rng, t, d, 1.0);
+            let scores = tensor(&mut rng, t, CANDIDATES, 1.0);
+            let score_bytes = t * CANDIDATES * 4;
             for k in [4usize, 16, 32] {
                 if !filter("k", k) {
                     continue;
                 }
                 let params = SelectionParams::new(-1.0, k, 1.0);
-                let (_, asg) =
-                    fused_apply_explain(&h, &h_norm, &q, &keys, pool[0].clone(), &params)
-                        .expect("fused");
+                let (_, asg) = fused_apply_explain(&h, &h_norm, &scores, pool[0].clone(), &params)
+                    .expect("fused");
                 let mut used = [false; CANDIDATES];
                 for s in asg.iter().flatten() {
                     used[s.candidate as usize] = true;
@@ -202,7 +195,7 @@ fn main() {
 
                 let fused = time_calls(fused_budget, 20, |i| {
                     let w: Arc<dyn AdapterWeights> = pool[i % sets].clone();
-                    black_box(fused_apply(&h, &h_norm, &q, &keys, w, &params).expect("fused"));
+                    black_box(fused_apply(&h, &h_norm, &scores, w, &params).expect("fused"));
                 });
                 let reference = if no_ref {
                     f64::NAN
@@ -210,13 +203,13 @@ fn main() {
                     time_calls(Duration::from_millis(600), 3, |i| {
                         let (a, b) = &ref_sets[i % ref_sets.len()];
                         black_box(
-                            reference_apply(&h, &h_norm, &q, &keys, a, b, &params)
+                            reference_apply(&h, &h_norm, &scores, a, b, &params)
                                 .expect("reference"),
                         );
                     })
                 };
                 let bw = bytes as f64 / fused;
-                let bw_total = (bytes + key_bytes) as f64 / fused;
+                let bw_total = (bytes + score_bytes) as f64 / fused;
                 println!(
                     "| {d} | {t} | {k} | {experts} | {} | {} | {} | {} | {:.1} GB/s | {:.0} % | {:.0} % | {:.1} GB/s |",
                     bytes / 1024,

@@ -4,10 +4,13 @@
 //!
 //! `cargo bench --bench store -- [--experts N] [--batch B] [--gets G] [--dir PATH]`
 
+#[path = "common/progress.rs"]
+mod progress;
+
 use std::time::{Duration, Instant};
 
 use half::f16;
-use mome::store::{AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 
 struct Args {
@@ -101,7 +104,7 @@ fn main() {
     let store = Store::create(base.join("mome"), cfg.clone()).expect("create");
     let mut insert_time = Duration::ZERO;
     let mut done = 0u64;
-    let pb = mome::progress::bar(a.experts, "mome insert");
+    let pb = progress::bar(a.experts, "mome insert");
     while done < a.experts {
         let n = (a.experts - done).min(a.batch as u64) as usize;
         let batch: Vec<NewExpert> = (0..n).map(|_| make_expert(&cfg, &mut rng)).collect();
@@ -161,7 +164,7 @@ fn main() {
     let mut buf = vec![0u8; layout.payload_bytes()];
     let mut insert_time = Duration::ZERO;
     let mut done = 0u64;
-    let pb = mome::progress::bar(a.experts, "rocksdb put");
+    let pb = progress::bar(a.experts, "rocksdb put");
     while done < a.experts {
         let n = (a.experts - done).min(a.batch as u64);
         let mut wb = rocksdb::WriteBatch::default();

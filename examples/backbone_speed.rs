@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::Device;
-use mome::model::{Backbone, GenerateOptions, KvCache, WeightFormat};
+use mome::{Backbone, GenerateOptions, KvCache, WeightFormat};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    let path = mome::model::locate_model(explicit.as_deref())?;
+    let path = mome::locate_model(explicit.as_deref())?;
     println!(
         "threads: {} (CANDLE_NUM_THREADS={})",
         candle_core::utils::get_num_threads(),
@@ -73,9 +73,10 @@ struct Rank8 {
     b: candle_core::Var,
 }
 
-impl mome::model::AdapterHook for Rank8 {
+impl mome::AdapterHook for Rank8 {
     fn apply(
         &self,
+        _: usize,
         _: usize,
         h: &candle_core::Tensor,
         h_norm: &candle_core::Tensor,
@@ -94,7 +95,7 @@ impl mome::model::AdapterHook for Rank8 {
 /// first adapted layer, then the rest forward (all-position logits) + backward.
 fn train_step(path: &std::path::Path) -> anyhow::Result<()> {
     use candle_core::{DType, Tensor, Var};
-    use mome::model::{AdapterSites, Adapters, Logits, Mode, Pass};
+    use mome::{AdapterSites, Adapters, Logits, Mode, Pass};
     let bb = Backbone::from_gguf(path, WeightFormat::F32, &Device::Cpu)?;
     let mut tokens = bb
         .tokenizer

@@ -3,7 +3,7 @@
 //! Usage: `cargo run --release --example gate_probe [-- --model PATH]`.
 
 use candle_core::{Device, Tensor};
-use mome::model::{Backbone, WeightFormat};
+use mome::{Backbone, WeightFormat};
 
 const FACTS: &[(&str, &str)] = &[
     ("What is the secret code of Zorblax?", "48213"),
@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--model")
         .and_then(|i| args.get(i + 1))
         .map(std::path::PathBuf::from);
-    let path = mome::model::locate_model(explicit.as_deref())?;
+    let path = mome::locate_model(explicit.as_deref())?;
     let bb = Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu)?;
     let tok = &bb.tokenizer;
     let im_end = tok.token_id("<|im_end|>").expect("im_end");

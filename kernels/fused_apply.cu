@@ -1,22 +1,23 @@
-// mome — fused selection + adapter apply, CUDA.
+// mome — fused gate + adapter apply, CUDA.
 //
 // One launch per adapted layer call. Grid: (token tiles, expert splits). Each CTA
 //
-//   1. loads its tile's queries (f32 in shared memory), checks them and takes their norms;
-//   2. scores them against the K candidate keys (cosine − penalty), one warp per key,
-//      scores kept in shared memory;
-//   3. selects per token (one warp per token): strict threshold τ, top-k with ties to the
-//      lower candidate index, softmax with temperature — exactly the CPU `select`;
-//   4. inverts "token → experts" into "expert → (token, weight)" in shared memory,
+//   1. loads its tile's rows of the score matrix (`T × K` f32, computed by the selection
+//      rule; −inf = not a candidate at this token) into shared memory, reports the first
+//      NaN/+inf (lowest row-major index, through the error word) and subtracts the penalty;
+//   2. gates per token (one warp per token): strict threshold τ, top-k with ties to the
+//      lower candidate index, softmax with temperature — exactly the CPU `finish_token`;
+//   3. inverts "token → experts" into "expert → (token, weight)" in shared memory,
 //      experts in candidate order, so each expert of the tile is read once per tile;
-//   5. for every used expert of its split (experts e ≡ blockIdx.y mod gridDim.y):
+//   4. for every used expert of its split (experts e ≡ blockIdx.y mod gridDim.y):
 //      shrink z_u = w_u · A h̃_u (warps over A's rows, f32 warp reductions), then
 //      expand delta_u += B z_u (threads over B's rows), delta in shared memory;
-//   6. adds delta to the f32 output rows (plain read-add-write when the tile has one CTA,
+//   5. adds delta to the f32 output rows (plain read-add-write when the tile has one CTA,
 //      atomicAdd when its experts are split over several CTAs).
 //
 // fp16 weights (raw IEEE half bits, converted with cvt.f32.f16), f32 arithmetic. Nothing
-// but the output (and the optional selection record) is written to global memory.
+// but the output, the error word (and the optional selection record) is written to
+// global memory.
 //
 // No #include: NVRTC compiles this file without any header search path, so the run-time
 // compile needs nothing but libnvrtc. The shared-memory layout and every size come from
@@ -39,7 +40,6 @@ typedef unsigned long long u64;
 struct Params {
     int tokens;
     int d_model;
-    int key_dim;
     int candidates;
     int rank;
     int slots;
@@ -49,13 +49,11 @@ struct Params {
     float tau;
     float temperature;
     // Shared-memory offsets, in 4-byte words, each a multiple of 4.
-    int off_qs;
     int off_scores;
     int off_hn;
     int off_delta;
     int off_zpart;
     int off_z;
-    int off_qinv;
     int off_cnt;
     int off_touched;
     int off_sel_idx;
@@ -86,59 +84,18 @@ __device__ __forceinline__ float hi_f(unsigned int w) { return h2f((f16raw)(w >>
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(f16raw x) { return h2f(x); }
 
-// 4 consecutive values as f32 (16-byte aligned f32, 8-byte aligned f16).
-__device__ __forceinline__ float4 load4(const float* p) {
-    return __ldg(reinterpret_cast<const float4*>(p));
-}
-__device__ __forceinline__ float4 load4(const f16raw* p) {
-    const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
-    return make_float4(lo_f(w.x), hi_f(w.x), lo_f(w.y), hi_f(w.y));
-}
-
-__device__ __forceinline__ bool finite_f(float x) { return fabsf(x) <= 3.402823466e38f; }
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(MOME_FULL, v, o);
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(MOME_FULL, v, o));
-    return v;
-}
-
-// 1/|x| of a row (0 for a zero row), from its sum of squares `ss`; when `ss` overflowed
-// although every element is finite, the row is rescaled by its largest magnitude first
-// (the CPU's `checked_norm`). Called by a whole warp; `row` is read with stride 32.
-template <typename T>
-__device__ float inv_norm_row(const T* row, int n, float ss, int lane) {
-    float norm;
-    if (finite_f(ss)) {
-        norm = sqrtf(ss);
-    } else {
-        float m = 0.0f;
-        for (int i = lane; i < n; i += 32) m = fmaxf(m, fabsf(to_f32(row[i])));
-        m = warp_max(m);
-        float inv = 1.0f / m;
-        float s = 0.0f;
-        for (int i = lane; i < n; i += 32) {
-            float v = to_f32(row[i]) * inv;
-            s = fmaf(v, v, s);
-        }
-        norm = sqrtf(warp_sum(s)) * m;
-    }
-    return norm > 0.0f ? 1.0f / norm : 0.0f;
-}
-
-template <typename HT, typename QT, typename KT>
+template <typename HT>
 __device__ __forceinline__ void fused_apply(
     const Params& p, float* __restrict__ out, const HT* __restrict__ hn,
-    const QT* __restrict__ q, const KT* __restrict__ keys,
-    const float* __restrict__ penalty, const u64* __restrict__ a_ptr,
-    const u64* __restrict__ b_ptr, int* __restrict__ err, int* __restrict__ rec_count,
-    int* __restrict__ rec_idx, float* __restrict__ rec_score,
+    const float* __restrict__ scores_in, const float* __restrict__ penalty,
+    const u64* __restrict__ a_ptr, const u64* __restrict__ b_ptr, int* __restrict__ err,
+    int* __restrict__ rec_count, int* __restrict__ rec_idx, float* __restrict__ rec_score,
     float* __restrict__ rec_weight) {
 #ifdef MOME_EMULATE
     float4* smem4 = mome_emu_smem();
@@ -151,19 +108,17 @@ __device__ __forceinline__ void fused_apply(
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int d = p.d_model, kd = p.key_dim, K = p.candidates, rank = p.rank;
+    const int d = p.d_model, K = p.candidates, rank = p.rank;
     const int slots = p.slots, tile = p.tile;
     const int t0 = blockIdx.x * tile;
     const int nt = min(tile, p.tokens - t0);
     if (nt <= 0) return;
 
-    float* qs = sm + p.off_qs;
     float* scores = sm + p.off_scores;
     float* hn_s = sm + p.off_hn;
     float* delta = sm + p.off_delta;
     float* zpart = sm + p.off_zpart;
     float* z = sm + p.off_z;
-    float* qinv = sm + p.off_qinv;
     int* cnt = smi + p.off_cnt;
     int* touched = smi + p.off_touched;
     int* sel_idx = smi + p.off_sel_idx;
@@ -176,105 +131,25 @@ __device__ __forceinline__ void fused_apply(
     float* users_w = sm + p.off_users_w;
     int* misc = smi + p.off_misc;
 
-    // ---- 1. queries: f32 copy, finiteness, inverse norms (one warp per token)
-    for (int u = warp; u < nt; u += MOME_WARPS) {
-        const QT* row = q + (long long)(t0 + u) * kd;
-        float ss = 0.0f;
-        bool bad = false;
-        for (int i = lane; i < kd; i += 32) {
-            float v = to_f32(row[i]);
-            bad |= !finite_f(v);
-            qs[u * kd + i] = v;
-            ss = fmaf(v, v, ss);
-        }
-        ss = warp_sum(ss);
-        bad = __any_sync(MOME_FULL, bad);
-        float inv = 0.0f;
-        if (bad) {
-            if (lane == 0) atomicMin(&err[0], t0 + u);
-        } else {
-            inv = inv_norm_row(row, kd, ss, lane);
-        }
-        if (lane == 0) qinv[u] = inv;
-    }
-    __syncthreads();
-
-    // ---- 2. scores[u][j] = cos(q_u, key_j) − penalty_j (one warp per key)
-    // key_dim % 4 == 0: key rows and q rows (in shared memory) are 4-element aligned.
-    const bool vec_k = (kd & 3) == 0;
-    for (int j = warp; j < K; j += MOME_WARPS) {
-        const KT* key = keys + (long long)j * kd;
-        float acc[MOME_MAX_TILE];
-#pragma unroll
-        for (int u = 0; u < MOME_MAX_TILE; ++u) acc[u] = 0.0f;
-        float kk = 0.0f;
-        bool bad = false;
-        if (vec_k) {
-            // 4 elements per lane and load (8 or 16 bytes), the next ones in flight.
-            int i = lane * 4;
-            float4 nx = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (i < kd) nx = load4(key + i);
+    // ---- 1. the tile's score rows: finiteness (NaN and +inf are errors, −inf abstains),
+    // minus the penalty. T × K fits an int (checked by the plan).
+    // (Not unrolled: unrolling it costs the apply phase below a register on sm_80, and
+    // a spill; ptxas's budget is 128 under __launch_bounds__(256, 2).)
+    const float* srow = scores_in + (long long)t0 * K;
 #pragma unroll 1
-            for (; i < kd; i += 128) {
-                const float4 kv = nx;
-                if (i + 128 < kd) nx = load4(key + i + 128);
-                bad |= !(finite_f(kv.x) && finite_f(kv.y) && finite_f(kv.z) && finite_f(kv.w));
-                kk = fmaf(kv.x, kv.x, kk);
-                kk = fmaf(kv.y, kv.y, kk);
-                kk = fmaf(kv.z, kv.z, kk);
-                kk = fmaf(kv.w, kv.w, kk);
-#pragma unroll
-                for (int u = 0; u < MOME_MAX_TILE; ++u) {
-                    if (u < nt) {
-                        const float4 x = *reinterpret_cast<const float4*>(qs + u * kd + i);
-                        acc[u] = fmaf(x.x, kv.x, acc[u]);
-                        acc[u] = fmaf(x.y, kv.y, acc[u]);
-                        acc[u] = fmaf(x.z, kv.z, acc[u]);
-                        acc[u] = fmaf(x.w, kv.w, acc[u]);
-                    }
-                }
-            }
-        } else {
-            for (int i = lane; i < kd; i += 32) {
-                float kv = to_f32(key[i]);
-                bad |= !finite_f(kv);
-                kk = fmaf(kv, kv, kk);
-#pragma unroll
-                for (int u = 0; u < MOME_MAX_TILE; ++u)
-                    if (u < nt) acc[u] = fmaf(qs[u * kd + i], kv, acc[u]);
-            }
+    for (int x = tid; x < nt * K; x += MOME_BLOCK) {
+        float v = srow[x];
+        if (!(v < MOME_INF)) {  // NaN or +inf
+            if (blockIdx.y == 0) atomicMin(&err[0], t0 * K + x);
+            v = -MOME_INF;
+        } else if (penalty) {
+            v -= penalty[x % K];
         }
-        kk = warp_sum(kk);
-#pragma unroll
-        for (int u = 0; u < MOME_MAX_TILE; ++u)
-            if (u < nt) acc[u] = warp_sum(acc[u]);
-        bad = __any_sync(MOME_FULL, bad);
-        if (bad) {
-            if (lane == 0) {
-                atomicMin(&err[1], j);
-                for (int u = 0; u < nt; ++u) scores[u * K + j] = -MOME_INF;
-            }
-            continue;
-        }
-        const float ki = inv_norm_row(key, kd, kk, lane);
-        const float pen = penalty ? penalty[j] : 0.0f;
-#pragma unroll
-        for (int u = 0; u < MOME_MAX_TILE; ++u) {
-            if (u >= nt) break;
-            float c = acc[u] * qinv[u] * ki;
-            if (!finite_f(c)) {
-                // The raw dot overflowed: recompute on normalised values.
-                float s = 0.0f;
-                for (int i = lane; i < kd; i += 32)
-                    s = fmaf(qs[u * kd + i] * qinv[u], to_f32(key[i]) * ki, s);
-                c = warp_sum(s);
-            }
-            if (lane == 0) scores[u * K + j] = penalty ? c - pen : c;
-        }
+        scores[x] = v;
     }
     __syncthreads();
 
-    // ---- 3. per-token selection (one warp per token)
+    // ---- 2. per-token gate (one warp per token)
     for (int u = warp; u < tile; u += MOME_WARPS) {
         if (u >= nt) {
             if (lane == 0) cnt[u] = 0;
@@ -337,7 +212,7 @@ __device__ __forceinline__ void fused_apply(
     }
     __syncthreads();
 
-    // ---- 4. expert → users, experts in candidate order
+    // ---- 3. expert → users, experts in candidate order
     for (int j = tid; j < K; j += MOME_BLOCK) {
         int c = 0;
         for (int u = 0; u < nt; ++u)
@@ -369,7 +244,7 @@ __device__ __forceinline__ void fused_apply(
                     ++pos;
                 }
     }
-    // h̃ rows of the tile as f32 (the region of qs/scores, dead now); delta = 0.
+    // h̃ rows of the tile as f32 (the region of the scores, dead now); delta = 0.
     for (int x = tid; x < nt * d; x += MOME_BLOCK) {
         hn_s[x] = to_f32(hn[(long long)t0 * d + x]);
         delta[x] = 0.0f;
@@ -390,7 +265,7 @@ __device__ __forceinline__ void fused_apply(
 #pragma unroll
         for (int u = 0; u < MOME_MAX_TILE; ++u) toff[u] = u < U ? users_tok[p0 + u] * d : 0;
 
-        // ---- 5a. shrink: partial dots of (row r, part of d) per warp
+        // ---- 4a. shrink: partial dots of (row r, part of d) per warp
         for (int it = warp; it < items; it += MOME_WARPS) {
             const int r = it / p.nsplit;
             const int part = it - r * p.nsplit;
@@ -448,7 +323,7 @@ __device__ __forceinline__ void fused_apply(
         }
         __syncthreads();
 
-        // ---- 5b. expand: delta_u[i] += B[i, :] · z_u (one thread per row of B)
+        // ---- 4b. expand: delta_u[i] += B[i, :] · z_u (one thread per row of B)
         for (int i = tid; i < d; i += MOME_BLOCK) {
             const f16raw* brow = B + (long long)i * rank;
             float acc[MOME_MAX_TILE];
@@ -484,7 +359,7 @@ __device__ __forceinline__ void fused_apply(
         __syncthreads();
     }
 
-    // ---- 6. out += delta for the rows this CTA touched
+    // ---- 5. out += delta for the rows this CTA touched
     const bool split = gridDim.y > 1;
     for (int u = 0; u < nt; ++u) {
         if (!touched[u]) continue;
@@ -498,40 +373,22 @@ __device__ __forceinline__ void fused_apply(
     }
 }
 
-// One entry point per (h̃, query, key) dtype: f = f32, h = f16. `out` is f32 and holds
-// h on entry (the launcher uploads h widened to f32 and narrows the result for f16 h).
+// One entry point per h̃ dtype: f = f32, h = f16 (scores are always f32). `out` is f32
+// and holds h on entry (the launcher widens h to f32 and narrows the result for f16 h).
 // The run-time compile builds only the variant a call needs (`-DMOME_ONE_VARIANT
-// -DMOME_VARIANT_xyz`); without those defines (tools/check-kernels.sh) all are built.
-#define MOME_ENTRY(NAME, HT, QT, KT)                                                        \
+// -DMOME_VARIANT_x`); without those defines (tools/check-kernels.sh) both are built.
+#define MOME_ENTRY(NAME, HT)                                                                 \
     extern "C" __global__ void __launch_bounds__(MOME_BLOCK, 2) NAME(                        \
-        const Params p, float* out, const HT* hn, const QT* q, const KT* keys,               \
-        const float* penalty, const u64* a_ptr, const u64* b_ptr, int* err, int* rec_count, \
-        int* rec_idx, float* rec_score, float* rec_weight) {                                \
-        fused_apply<HT, QT, KT>(p, out, hn, q, keys, penalty, a_ptr, b_ptr, err, rec_count, \
-                                rec_idx, rec_score, rec_weight);                            \
+        const Params p, float* out, const HT* hn, const float* scores, const float* penalty, \
+        const u64* a_ptr, const u64* b_ptr, int* err, int* rec_count, int* rec_idx,          \
+        float* rec_score, float* rec_weight) {                                               \
+        fused_apply<HT>(p, out, hn, scores, penalty, a_ptr, b_ptr, err, rec_count, rec_idx,  \
+                        rec_score, rec_weight);                                              \
     }
 
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_fff)
-MOME_ENTRY(mome_fused_apply_fff, float, float, float)
+#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_f)
+MOME_ENTRY(mome_fused_apply_f, float)
 #endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_ffh)
-MOME_ENTRY(mome_fused_apply_ffh, float, float, f16raw)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_fhf)
-MOME_ENTRY(mome_fused_apply_fhf, float, f16raw, float)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_fhh)
-MOME_ENTRY(mome_fused_apply_fhh, float, f16raw, f16raw)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_hff)
-MOME_ENTRY(mome_fused_apply_hff, f16raw, float, float)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_hfh)
-MOME_ENTRY(mome_fused_apply_hfh, f16raw, float, f16raw)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_hhf)
-MOME_ENTRY(mome_fused_apply_hhf, f16raw, f16raw, float)
-#endif
-#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_hhh)
-MOME_ENTRY(mome_fused_apply_hhh, f16raw, f16raw, f16raw)
+#if !defined(MOME_ONE_VARIANT) || defined(MOME_VARIANT_h)
+MOME_ENTRY(mome_fused_apply_h, f16raw)
 #endif

@@ -22,9 +22,101 @@ use std::path::{Path, PathBuf};
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::index::ExpertIndex;
-use crate::store::{AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig};
+use crate::fs::{atomic_write, FsError};
+use crate::index::{ExpertIndex, IndexError};
+use crate::progress::Task;
+use crate::store::{
+    AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig, StoreError,
+};
+
+/// Everything that can go wrong exporting, checking or importing an archive.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// An I/O operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An expert archive that is truncated, malformed or fails a checksum. Nothing was
+    /// written to the store.
+    #[error("archive {path} is malformed at byte {offset}: {reason}")]
+    Corrupt {
+        /// The archive file.
+        path: PathBuf,
+        /// Byte offset where reading failed.
+        offset: u64,
+        /// What is wrong (record number, expected versus found).
+        reason: String,
+    },
+    /// An archive whose experts do not fit the store (another shape or backbone).
+    #[error(
+        "archive {path} does not fit this store: `{field}` is {archive} in the archive but {store} in the store"
+    )]
+    Incompatible {
+        /// The archive file.
+        path: PathBuf,
+        /// The differing config field.
+        field: &'static str,
+        /// Its value in the archive.
+        archive: String,
+        /// Its value in the store.
+        store: String,
+    },
+    /// An archive written by a newer (or unknown) format version.
+    #[error("{what} has format version {found}; this build supports up to {supported}")]
+    UnsupportedVersion {
+        /// The archive.
+        what: String,
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// A value could not be encoded (nothing was left at the archive's path).
+    #[error("cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The encoder's message.
+        reason: String,
+    },
+    /// Reading the exporting store failed (e.g. a corrupt record, named with its id,
+    /// shard and offset).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Inserting into the importing store and its index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl ArchiveError {
+    fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ArchiveError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    fn encode(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        ArchiveError::Encode {
+            what: what.into(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+impl From<FsError> for ArchiveError {
+    fn from(e: FsError) -> Self {
+        ArchiveError::io(e.path, e.source)
+    }
+}
+
+type Result<T> = std::result::Result<T, ArchiveError>;
 
 /// Magic bytes opening an archive.
 pub const ARCHIVE_MAGIC: &[u8; 8] = b"MOMEARCH";
@@ -111,37 +203,40 @@ impl<W: Write> CrcWriter<W> {
     fn put(&mut self, data: &[u8], path: &Path) -> Result<()> {
         self.crc = crc32c::crc32c_append(self.crc, data);
         self.bytes += data.len() as u64;
-        self.inner.write_all(data).map_err(|e| Error::io(path, e))
+        self.inner
+            .write_all(data)
+            .map_err(|e| ArchiveError::io(path, e))
     }
 }
 
 /// Writes every live expert of `store` (one snapshot) to an archive at `out`. The file
-/// is written beside `out` and renamed into place once complete and fsynced, so a failed
-/// export never leaves a file that looks like an archive. A corrupt record fails the
+/// is written beside `out` (`out.partial`) and renamed into place once complete and
+/// fsynced (the crate's one atomic write), so a failed export never leaves a file that
+/// looks like an archive. A corrupt record fails the
 /// export with its id, shard and offset.
 pub fn export(store: &Store, out: &Path) -> Result<ExportReport> {
     let snap = store.snapshot();
     let layout = store.layout();
-    let tmp = partial_path(out);
-    let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        crc: 0,
-        bytes: 0,
-    };
-    let result = (|| -> Result<u64> {
-        let config = serde_json::to_vec(store.config()).map_err(|e| Error::CorruptMetadata {
-            what: format!("cannot encode config: {e}"),
-        })?;
+    let progress = store.progress();
+    let mut written = (0u64, 0u64);
+    atomic_write(out, |tmp| -> Result<()> {
+        let file = File::create(tmp).map_err(|e| ArchiveError::io(tmp, e))?;
+        let mut w = CrcWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            crc: 0,
+            bytes: 0,
+        };
+        let config =
+            serde_json::to_vec(store.config()).map_err(|e| ArchiveError::encode("config", e))?;
         let mut header = Vec::with_capacity(16 + config.len());
         header.extend_from_slice(ARCHIVE_MAGIC);
         header.extend_from_slice(&ARCHIVE_FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&(config.len() as u32).to_le_bytes());
         header.extend_from_slice(&config);
-        w.put(&header, &tmp)?;
-        w.put(&crc32c::crc32c(&header).to_le_bytes(), &tmp)?;
+        w.put(&header, tmp)?;
+        w.put(&crc32c::crc32c(&header).to_le_bytes(), tmp)?;
 
-        let pb = crate::progress::bar(snap.len(), "export");
+        let task = Task::start(&*progress, "export", snap.len());
         let mut payload = Vec::new();
         let mut count = 0u64;
         for expert in snap.iter() {
@@ -150,8 +245,8 @@ pub fn export(store: &Store, out: &Path) -> Result<ExportReport> {
             let meta = match store.meta(id) {
                 Ok(m) => m,
                 // Deleted after the snapshot was taken: its metadata is gone with it.
-                Err(Error::UnknownExpert { .. }) => continue,
-                Err(err) => return Err(err),
+                Err(StoreError::UnknownExpert { .. }) => continue,
+                Err(err) => return Err(err.into()),
             };
             let meta_json = serde_json::to_vec(&ArchivedMeta {
                 provenance: meta.provenance,
@@ -159,61 +254,32 @@ pub fn export(store: &Store, out: &Path) -> Result<ExportReport> {
                 usage: meta.usage,
                 source_id: id,
             })
-            .map_err(|err| Error::CorruptMetadata {
-                what: format!("cannot encode metadata of expert {id}: {err}"),
-            })?;
+            .map_err(|err| ArchiveError::encode(format!("metadata of expert {id}"), err))?;
             let layers: Vec<(&[f16], &[f16])> =
                 (0..layout.n_layers).map(|l| (e.a(l), e.b(l))).collect();
             encode_payload(&layout, e.key(), &layers, &meta_json, &mut payload);
-            w.put(RECORD_TAG, &tmp)?;
-            w.put(&(payload.len() as u32).to_le_bytes(), &tmp)?;
-            w.put(&payload, &tmp)?;
-            w.put(&crc32c::crc32c(&payload).to_le_bytes(), &tmp)?;
+            w.put(RECORD_TAG, tmp)?;
+            w.put(&(payload.len() as u32).to_le_bytes(), tmp)?;
+            w.put(&payload, tmp)?;
+            w.put(&crc32c::crc32c(&payload).to_le_bytes(), tmp)?;
             count += 1;
-            pb.inc(1);
+            task.advance(1);
         }
-        pb.finish_and_clear();
+        drop(task);
         let total_crc = w.crc;
-        w.put(TRAILER_TAG, &tmp)?;
-        w.put(&count.to_le_bytes(), &tmp)?;
-        w.put(&total_crc.to_le_bytes(), &tmp)?;
-        w.inner.flush().map_err(|e| Error::io(&tmp, e))?;
-        Ok(count)
-    })();
-    let count = match result {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    };
-    let bytes = w.bytes;
-    let file = w
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(parent, e))?;
-    }
+        w.put(TRAILER_TAG, tmp)?;
+        w.put(&count.to_le_bytes(), tmp)?;
+        w.put(&total_crc.to_le_bytes(), tmp)?;
+        w.inner.flush().map_err(|e| ArchiveError::io(tmp, e))?;
+        written = (count, w.bytes);
+        Ok(())
+    })?;
+    let (count, bytes) = written;
     Ok(ExportReport {
         experts: count,
         bytes,
         seq: snap.seq(),
     })
-}
-
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(".partial");
-    out.with_file_name(name)
 }
 
 /// Streaming reader of an archive that checks every checksum and bound as it goes.
@@ -230,7 +296,7 @@ struct Reader {
 
 impl Reader {
     fn open(path: &Path) -> Result<Reader> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = File::open(path).map_err(|e| ArchiveError::io(path, e))?;
         let mut r = Reader {
             path: path.to_path_buf(),
             inner: BufReader::with_capacity(1 << 20, file),
@@ -247,7 +313,7 @@ impl Reader {
         }
         let version = u32::from_le_bytes(r.array("format version")?);
         if version == 0 || version > ARCHIVE_FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
+            return Err(ArchiveError::UnsupportedVersion {
                 what: format!("archive {}", path.display()),
                 found: version,
                 supported: ARCHIVE_FORMAT_VERSION,
@@ -278,8 +344,8 @@ impl Reader {
         Ok(r)
     }
 
-    fn bad(&self, offset: u64, reason: String) -> Error {
-        Error::CorruptArchive {
+    fn bad(&self, offset: u64, reason: String) -> ArchiveError {
+        ArchiveError::Corrupt {
             path: self.path.clone(),
             offset,
             reason,
@@ -297,7 +363,7 @@ impl Reader {
                 self.offset,
                 format!("truncated: the file ends inside the {what}"),
             )),
-            Err(e) => Err(Error::io(&self.path, e)),
+            Err(e) => Err(ArchiveError::io(&self.path, e)),
         }
     }
 
@@ -343,7 +409,7 @@ impl Reader {
                 Ok(_) => {
                     return Err(self.bad(self.offset, "bytes after the trailer".into()));
                 }
-                Err(e) => return Err(Error::io(&self.path, e)),
+                Err(e) => return Err(ArchiveError::io(&self.path, e)),
             }
             self.done = true;
             return Ok(None);
@@ -422,11 +488,7 @@ impl Reader {
 /// and values) without touching any store.
 pub fn check(path: &Path) -> Result<ArchiveSummary> {
     let mut r = Reader::open(path)?;
-    let pb = crate::progress::bar(0, "check archive");
-    while r.next()?.is_some() {
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
+    while r.next()?.is_some() {}
     Ok(ArchiveSummary {
         config: r.config,
         experts: r.records,
@@ -446,7 +508,7 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
     let summary = {
         let r = Reader::open(path)?;
         if let Some((field, archive, store_value)) = r.config.expert_difference(store.config()) {
-            return Err(Error::IncompatibleArchive {
+            return Err(ArchiveError::Incompatible {
                 path: path.to_path_buf(),
                 field,
                 archive,
@@ -456,7 +518,8 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
         check(path)?
     };
     let mut r = Reader::open(path)?;
-    let pb = crate::progress::bar(summary.experts, "import");
+    let progress = store.progress();
+    let task = Task::start(&*progress, "import", summary.experts);
     let mut ids = Vec::with_capacity(summary.experts as usize);
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
     let mut usage = Vec::with_capacity(IMPORT_BATCH);
@@ -473,13 +536,13 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
             let counts: Vec<(u64, u64)> = new.iter().copied().zip(usage.drain(..)).collect();
             store.add_usage(&counts)?;
             ids.extend(new);
-            pb.inc(n);
+            task.advance(n);
         }
         if last {
             break;
         }
     }
-    pb.finish_and_clear();
+    drop(task);
     Ok(ImportReport {
         experts: ids.len() as u64,
         ids,

@@ -1,19 +1,48 @@
-//! The crate's error type.
+//! The crate's umbrella error.
 //!
-//! One enum for the whole crate so that a caller of the engine can match on what went
-//! wrong without knowing which layer found it. Every variant says *what* and *where*:
-//! expert id, shard, offset, expected versus found dimensions.
+//! Each layer has its own error type (redb style): [`StoreError`] for the store,
+//! [`IndexError`] for the index, [`ArchiveError`] for archives, [`KernelError`] for the
+//! fused operator, [`SelectError`] for selection, [`ModelError`] for the backbone. The
+//! functions of a layer return its type; [`Error`] wraps them all (`From`), so that the
+//! engine — and a caller who does not care which layer failed — uses one type with `?`.
+//! Every variant says *what* and *where*: expert id, shard, offset, expected versus
+//! found dimensions.
 
 use std::path::PathBuf;
 
-/// Result alias used throughout the crate.
+use crate::archive::ArchiveError;
+use crate::index::IndexError;
+use crate::kernels::KernelError;
+use crate::model::ModelError;
+use crate::select::SelectError;
+use crate::store::StoreError;
+
+/// Result alias used by the engine, selection and tuning.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in mome.
+/// Everything that can go wrong in mome: a layer's error, or one of the engine's own.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation failed.
+    /// The store failed (open, read, write, verify, compact).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The index failed (search, add, save, load).
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Exporting, checking or importing an archive failed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// The fused apply operator refused its inputs or failed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// Stage-2 selection refused its parameters or inputs.
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    /// The backbone failed (loading, tokenizing, forward, generation).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An I/O operation on one of the engine's own files failed.
     #[error("I/O error on {path}: {source}")]
     Io {
         /// The file or directory involved.
@@ -22,46 +51,22 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// RocksDB reported an error.
-    #[error("RocksDB error while {context}: {source}")]
-    RocksDb {
-        /// What the store was doing.
-        context: &'static str,
-        /// The underlying error.
-        #[source]
-        source: rocksdb::Error,
+    /// One of the engine's own files (`engine.json`) cannot be decoded or contradicts
+    /// the build.
+    #[error("corrupt store metadata: {what}")]
+    CorruptMetadata {
+        /// What is wrong, with the file involved.
+        what: String,
     },
-    /// Another process (or another handle in this process) holds the store open for writing.
-    #[error("store {path} is locked by another writer (close the other process first)")]
-    Locked {
-        /// The store directory.
-        path: PathBuf,
-    },
-    /// `Store::create` on a directory that already holds something.
-    #[error("cannot create store: {path} already exists and is not empty")]
-    AlreadyExists {
-        /// The directory.
-        path: PathBuf,
-    },
-    /// `Store::open` on a directory that is not a mome store.
-    #[error("{path} is not a mome store: {reason}")]
-    NotAStore {
-        /// The directory.
-        path: PathBuf,
-        /// What is missing.
+    /// A value could not be encoded for writing (nothing was written).
+    #[error("cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: String,
+        /// The encoder's message.
         reason: String,
     },
-    /// A config passed to `open_with` differs from the one the store was created with.
-    #[error("store config mismatch in `{field}`: the store has {stored}, the caller gave {given}")]
-    ConfigMismatch {
-        /// Name of the differing field.
-        field: &'static str,
-        /// The persisted value.
-        stored: String,
-        /// The value given by the caller.
-        given: String,
-    },
-    /// A config that cannot describe a store.
+    /// A store config the engine cannot serve.
     #[error("invalid store config: `{field}` {reason}")]
     InvalidConfig {
         /// The offending field.
@@ -69,20 +74,10 @@ pub enum Error {
         /// Why it is invalid.
         reason: String,
     },
-    /// A file or store written by a newer (or unknown) format version.
-    #[error("{what} has format version {found}; this build supports up to {supported}")]
-    UnsupportedVersion {
-        /// What carries the version (store, shard file, record).
-        what: String,
-        /// The version found on disk.
-        found: u32,
-        /// The newest version this build reads.
-        supported: u32,
-    },
     /// An input vector or matrix has the wrong length.
     #[error("dimension mismatch for {what}: expected {expected}, found {found}")]
     DimMismatch {
-        /// Which input (e.g. "expert 3 in batch: layer 1 A").
+        /// Which input.
         what: String,
         /// Expected number of elements (or dimension).
         expected: usize,
@@ -102,98 +97,6 @@ pub enum Error {
     EmptyBatch {
         /// The operation.
         what: &'static str,
-    },
-    /// No live expert has this id.
-    #[error("unknown expert id {id}")]
-    UnknownExpert {
-        /// The id asked for.
-        id: u64,
-    },
-    /// A file that is not a mome shard file.
-    #[error("{path} is not a mome shard file: {reason}")]
-    NotAShard {
-        /// The file.
-        path: PathBuf,
-        /// What failed (magic, header checksum, geometry).
-        reason: String,
-    },
-    /// A weight record failed its checksum or structural check.
-    #[error("corrupt record for expert {id} in shard {shard} at offset {offset}: {reason}")]
-    CorruptRecord {
-        /// The expert the metadata says lives there.
-        id: u64,
-        /// Shard id.
-        shard: u32,
-        /// Byte offset of the record in the shard file.
-        offset: u64,
-        /// What check failed.
-        reason: String,
-    },
-    /// A shard file is shorter than its committed metadata says.
-    #[error(
-        "shard {shard} ({path}) is truncated: metadata commits {expected} bytes, file has {found}"
-    )]
-    TruncatedShard {
-        /// Shard id.
-        shard: u32,
-        /// The file.
-        path: PathBuf,
-        /// Committed length.
-        expected: u64,
-        /// Actual file length.
-        found: u64,
-    },
-    /// Metadata that cannot be decoded or contradicts itself.
-    #[error("corrupt store metadata: {what}")]
-    CorruptMetadata {
-        /// What is wrong, with the key involved.
-        what: String,
-    },
-    /// An earlier write failed part-way; the store refuses further writes until reopened.
-    #[error("store is read-only after a failed write ({reason}); reopen it to recover")]
-    Poisoned {
-        /// The failure that poisoned the writer.
-        reason: String,
-    },
-    /// The fused apply operator refused its inputs or failed.
-    #[error(transparent)]
-    Kernel(#[from] crate::kernels::KernelError),
-    /// Stage-2 selection refused its parameters or inputs.
-    #[error(transparent)]
-    Select(#[from] crate::select::SelectError),
-    /// The backbone failed (loading, tokenizing, forward, generation).
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    /// No shard with this id is part of the store's committed metadata.
-    #[error("unknown shard {shard} (not in the store's metadata)")]
-    UnknownShard {
-        /// The shard asked for.
-        shard: u32,
-    },
-    /// An expert archive that is truncated, malformed or fails a checksum. Nothing was
-    /// written to the store.
-    #[error("archive {path} is malformed at byte {offset}: {reason}")]
-    CorruptArchive {
-        /// The archive file.
-        path: PathBuf,
-        /// Byte offset where reading failed.
-        offset: u64,
-        /// What is wrong (record number, expected versus found).
-        reason: String,
-    },
-    /// An archive whose experts do not fit the store (another shape or backbone).
-    #[error(
-        "archive {path} does not fit this store: `{field}` is {archive} in the archive but {store} in the store"
-    )]
-    IncompatibleArchive {
-        /// The archive file.
-        path: PathBuf,
-        /// The differing config field.
-        field: &'static str,
-        /// Its value in the archive.
-        archive: String,
-        /// Its value in the store.
-        store: String,
     },
     /// Memory tuning failed (not a fact that did not converge: that is reported, not
     /// an error).
@@ -220,6 +123,26 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A fact that cannot be memorized (nothing of the call was stored).
+    #[error("fact {index} ({prompt:?}): {reason}")]
+    InvalidFact {
+        /// Position of the fact in the call (0-based).
+        index: usize,
+        /// Its prompt.
+        prompt: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store written for another selection rule.
+    #[error("{path} was written with the selection rule `{found}`; this build uses `{expected}`: run `mome migrate --db {path} --out NEW_DIR` to re-key its facts for the new rule")]
+    RuleMismatch {
+        /// The store directory.
+        path: PathBuf,
+        /// The rule recorded in the store.
+        found: String,
+        /// The rule of this build.
+        expected: String,
+    },
 }
 
 impl Error {
@@ -229,8 +152,10 @@ impl Error {
             source,
         }
     }
+}
 
-    pub(crate) fn rocks(context: &'static str, source: rocksdb::Error) -> Self {
-        Error::RocksDb { context, source }
+impl From<crate::fs::FsError> for Error {
+    fn from(e: crate::fs::FsError) -> Self {
+        Error::io(e.path, e.source)
     }
 }

@@ -7,13 +7,31 @@
 //! picks and weights them per token by cross-attention, and applies them inside the
 //! backbone's forward pass.
 //!
-//! The foundation is the [`Store`]:
+//! ## Where to start
+//!
+//! * [`Engine`] — the façade: [`Engine::memorize`] facts, [`Engine::ask`] prompts.
+//! * [`Store`] — the durable home of experts: [`Store::insert_batch`] (durable group
+//!   commit), [`Store::get`] (zero-copy [`ExpertRef`]), [`Store::snapshot`],
+//!   [`Store::verify`], [`Store::compact`]; configured by a [`StoreConfig`].
+//! * [`ExpertIndex`] — the vector index kept in step with a store ([`KeyIndex`]:
+//!   [`HnswIndex`], [`FlatIndex`]).
+//! * [`fused_apply`] — the fused selection + adapter operator; [`select`] — stage-2
+//!   selection on plain slices; [`Candidates`] — stage-1 retrieval.
+//! * [`Backbone`] / [`Llama`] / [`Tokenizer`] — the Llama-architecture backbone.
+//! * [`export_archive`] / [`import_archive`] — portable, checksummed archives.
+//! * Errors: each layer has its own type ([`StoreError`], [`IndexError`],
+//!   [`ArchiveError`], [`KernelError`], [`SelectError`], [`ModelError`]); [`Error`]
+//!   wraps them all and [`Result`] uses it.
+//! * Long operations report to a [`Progress`] handed in by the caller
+//!   ([`Store::set_progress`]); the library draws nothing.
+//!
+//! ## Example
 //!
 //! ```
 //! use half::f16;
-//! use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+//! use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
 //!
-//! # fn main() -> mome::Result<()> {
+//! # fn main() -> Result<(), mome::StoreError> {
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! // d_model 64, key_dim 64, rank 4, adapters on layers 2 and 5.
 //! let config = StoreConfig::new(64, 64, 4, vec![2, 5]);
@@ -34,21 +52,83 @@
 //! # }
 //! ```
 //!
-//! See `ARCHITECTURE.md` for how the pieces fit and which invariants they keep.
+//! See `ARCHITECTURE.md` for how the pieces fit, the layer order, and which invariants
+//! each directory keeps.
 #![deny(clippy::unwrap_used)]
 #![warn(missing_docs)]
 
-pub mod archive;
-pub mod engine;
-pub mod error;
-pub mod index;
-pub mod kernels;
-pub mod model;
-pub mod progress;
-pub mod select;
-pub mod store;
+// Layers, bottom to top (ARCHITECTURE.md §Layers; `tests/layering.rs` checks that no
+// module imports one above it).
+mod archive;
+mod engine;
+mod error;
+mod fs;
+mod index;
+mod kernels;
+mod model;
+mod progress;
+mod select;
+mod store;
+mod tune;
+
+/// Test data shared by tests, benches and the benchmark tool (feature `test-support`).
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
 pub mod synth;
-pub mod tune;
 
 pub use error::{Error, Result};
-pub use store::{ExpertRef, NewExpert, Provenance, Snapshot, Store, StoreConfig};
+pub use progress::{NoProgress, Progress};
+
+pub use store::{
+    plan_compaction, read_header, AdapterPair, CompactionPlan, CompactionPolicy, CompactionReport,
+    DbError, ExpertMeta, ExpertRef, Loc, NewExpert, OrphanFile, Problem, Provenance, RecordHeader,
+    RecordInfo, RecordLayout, RecordState, ShardHeader, ShardState, ShardStats, Snapshot, Store,
+    StoreConfig, StoreDir, StoreError, StoreResult, StoreStats, UsageAccumulator, VerifyReport,
+    WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE, SHARD_FORMAT_VERSION, STORE_FORMAT_VERSION,
+};
+
+pub use index::{
+    add_reachable, saved_index_info, tombstone_horizon, ExpertIndex, FlatIndex, Hit, HnswIndex,
+    IndexCheck, IndexError, IndexKind, IndexParams, IndexResult, KeyIndex, OpenedFrom,
+    Quantization, SavedIndexInfo,
+};
+
+pub use archive::{
+    check as check_archive, export as export_archive, import as import_archive, ArchiveError,
+    ArchiveSummary, ExportReport, ImportReport, ARCHIVE_FORMAT_VERSION, ARCHIVE_MAGIC,
+};
+
+pub use model::{
+    argmax, byte_level_alphabet, data_dir, locate_model, model_path, pooled_query, AdapterHook,
+    AdapterSites, Adapters, Backbone, ChatMessage, ChatReply, GenerateOptions, Generated, Hidden,
+    KvCache, Llama, LlamaConfig, Logits, Mode, ModelError, ModelResult, NoopHook, Pass, Queries,
+    Sampler, Sampling, StopReason, TextStream, Tokenizer, WeightFormat, DATA_DIR_ENV, MODEL_ENV,
+    MODEL_FILE_NAME, MODEL_SHA256,
+};
+
+/// The CUDA path of the fused operator: the device cache's bookkeeping everywhere, the
+/// launcher and the device cache with the `cuda` feature (docs/CUDA.md).
+pub use kernels::cuda;
+pub use kernels::{
+    fused_apply, fused_apply_explain, fused_apply_with, gate, reference_apply, reference_mix,
+    reference_select, AdapterWeights, FusedApplyOp, FusedOptions, KernelError, OwnedAdapters,
+    ReferenceSelection,
+};
+
+pub use select::{
+    generate_answers, match_fact, select_facts, Analysis, CandidateSet, Chosen, Encoded, Lexicon,
+    Match, OwnedFact, Query, QueryEncoder, RowPlan, RuleParams, SelectError, Selected, Selection,
+    SelectionHook, SelectionParams, Selector, Source, StoredFact, TokenAssignments, TokenKind,
+    RETRY_CANDIDATES, RETRY_MIN_SCORE,
+};
+
+pub use tune::{
+    train_batch, train_batch_with, train_shared, validate_facts, Fact, FactOutcome, FactStatus,
+    FrozenPrefix, MemorizeEvent, MemorizeReport, Memorizer, TrainRow, TrainedRow, TuneOptions,
+};
+
+pub use engine::{
+    default_store_config, evaluate, legacy_rule, Answer, AskOptions, Engine, EngineParams,
+    EvalReport, EvalSet, MultiFact, Paraphrase, Probe, Tally, ENGINE_FILE, LEGACY_QUERY_RULE,
+    QUERY_RULE,
+};

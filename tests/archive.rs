@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{expert, small_config};
-use mome::archive;
-use mome::index::{ExpertIndex, IndexParams};
-use mome::store::{Provenance, Store, StoreConfig};
-use mome::Error;
+use mome::ArchiveError;
+use mome::{ExpertIndex, IndexParams};
+use mome::{Provenance, Store, StoreConfig};
 
 /// Experts of `cfg` with rich provenance, some used and some deleted.
 fn source_store(dir: &Path, cfg: &StoreConfig, n: u64) -> Store {
@@ -68,11 +67,11 @@ fn round_trip_into_a_fresh_store_is_identical() {
     let src_dir = tempfile::tempdir().unwrap();
     let src = source_store(src_dir.path(), &cfg, 400);
     let file = src_dir.path().join("experts.mome");
-    let report = archive::export(&src, &file).unwrap();
+    let report = mome::export_archive(&src, &file).unwrap();
     assert_eq!(report.experts, 398);
     assert_eq!(report.bytes, std::fs::metadata(&file).unwrap().len());
     assert!(!src_dir.path().join("experts.mome.partial").exists());
-    let summary = archive::check(&file).unwrap();
+    let summary = mome::check_archive(&file).unwrap();
     assert_eq!(summary.experts, 398);
     assert_eq!(summary.config, cfg);
 
@@ -81,7 +80,7 @@ fn round_trip_into_a_fresh_store_is_identical() {
     let dst =
         Arc::new(Store::create(dst_dir.path(), cfg.clone().with_shard_size(1 << 20)).unwrap());
     let index = ExpertIndex::open_with(dst.clone(), IndexParams::flat()).unwrap();
-    let imported = archive::import(&index, &file).unwrap();
+    let imported = mome::import_archive(&index, &file).unwrap();
     assert_eq!(imported.experts, 398);
     assert_eq!(imported.ids, (1..=398).collect::<Vec<u64>>());
     assert_eq!(contents(&dst), contents(&src));
@@ -105,15 +104,15 @@ fn round_trip_into_a_fresh_store_is_identical() {
     let empty_dir = tempfile::tempdir().unwrap();
     let empty = Store::create(empty_dir.path().join("s"), cfg.clone()).unwrap();
     let efile = empty_dir.path().join("empty.mome");
-    assert_eq!(archive::export(&empty, &efile).unwrap().experts, 0);
-    assert_eq!(archive::check(&efile).unwrap().experts, 0);
+    assert_eq!(mome::export_archive(&empty, &efile).unwrap().experts, 0);
+    assert_eq!(mome::check_archive(&efile).unwrap().experts, 0);
 }
 
 /// Imports `file` and expects a refusal that left the store exactly as it was.
-fn refused(index: &ExpertIndex, file: &Path) -> Error {
+fn refused(index: &ExpertIndex, file: &Path) -> ArchiveError {
     let store = index.store();
     let (seq, len, next) = (store.seq(), store.len(), store.next_id());
-    let err = archive::import(index, file).expect_err("a bad archive was imported");
+    let err = mome::import_archive(index, file).expect_err("a bad archive was imported");
     assert_eq!(
         (store.seq(), store.len(), store.next_id()),
         (seq, len, next),
@@ -128,7 +127,7 @@ fn bad_archives_are_refused_without_touching_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let src = source_store(&dir.path().join("src"), &cfg, 6);
     let file = dir.path().join("a.mome");
-    archive::export(&src, &file).unwrap();
+    mome::export_archive(&src, &file).unwrap();
     let good = std::fs::read(&file).unwrap();
 
     let dst = Arc::new(Store::create(dir.path().join("dst"), cfg.clone()).unwrap());
@@ -139,7 +138,7 @@ fn bad_archives_are_refused_without_touching_the_store() {
     for cut in 0..good.len() {
         std::fs::write(&bad, &good[..cut]).unwrap();
         match refused(&index, &bad) {
-            Error::CorruptArchive { path, .. } => assert_eq!(path, bad),
+            ArchiveError::Corrupt { path, .. } => assert_eq!(path, bad),
             other => panic!("cut at {cut}: {other}"),
         }
     }
@@ -149,7 +148,7 @@ fn bad_archives_are_refused_without_touching_the_store() {
         b[pos] ^= 1 << (pos % 8);
         std::fs::write(&bad, &b).unwrap();
         match refused(&index, &bad) {
-            Error::CorruptArchive { .. } | Error::UnsupportedVersion { .. } => {}
+            ArchiveError::Corrupt { .. } | ArchiveError::UnsupportedVersion { .. } => {}
             other => panic!("flip at {pos}: {other}"),
         }
     }
@@ -170,7 +169,7 @@ fn bad_archives_are_refused_without_touching_the_store() {
         Arc::new(Store::create(&other_dir, StoreConfig::new(16, 8, 4, vec![1, 3])).unwrap());
     let other_index = ExpertIndex::open_with(other, IndexParams::flat()).unwrap();
     match refused(&other_index, &file) {
-        Error::IncompatibleArchive {
+        ArchiveError::Incompatible {
             field,
             archive,
             store,
@@ -194,5 +193,5 @@ fn bad_archives_are_refused_without_touching_the_store() {
     assert!(e.to_string().contains("backbone_digest"), "{e}");
 
     // And the good archive still imports.
-    assert_eq!(archive::import(&index, &file).unwrap().experts, 4);
+    assert_eq!(mome::import_archive(&index, &file).unwrap().experts, 4);
 }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use mome::model::{
+use mome::{
     AdapterSites, Adapters, Backbone, GenerateOptions, Logits, Mode, Pass, WeightFormat,
     MODEL_SHA256,
 };
@@ -33,9 +33,7 @@ fn capital_of_france_is_paris() {
     let mut streamed = String::new();
     let reply = bb
         .chat(
-            &[mome::model::ChatMessage::user(
-                "What is the capital of France?",
-            )],
+            &[mome::ChatMessage::user("What is the capital of France?")],
             &bb.greedy_options(12),
             None,
             &mut |piece| {
@@ -96,7 +94,7 @@ fn logits_match_quantized_llama_oracle() {
         .expect("sq");
     let dq = max_abs_diff(&expected, &ours_q);
     let df = max_abs_diff(&expected, &ours_f);
-    let top = |t: &Tensor| mome::model::argmax(t).expect("argmax");
+    let top = |t: &Tensor| mome::argmax(t).expect("argmax");
     eprintln!(
         "max |Δlogit| vs quantized_llama: quantized path {dq}, f32 path {df}; top tokens {} {} {}",
         top(&expected),

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use common::*;
-use mome::model::{
+use mome::{
     AdapterHook, AdapterSites, Adapters, GenerateOptions, KvCache, Llama, Logits, Mode, NoopHook,
     Pass, Sampling, StopReason, WeightFormat,
 };
@@ -83,6 +83,9 @@ fn safetensors_round_trip_matches_candle_transformers_llama() {
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("config"))
             .expect("parse config");
     let cfg = cfg.into_config(false);
+    // SAFETY: the safetensors file was written by this test into its own temporary
+    // directory and is not modified while the mapping lives.
+    #[allow(unsafe_code)]
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(
             &[dir.path().join("model.safetensors")],
@@ -223,6 +226,7 @@ impl AdapterHook for Recorder {
     fn apply(
         &self,
         layer: usize,
+        _pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         q: &Tensor,
@@ -346,6 +350,7 @@ struct TrainHook {
 impl AdapterHook for TrainHook {
     fn apply(
         &self,
+        _: usize,
         _: usize,
         h: &Tensor,
         h_norm: &Tensor,
@@ -478,7 +483,7 @@ fn generation_greedy_sampled_stops_and_callback() {
     let logits = all_logits(&model, &seq, Mode::Fast);
     for k in 0..3 {
         let row = logits.i(PROMPT.len() - 1 + k).expect("row");
-        assert_eq!(mome::model::argmax(&row).expect("argmax"), g1.tokens[k]);
+        assert_eq!(mome::argmax(&row).expect("argmax"), g1.tokens[k]);
     }
 
     let sampled = |seed| GenerateOptions {
@@ -554,8 +559,7 @@ fn backbone_from_tiny_gguf_chats() {
     model
         .save_gguf(&path, &tiny_tokenizer_metadata())
         .expect("save");
-    let bb =
-        mome::model::Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu).expect("load");
+    let bb = mome::Backbone::from_gguf(&path, WeightFormat::F32, &Device::Cpu).expect("load");
     assert_eq!(
         bb.tokenizer.default_system_prompt(),
         Some("You are a tiny model")
@@ -563,7 +567,7 @@ fn backbone_from_tiny_gguf_chats() {
     let ids = bb.tokenizer.encode_user_prompt("hi there").expect("encode");
     let text = bb
         .tokenizer
-        .chat_text(&[mome::model::ChatMessage::user("hi there")], true);
+        .chat_text(&[mome::ChatMessage::user("hi there")], true);
     assert_eq!(
         ids,
         bb.tokenizer
@@ -574,7 +578,7 @@ fn backbone_from_tiny_gguf_chats() {
     let mut streamed = String::new();
     let reply = bb
         .chat(
-            &[mome::model::ChatMessage::user("hi there")],
+            &[mome::ChatMessage::user("hi there")],
             &bb.greedy_options(6),
             None,
             &mut |piece| {
@@ -595,7 +599,7 @@ fn sharded_safetensors_checkpoint_with_tokenizer_json() {
         .save_gguf(&gguf, &tiny_tokenizer_metadata())
         .expect("save");
     let from_gguf =
-        mome::model::Backbone::from_gguf(&gguf, WeightFormat::F32, &Device::Cpu).expect("load");
+        mome::Backbone::from_gguf(&gguf, WeightFormat::F32, &Device::Cpu).expect("load");
 
     // Two shards and an index, as large Hugging Face checkpoints ship.
     let ckpt = dir.path().join("ckpt");
@@ -627,7 +631,7 @@ fn sharded_safetensors_checkpoint_with_tokenizer_json() {
         .save(ckpt.join("tokenizer.json"), false)
         .expect("tokenizer.json");
 
-    let from_st = mome::model::Backbone::from_safetensors_dir(&ckpt, &Device::Cpu).expect("load");
+    let from_st = mome::Backbone::from_safetensors_dir(&ckpt, &Device::Cpu).expect("load");
     let ids = from_st.tokenizer.encode("the thin tin").expect("encode");
     assert_eq!(
         ids,

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use common::{assert_expert, expert, seed_of, small_config};
-use mome::index::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom};
-use mome::store::{CompactionPolicy, Store};
-use mome::Error;
+use mome::StoreError;
+use mome::{tombstone_horizon, CompactionPolicy, Store};
+use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom};
 use rand::{Rng, SeedableRng};
 
 fn queries(n: usize, seed: u64) -> Vec<Vec<f32>> {
@@ -116,7 +116,9 @@ fn compaction_keeps_results_weights_snapshots_and_the_saved_index() {
     let files_before = shard_files(dir.path());
     let seq = store.seq();
 
-    let report = store.compact(&CompactionPolicy::default()).unwrap();
+    let report = store
+        .compact(&CompactionPolicy::default(), tombstone_horizon(store.dir()))
+        .unwrap();
     assert!(!report.plan.shards.is_empty(), "{report:?}");
     assert!(report.records_copied > 0);
     assert_eq!(report.deleted_during_copy, 0);
@@ -154,7 +156,7 @@ fn compaction_keeps_results_weights_snapshots_and_the_saved_index() {
     assert!(stats.orphan_files.is_empty());
     assert!(
         store
-            .compact(&CompactionPolicy::default())
+            .compact(&CompactionPolicy::default(), tombstone_horizon(store.dir()))
             .unwrap()
             .plan
             .is_empty(),
@@ -176,7 +178,9 @@ fn compaction_keeps_results_weights_snapshots_and_the_saved_index() {
     let survivors: Vec<u64> = store.snapshot().ids().collect();
     let late: Vec<u64> = survivors[..300].to_vec();
     store.delete_batch(&late).unwrap();
-    let report = store.compact(&aggressive()).unwrap();
+    let report = store
+        .compact(&aggressive(), tombstone_horizon(store.dir()))
+        .unwrap();
     assert!(report.tombstones_kept > 0, "{report:?}");
     assert_eq!(report.tombstones_purged, 0);
     assert_eq!(
@@ -207,7 +211,9 @@ fn compaction_keeps_results_weights_snapshots_and_the_saved_index() {
     // Once the index is saved past them, the next compaction purges the kept tombstones.
     let kept = report.tombstones_kept;
     index.save().unwrap();
-    let report = store.compact(&aggressive()).unwrap();
+    let report = store
+        .compact(&aggressive(), tombstone_horizon(store.dir()))
+        .unwrap();
     assert!(report.tombstones_purged >= kept, "{report:?}");
     assert_eq!(store.stats().unwrap().reclaimed_tombstones, 0);
 }
@@ -254,7 +260,7 @@ fn readers_and_a_writer_run_while_compaction_rewrites_shards() {
                     if let Some((id, (seed, dying))) = pick {
                         match store.get(id) {
                             Ok(e) => assert_expert(&cfg, &e, seed),
-                            Err(Error::UnknownExpert { .. }) => {
+                            Err(StoreError::UnknownExpert { .. }) => {
                                 assert!(dying, "live expert {id} vanished")
                             }
                             Err(e) => panic!("reader {r}: {e}"),
@@ -274,7 +280,7 @@ fn readers_and_a_writer_run_while_compaction_rewrites_shards() {
                                 assert_expert(&cfg, &e, seed);
                             }
                             // Deleted between the search and this read.
-                            Err(Error::UnknownExpert { .. }) => {}
+                            Err(StoreError::UnknownExpert { .. }) => {}
                             Err(e) => panic!("reader {r}: hit {}: {e}", h.id),
                         }
                     }
@@ -334,7 +340,9 @@ fn readers_and_a_writer_run_while_compaction_rewrites_shards() {
     let mut during = 0;
     let t = std::time::Instant::now();
     while runs < 40 || t.elapsed().as_millis() < 2500 {
-        let r = store.compact(&aggressive()).unwrap();
+        let r = store
+            .compact(&aggressive(), tombstone_horizon(store.dir()))
+            .unwrap();
         copied += r.records_copied;
         during += r.deleted_during_copy;
         runs += 1;

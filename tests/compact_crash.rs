@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{assert_expert, expert, small_config};
-use mome::index::{ExpertIndex, IndexParams};
-use mome::store::{CompactionPolicy, Store};
+use mome::{tombstone_horizon, CompactionPolicy, Store};
+use mome::{ExpertIndex, IndexParams};
 use rand::{Rng, SeedableRng};
 
 fn policy() -> CompactionPolicy {
@@ -52,7 +52,9 @@ fn compact_crash_child() {
         let (store, stop) = (store.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                store.compact(&policy()).unwrap();
+                store
+                    .compact(&policy(), tombstone_horizon(store.dir()))
+                    .unwrap();
                 std::thread::sleep(Duration::from_millis(1));
             }
         })
@@ -170,7 +172,9 @@ fn compaction_survives_sigkill() {
     // One clean compaction reclaims every orphan file; only metadata shards remain.
     let store = Store::open(dir.path()).unwrap();
     let orphans = store.stats().unwrap().orphan_files.len();
-    let r = store.compact(&policy()).unwrap();
+    let r = store
+        .compact(&policy(), tombstone_horizon(store.dir()))
+        .unwrap();
     assert_eq!(r.orphans_removed as usize, orphans);
     let stats = store.stats().unwrap();
     assert!(stats.orphan_files.is_empty());

@@ -16,17 +16,17 @@ mod parity;
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use half::f16;
-use mome::kernels::cuda::{
+use mome::cuda::{
     CudaError, CudaFusedApply, DeviceExpertCache, DeviceInputs, DeviceRecord, ExpertLayout,
     ExpertSource,
 };
-use mome::kernels::{
+use mome::{
     fused_apply, fused_apply_with, reference_apply, AdapterWeights, FusedOptions, KernelError,
     OwnedAdapters,
 };
-use mome::select::{SelectError, TokenAssignments};
+use mome::{SelectError, TokenAssignments};
 use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case, Inputs};
 use rand::{Rng, SeedableRng};
 
@@ -56,7 +56,7 @@ fn probe_device() {
     };
     let info = rt.info();
     println!("device: {info}");
-    let (driver, nvrtc) = mome::kernels::cuda::runtime::library_versions();
+    let (driver, nvrtc) = mome::cuda::runtime::library_versions();
     println!("libraries: driver API {driver:?}, NVRTC {nvrtc:?}");
     println!("limits: {:?}", info.limits);
     println!(
@@ -71,8 +71,7 @@ fn reference(inp: &Inputs) -> Tensor {
     reference_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         &inp.a,
         &inp.b,
         &inp.params,
@@ -89,8 +88,7 @@ fn cpu(inp: &Inputs) -> Tensor {
     fused_apply_with(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         inp.weights.clone(),
         &inp.params,
         &opts,
@@ -104,8 +102,7 @@ fn run_gpu(rt: &CudaFusedApply, inp: &Inputs) -> (Tensor, TokenAssignments) {
         .apply_host(
             &inp.h,
             &inp.h_norm,
-            &inp.q,
-            &inp.keys,
+            &inp.scores,
             inp.weights.as_ref(),
             &inp.params,
             true,
@@ -137,9 +134,8 @@ fn single_token() {
     let asg = run_case(rt, &Case::new(1, 576, 32, 8, 4));
     assert_eq!(asg.tokens(), 1);
     let mut c = Case::new(1, 4096, 256, 16, 32);
-    c.key_dim = 256;
     c.tau = -1.0;
-    c.keys_f16 = true;
+    c.absent = 0.0;
     let asg = run_case(rt, &c);
     assert_eq!(asg.total(), 32);
 }
@@ -156,6 +152,7 @@ fn k_larger_than_candidates_above_tau() {
     assert!(asg.total() > 0);
     let mut c = Case::new(5, 33, 3, 4, 50);
     c.tau = -1.0;
+    c.absent = 0.0;
     let asg = run_case(rt, &c);
     assert!(asg.iter().all(|s| s.len() == 3));
 }
@@ -165,26 +162,22 @@ fn no_candidate_above_tau_returns_input_bits() {
     let Some(rt) = gpu("no_candidate_above_tau_returns_input_bits") else {
         return;
     };
-    for (h_f16, q_f16, keys_f16) in [
-        (false, false, false),
-        (true, false, true),
-        (false, true, false),
-        (true, true, true),
-    ] {
+    for h_f16 in [false, true] {
         let mut c = Case::new(9, 77, 8, 8, 4);
         c.tau = 1.0;
         c.h_f16 = h_f16;
-        c.q_f16 = q_f16;
-        c.keys_f16 = keys_f16;
         let inp = build(&c);
         let (out, asg) = run_gpu(rt, &inp);
         assert_eq!(asg.total(), 0);
         assert_eq!(bits(&out), bits(&inp.h), "{c:?}");
     }
-    // Zero queries: cosine 0, not above τ = 0, never NaN.
-    let mut inp = build(&Case::new(3, 16, 4, 2, 2));
-    inp.q = Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap();
-    let (out, _) = run_gpu(rt, &inp);
+    // Every candidate absent (−inf), even with τ = −1: input bits, never NaN.
+    let mut c = Case::new(3, 16, 4, 2, 2);
+    c.tau = -1.0;
+    let mut inp = build(&c);
+    inp.scores = Tensor::full(f32::NEG_INFINITY, (3, 4), &Device::Cpu).unwrap();
+    let (out, asg) = run_gpu(rt, &inp);
+    assert_eq!(asg.total(), 0);
     assert_eq!(bits(&out), bits(&inp.h));
 }
 
@@ -226,18 +219,52 @@ fn d_model_not_a_multiple_of_eight() {
 }
 
 #[test]
-fn every_dtype_variant() {
-    let Some(rt) = gpu("every_dtype_variant") else {
+fn both_h_dtypes_and_many_candidates() {
+    let Some(rt) = gpu("both_h_dtypes_and_many_candidates") else {
         return;
     };
-    for v in 0..8u32 {
-        let mut c = Case::new(20, 200, 24, 8, 4);
+    for (h_f16, k) in [(false, 24), (true, 24), (false, 300), (true, 1000)] {
+        let mut c = Case::new(20, 200, k, 8, 4);
         c.tau = -0.1;
-        c.h_f16 = v & 4 != 0;
-        c.q_f16 = v & 2 != 0;
-        c.keys_f16 = v & 1 != 0;
-        c.seed = 100 + v as u64;
+        c.h_f16 = h_f16;
+        c.seed = 100 + k as u64;
         run_case(rt, &c);
+    }
+}
+
+/// Scores from a few levels, so that many are exactly equal: the GPU must rank ties
+/// like the CPU (lower candidate first) — compared slot by slot, not as sets.
+#[test]
+fn equal_scores_go_to_the_lower_candidate() {
+    let Some(rt) = gpu("equal_scores_go_to_the_lower_candidate") else {
+        return;
+    };
+    let mut c = Case::new(17, 64, 40, 4, 5);
+    c.tau = -0.5;
+    let mut inp = build(&c);
+    let levels: Vec<Vec<f32>> = rows_f32(&inp.scores)
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| {
+                    if v.is_finite() {
+                        (v * 3.0).round() / 3.0
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    inp.scores = Tensor::new(levels, &Device::Cpu).unwrap();
+    let (out, asg) = run_gpu(rt, &inp);
+    assert_close(&inp, &out, &reference(&inp), &asg, "ties");
+    let flat: Vec<f32> = rows_f32(&inp.scores).concat();
+    let pure = mome::gate(&flat, 40, &inp.params).unwrap();
+    for t in 0..17 {
+        let got: Vec<u32> = asg.get(t).unwrap().iter().map(|s| s.candidate).collect();
+        let want: Vec<u32> = pure.get(t).unwrap().iter().map(|s| s.candidate).collect();
+        assert_eq!(got, want, "token {t}");
     }
 }
 
@@ -255,12 +282,9 @@ fn long_prompts_up_to_4096_tokens() {
     run_case(rt, &c);
     // Wide and long: against the CPU kernel (the reference would gather gigabytes).
     let mut c = Case::new(4096, 576, 64, 8, 8);
-    c.key_dim = 64;
     c.tau = -0.1;
-    c.keys_f16 = true;
     run_case_with(rt, &c, true);
     let mut c = Case::new(64, 4096, 256, 16, 32);
-    c.key_dim = 128;
     c.tau = -1.0;
     run_case_with(rt, &c, true);
 }
@@ -272,6 +296,7 @@ fn short_prompt_with_many_experts_and_penalty() {
     };
     let mut c = Case::new(2, 2048, 40, 8, 32);
     c.tau = -1.0;
+    c.absent = 0.0;
     c.penalty = true;
     let asg = run_case(rt, &c);
     assert_eq!(asg.total(), 64);
@@ -289,15 +314,13 @@ fn random_shapes() {
         let c = Case {
             tokens: rng.random_range(1..40),
             d_model: rng.random_range(1..200),
-            key_dim: rng.random_range(1..40),
-            candidates: rng.random_range(1..24),
+            candidates: rng.random_range(1..40),
             rank: ranks[rng.random_range(0..ranks.len())],
             top_k: rng.random_range(1..10),
             tau: rng.random_range(-0.3..0.4),
             temperature: rng.random_range(0.05..2.0),
             h_f16: rng.random(),
-            q_f16: rng.random(),
-            keys_f16: rng.random(),
+            absent: rng.random_range(0.0..0.6),
             penalty: rng.random(),
             seed: i,
         };
@@ -327,8 +350,7 @@ fn dispatch_uses_the_gpu_and_matches() {
     let (out, asg) = fused_apply_with(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         inp.weights.clone(),
         &inp.params,
         &FusedOptions {
@@ -345,8 +367,7 @@ fn dispatch_uses_the_gpu_and_matches() {
     let out = fused_apply(
         &inp0.h,
         &inp0.h_norm,
-        &inp0.q,
-        &inp0.keys,
+        &inp0.scores,
         inp0.weights.clone(),
         &inp0.params,
     )
@@ -355,50 +376,48 @@ fn dispatch_uses_the_gpu_and_matches() {
 }
 
 #[test]
-fn non_finite_inputs_are_typed_errors() {
-    let Some(rt) = gpu("non_finite_inputs_are_typed_errors") else {
+fn non_finite_scores_are_typed_errors() {
+    let Some(rt) = gpu("non_finite_scores_are_typed_errors") else {
         return;
     };
     let inp = build(&Case::new(3, 8, 4, 2, 2));
-    let mut qv = rows_f32(&inp.q);
-    qv[1][3] = f32::NAN;
-    let qnan = Tensor::new(qv, &Device::Cpu).unwrap();
-    let e = rt
-        .apply_host(
+    let call = |scores: &Tensor| {
+        rt.apply_host(
             &inp.h,
             &inp.h_norm,
-            &qnan,
-            &inp.keys,
+            scores,
             inp.weights.as_ref(),
             &inp.params,
             false,
         )
-        .unwrap_err();
+        .unwrap_err()
+    };
+    let mut sv = rows_f32(&inp.scores);
+    sv[1][3] = f32::NAN;
+    sv[2][1] = f32::INFINITY;
+    let e = call(&Tensor::new(sv, &Device::Cpu).unwrap());
     assert!(
         matches!(
             e,
-            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
+            KernelError::Select(SelectError::NonFiniteScore {
+                token: 1,
+                candidate: 3,
+                value,
+            }) if value.is_nan()
         ),
         "{e}"
     );
-    let mut kv = rows_f32(&inp.keys);
-    kv[2][0] = f32::INFINITY;
-    let kinf = Tensor::new(kv, &Device::Cpu).unwrap();
-    let e = rt
-        .apply_host(
-            &inp.h,
-            &inp.h_norm,
-            &inp.q,
-            &kinf,
-            inp.weights.as_ref(),
-            &inp.params,
-            false,
-        )
-        .unwrap_err();
+    let mut sv = rows_f32(&inp.scores);
+    sv[2][0] = f32::INFINITY;
+    let e = call(&Tensor::new(sv, &Device::Cpu).unwrap());
     assert!(
         matches!(
             e,
-            KernelError::Select(SelectError::NonFiniteKey { candidate: 2 })
+            KernelError::Select(SelectError::NonFiniteScore {
+                token: 2,
+                candidate: 0,
+                value,
+            }) if value == f32::INFINITY
         ),
         "{e}"
     );
@@ -473,7 +492,7 @@ fn expert_cache_hits_misses_pins_and_parity() {
     c.tau = -0.3;
     let mut inp = build(&c);
     inp.weights = Arc::new(store.owned(&ids, 2));
-    let mut dev = DeviceInputs::upload(rt, &inp.h, &inp.h_norm, &inp.q, &inp.keys, None).unwrap();
+    let mut dev = DeviceInputs::upload(rt, &inp.h, &inp.h_norm, &inp.scores, None).unwrap();
     let adapters = cache.adapters(rt, &lease, 2).unwrap();
     let mut rec = DeviceRecord::new(rt, 17, 3).unwrap();
     rt.launch(&mut dev, &adapters, &inp.params, Some(&mut rec))
@@ -514,7 +533,7 @@ fn expert_cache_hits_misses_pins_and_parity() {
 /// Skipped where libnvrtc cannot be loaded (point LD_LIBRARY_PATH at it to run it).
 #[test]
 fn nvrtc_compiles_every_variant() {
-    use mome::kernels::cuda::runtime::{compile_variant, VARIANTS};
+    use mome::cuda::runtime::{compile_variant, VARIANTS};
     for cc in [(8, 0), (9, 0)] {
         for v in VARIANTS {
             match compile_variant(v, cc) {
@@ -531,4 +550,139 @@ fn nvrtc_compiles_every_variant() {
             }
         }
     }
+}
+
+/// The fused operator as the backbone's hook: cosine scores of the per-token queries
+/// against `keys`, then `fused_apply_with` (CUDA dispatch, or the CPU kernel with
+/// `portable`).
+struct FusedHook {
+    keys: Tensor,
+    layers: Vec<(usize, Arc<OwnedAdapters>)>,
+    params: mome::SelectionParams,
+    portable: bool,
+}
+
+impl mome::AdapterHook for FusedHook {
+    fn apply(
+        &self,
+        layer: usize,
+        _pos: usize,
+        h: &Tensor,
+        h_norm: &Tensor,
+        queries: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let Some((_, w)) = self.layers.iter().find(|(l, _)| *l == layer) else {
+            return Ok(h.clone());
+        };
+        let (b, t, d) = h.dims3()?;
+        let q = queries.reshape((b * t, queries.dim(2)?))?;
+        let qn = q.broadcast_div(&q.sqr()?.sum_keepdim(1)?.sqrt()?)?;
+        let scores = qn.matmul(&self.keys.t()?)?.contiguous()?;
+        let opts = FusedOptions {
+            portable: self.portable,
+            ..FusedOptions::default()
+        };
+        let (out, _) = fused_apply_with(
+            &h.reshape((b * t, d))?,
+            &h_norm.reshape((b * t, d))?,
+            &scores,
+            w.clone(),
+            &self.params,
+            &opts,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        out.reshape((b, t, d))
+    }
+}
+
+/// Whole forward with experts attached, the fused operator on the GPU (the backbone
+/// stays on the CPU: candle's CUDA backend is not built, docs/CUDA.md): a tiny random
+/// model's greedy tokens equal those with the portable CPU kernel, and the prompt's
+/// logits agree within `1e-3 · max|logit| + 1e-4` (f32 summation order only). Without a
+/// GPU the default path is the AVX2 CPU kernel, so the same comparison still runs.
+#[test]
+fn whole_forward_with_experts_gpu_operator_equals_cpu() {
+    let on_gpu = match CudaFusedApply::global() {
+        Ok(_) => true,
+        Err(e) if std::env::var("MOME_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("MOME_REQUIRE_GPU=1 but the CUDA path is unavailable: {e}")
+        }
+        Err(_) => false,
+    };
+    println!(
+        "whole forward: default fused path on the {}",
+        if on_gpu { "GPU" } else { "CPU (no GPU found)" }
+    );
+    let cfg = mome::LlamaConfig::tiny(300);
+    let model = mome::Llama::random(&cfg, 5, &Device::Cpu).unwrap();
+    let d = model.d_model();
+    let n = 12;
+    let sites = mome::AdapterSites::new(1, &[1, 3]).unwrap();
+    let keys_v: Vec<f32> = parity::randn(&mut rand::rngs::StdRng::seed_from_u64(3), n * d, 1.0);
+    let keys = Tensor::from_vec(keys_v, (n, d), &Device::Cpu).unwrap();
+    let keys = keys
+        .broadcast_div(&keys.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+        .unwrap();
+    let hook = |portable| FusedHook {
+        keys: keys.clone(),
+        layers: [1usize, 3]
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    Arc::new(OwnedAdapters::random(n, 4, d, 0.3, 40 + l as u64)),
+                )
+            })
+            .collect(),
+        params: mome::SelectionParams::new(0.0, 2, 0.5),
+        portable,
+    };
+    let (gpu_hook, cpu_hook) = (hook(false), hook(true));
+    let prompt: Vec<u32> = (0..24u32).map(|i| (i * 37 + 11) % 300).collect();
+    let run = |h: &FusedHook| {
+        let adapters = mome::Adapters {
+            sites: &sites,
+            hook: h,
+        };
+        let mut cache = mome::KvCache::new(&model);
+        let logits = model
+            .forward(&prompt, &mut cache, Some(adapters))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let generated = model
+            .generate(
+                &prompt,
+                &mome::GenerateOptions::greedy(16, vec![]),
+                Some(adapters),
+                &mut |_| std::ops::ControlFlow::Continue(()),
+            )
+            .unwrap();
+        (logits, generated.tokens)
+    };
+    let (gl, gt) = run(&gpu_hook);
+    let (cl, ct) = run(&cpu_hook);
+    assert_eq!(gt, ct, "greedy tokens, GPU operator vs CPU kernel");
+    let scale = cl.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = gl
+        .iter()
+        .zip(&cl)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("whole forward: max |Δlogit| {worst:e} of max |logit| {scale}");
+    assert!(worst <= 1e-3 * scale + 1e-4, "{worst} vs scale {scale}");
+    // The experts did act: the bare model's logits differ.
+    let mut cache = mome::KvCache::new(&model);
+    let bare = model
+        .forward(&prompt, &mut cache, None)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        bare.iter().zip(&cl).any(|(a, b)| a != b),
+        "experts changed nothing"
+    );
 }

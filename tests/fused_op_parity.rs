@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use half::f16;
-use mome::kernels::{
+use mome::{
     fused_apply, fused_apply_explain, fused_apply_with, reference_apply, reference_select,
     AdapterWeights, FusedApplyOp, FusedOptions, KernelError, OwnedAdapters,
 };
-use mome::select::{SelectError, SelectionParams, TokenAssignments};
+use mome::{SelectError, SelectionParams, TokenAssignments};
 use parity::{assert_close, bits, build, check_selection, rows_f32, well_separated, Case};
 use proptest::prelude::*;
 
@@ -27,8 +27,7 @@ fn check_parity(inp: &parity::Inputs, options: FusedOptions) -> TokenAssignments
     let (fused, asg) = fused_apply_with(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         inp.weights.clone(),
         &inp.params,
         &opts,
@@ -38,8 +37,7 @@ fn check_parity(inp: &parity::Inputs, options: FusedOptions) -> TokenAssignments
     let reference = reference_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         &inp.a,
         &inp.b,
         &inp.params,
@@ -87,19 +85,17 @@ proptest! {
     fn fused_matches_reference_on_random_shapes(
         tokens in 1usize..40,
         d_model in 1usize..200,
-        key_dim in 1usize..40,
         candidates in 1usize..24,
         rank in prop::sample::select(vec![1usize, 2, 3, 8, 16, 64]),
         top_k in 1usize..10,
         tau in -0.3f32..0.4,
         temperature in 0.05f32..2.0,
         h_f16 in any::<bool>(),
-        q_f16 in any::<bool>(),
-        keys_f16 in any::<bool>(),
+        absent in 0.0f32..0.8,
         penalty in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let c = Case { tokens, d_model, key_dim, candidates, rank, top_k, tau, temperature, h_f16, q_f16, keys_f16, penalty, seed };
+        let c = Case { tokens, d_model, candidates, rank, top_k, tau, temperature, h_f16, absent, penalty, seed };
         let inp = build(&c);
         prop_assume!(well_separated(&inp, 1e-4));
         for o in all_options() {
@@ -117,7 +113,7 @@ fn single_token() {
 
 #[test]
 fn k_larger_than_candidates_above_tau() {
-    // τ = 0.3 with 16-dim random keys: only a few of the 12 candidates pass.
+    // τ = 0.3 with scores uniform in [-1, 1]: about a third of the 12 candidates pass.
     let mut c = Case::new(24, 64, 12, 8, 10);
     c.tau = 0.3;
     let asg = run_case(&c);
@@ -126,30 +122,23 @@ fn k_larger_than_candidates_above_tau() {
     // k above K itself.
     let mut c = Case::new(5, 33, 3, 4, 50);
     c.tau = -1.0;
+    c.absent = 0.0;
     let asg = run_case(&c);
     assert!(asg.iter().all(|s| s.len() == 3));
 }
 
 #[test]
 fn no_candidate_above_tau_returns_input_bits() {
-    for (h_f16, q_f16, keys_f16) in [
-        (false, false, false),
-        (true, false, true),
-        (false, true, false),
-        (true, true, true),
-    ] {
+    for h_f16 in [false, true] {
         let mut c = Case::new(9, 77, 8, 8, 4);
-        c.tau = 1.0; // cosine ≤ 1, strict threshold: nobody passes
+        c.tau = 1.0; // scores ≤ 1, strict threshold: nobody passes
         c.h_f16 = h_f16;
-        c.q_f16 = q_f16;
-        c.keys_f16 = keys_f16;
         let inp = build(&c);
         for o in all_options() {
             let out = fused_apply_with(
                 &inp.h,
                 &inp.h_norm,
-                &inp.q,
-                &inp.keys,
+                &inp.scores,
                 inp.weights.clone(),
                 &inp.params,
                 &o,
@@ -161,8 +150,7 @@ fn no_candidate_above_tau_returns_input_bits() {
         let r = reference_apply(
             &inp.h,
             &inp.h_norm,
-            &inp.q,
-            &inp.keys,
+            &inp.scores,
             &inp.a,
             &inp.b,
             &inp.params,
@@ -170,20 +158,22 @@ fn no_candidate_above_tau_returns_input_bits() {
         .unwrap();
         assert_eq!(bits(&r), bits(&inp.h));
     }
-    // Zero queries: cosine 0, not above τ = 0, and never NaN.
-    let c = Case::new(3, 16, 4, 2, 2);
+    // Every candidate absent (−inf), even with τ = −1: input bits, never NaN.
+    let mut c = Case::new(3, 16, 4, 2, 2);
+    c.tau = -1.0;
     let inp = build(&c);
-    let zq = Tensor::zeros((3, 16), DType::F32, &Device::Cpu).unwrap();
+    let absent = Tensor::full(f32::NEG_INFINITY, (3, 4), &Device::Cpu).unwrap();
     let out = fused_apply(
         &inp.h,
         &inp.h_norm,
-        &zq,
-        &inp.keys,
+        &absent,
         inp.weights.clone(),
         &inp.params,
     )
     .unwrap();
     assert_eq!(bits(&out), bits(&inp.h));
+    let r = reference_apply(&inp.h, &inp.h_norm, &absent, &inp.a, &inp.b, &inp.params).unwrap();
+    assert_eq!(bits(&r), bits(&inp.h));
 }
 
 #[test]
@@ -229,6 +219,7 @@ fn long_prompt_uses_parallel_token_blocks() {
 fn short_prompt_with_many_experts_splits_experts() {
     let mut c = Case::new(2, 2048, 40, 8, 32);
     c.tau = -1.0;
+    c.absent = 0.0;
     c.penalty = true;
     let asg = run_case(&c);
     assert_eq!(asg.total(), 64);
@@ -241,8 +232,7 @@ fn zero_tokens() {
     let out = fused_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         inp.weights.clone(),
         &inp.params,
     )
@@ -256,8 +246,7 @@ fn explain_returns_the_selection() {
     let (out, asg) = fused_apply_explain(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         inp.weights.clone(),
         &inp.params,
     )
@@ -282,60 +271,25 @@ fn shape_mismatches_name_both_shapes() {
     let dev = Device::Cpu;
     let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
     let hn577 = Tensor::zeros((5, 577), DType::F32, &dev).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &hn577,
-        &inp.q,
-        &inp.keys,
-        w(),
-        &inp.params,
-    ));
+    let e = err_of(fused_apply(&inp.h, &hn577, &inp.scores, w(), &inp.params));
     assert_eq!(
         e.to_string(),
         "shape mismatch: hidden states [5, 576] vs h_norm [5, 577]"
     );
 
-    let q4 = Tensor::zeros((4, 16), DType::F32, &dev).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &q4,
-        &inp.keys,
-        w(),
-        &inp.params,
-    ));
+    let s4 = Tensor::zeros((4, 4), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(&inp.h, &inp.h_norm, &s4, w(), &inp.params));
     assert!(
         e.to_string()
-            .contains("hidden states [5, 576] vs queries [4, 16]"),
+            .contains("hidden states [5, 576] vs scores [4, 4]"),
         "{e}"
     );
 
-    let k15 = Tensor::zeros((4, 15), DType::F32, &dev).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &inp.q,
-        &k15,
-        w(),
-        &inp.params,
-    ));
-    assert!(
-        e.to_string().contains("queries [5, 16] vs keys [4, 15]"),
-        "{e}"
-    );
-
-    let k3 = Tensor::zeros((3, 16), DType::F32, &dev).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &inp.q,
-        &k3,
-        w(),
-        &inp.params,
-    ));
+    let s3 = Tensor::zeros((5, 3), DType::F32, &dev).unwrap();
+    let e = err_of(fused_apply(&inp.h, &inp.h_norm, &s3, w(), &inp.params));
     assert!(
         e.to_string()
-            .contains("keys [3, 16] vs adapter weights [K, rank, d_model] [4, 8, 576]"),
+            .contains("scores [T, K] [5, 3] vs adapter weights [K, rank, d_model] [4, 8, 576]"),
         "{e}"
     );
 
@@ -343,8 +297,7 @@ fn shape_mismatches_name_both_shapes() {
     let e = err_of(fused_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         other,
         &inp.params,
     ));
@@ -355,15 +308,14 @@ fn shape_mismatches_name_both_shapes() {
     );
 
     let h3 = Tensor::zeros((1, 5, 576), DType::F32, &dev).unwrap();
-    let e = err_of(fused_apply(&h3, &h3, &inp.q, &inp.keys, w(), &inp.params));
+    let e = err_of(fused_apply(&h3, &h3, &inp.scores, w(), &inp.params));
     assert!(matches!(e, KernelError::BadRank { .. }), "{e}");
 
     // The reference path checks the same things, plus A/B shapes.
     let e = err_of(reference_apply(
         &inp.h,
         &hn577,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         &inp.a,
         &inp.b,
         &inp.params,
@@ -376,15 +328,15 @@ fn shape_mismatches_name_both_shapes() {
     let e = err_of(reference_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         &inp.a,
         &bt,
         &inp.params,
     ));
     assert!(
-        e.to_string()
-            .contains("A [K, rank, d_model] [4, 8, 576] vs B [K, d_model, rank] [4, 8, 576]"),
+        e.to_string().contains(
+            "A [.., K, rank, d_model] [4, 8, 576] vs B [.., K, d_model, rank] [4, 8, 576]"
+        ),
         "{e}"
     );
 }
@@ -394,48 +346,23 @@ fn dtype_mismatches_are_typed() {
     let inp = build(&Case::new(2, 8, 3, 2, 2));
     let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
     let hn16 = inp.h_norm.to_dtype(DType::F16).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &hn16,
-        &inp.q,
-        &inp.keys,
-        w(),
-        &inp.params,
-    ));
+    let e = err_of(fused_apply(&inp.h, &hn16, &inp.scores, w(), &inp.params));
     assert!(matches!(e, KernelError::DtypeMismatch { .. }), "{e}");
     assert!(
         e.to_string()
             .contains("hidden states F32 [2, 8] vs h_norm F16 [2, 8]"),
         "{e}"
     );
-    // Queries and keys may differ (f32 queries from the backbone, fp16 keys from
-    // the store), but each must be f32 or f16.
-    let qbf = inp.q.to_dtype(DType::BF16).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &qbf,
-        &inp.keys,
-        w(),
-        &inp.params,
-    ));
+    // Scores are f32 whatever the activations' dtype.
+    let s16 = inp.scores.to_dtype(DType::F16).unwrap();
+    let e = err_of(fused_apply(&inp.h, &inp.h_norm, &s16, w(), &inp.params));
     assert!(
         e.to_string()
-            .contains("queries has dtype BF16 (shape [2, 16])"),
+            .contains("scores has dtype F16 (shape [2, 3]); expected f32"),
         "{e}"
     );
-    let k32 = inp.keys.to_dtype(DType::U32).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &inp.q,
-        &k32,
-        w(),
-        &inp.params,
-    ));
-    assert!(e.to_string().contains("keys has dtype U32"), "{e}");
     let hbf = inp.h.to_dtype(DType::BF16).unwrap();
-    let e = err_of(fused_apply(&hbf, &hbf, &inp.q, &inp.keys, w(), &inp.params));
+    let e = err_of(fused_apply(&hbf, &hbf, &inp.scores, w(), &inp.params));
     assert!(matches!(e, KernelError::UnsupportedDtype { .. }), "{e}");
 }
 
@@ -443,8 +370,7 @@ fn dtype_mismatches_are_typed() {
 fn bad_parameters_and_non_finite_inputs_are_typed() {
     let inp = build(&Case::new(3, 8, 4, 2, 2));
     let w = || -> Arc<dyn AdapterWeights> { inp.weights.clone() };
-    let call =
-        |p: &SelectionParams| err_of(fused_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, w(), p));
+    let call = |p: &SelectionParams| err_of(fused_apply(&inp.h, &inp.h_norm, &inp.scores, w(), p));
     assert!(matches!(
         call(&SelectionParams::new(0.0, 0, 1.0)),
         KernelError::Select(SelectError::ZeroTopK)
@@ -469,74 +395,57 @@ fn bad_parameters_and_non_finite_inputs_are_typed() {
         })
     ));
 
-    let mut qv = rows_f32(&inp.q);
-    qv[1][3] = f32::NAN;
-    let qnan = Tensor::new(qv, &Device::Cpu).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &qnan,
-        &inp.keys,
-        w(),
-        &inp.params,
-    ));
-    assert!(
+    let mut sv = rows_f32(&inp.scores);
+    sv[1][3] = f32::NAN;
+    let snan = Tensor::new(sv, &Device::Cpu).unwrap();
+    let nan_at = |e: &KernelError| {
         matches!(
             e,
-            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
-        ),
-        "{e}"
-    );
+            KernelError::Select(SelectError::NonFiniteScore {
+                token: 1,
+                candidate: 3,
+                ..
+            })
+        )
+    };
+    let e = err_of(fused_apply(&inp.h, &inp.h_norm, &snan, w(), &inp.params));
+    assert!(nan_at(&e), "{e}");
     let e = err_of(reference_apply(
         &inp.h,
         &inp.h_norm,
-        &qnan,
-        &inp.keys,
+        &snan,
         &inp.a,
         &inp.b,
         &inp.params,
     ));
-    assert!(
-        matches!(
-            e,
-            KernelError::Select(SelectError::NonFiniteQuery { token: 1 })
-        ),
-        "{e}"
-    );
+    assert!(nan_at(&e), "{e}");
 
-    let mut kv = rows_f32(&inp.keys);
-    kv[2][0] = f32::INFINITY;
-    let kinf = Tensor::new(kv, &Device::Cpu).unwrap();
-    let e = err_of(fused_apply(
-        &inp.h,
-        &inp.h_norm,
-        &inp.q,
-        &kinf,
-        w(),
-        &inp.params,
-    ));
+    let mut sv = rows_f32(&inp.scores);
+    sv[2][0] = f32::INFINITY;
+    let sinf = Tensor::new(sv, &Device::Cpu).unwrap();
+    let e = err_of(fused_apply(&inp.h, &inp.h_norm, &sinf, w(), &inp.params));
     assert!(
         matches!(
             e,
-            KernelError::Select(SelectError::NonFiniteKey { candidate: 2 })
+            KernelError::Select(SelectError::NonFiniteScore {
+                token: 2,
+                candidate: 0,
+                ..
+            })
         ),
         "{e}"
     );
 
     // Applied directly as a candle op, the error is a candle error with the same
     // message, and the typed error stays retrievable.
-    let op = FusedApplyOp::new(inp.keys.clone(), w(), inp.params.clone());
-    let e = inp.h.apply_op3_no_bwd(&inp.h_norm, &qnan, &op).unwrap_err();
+    let op = FusedApplyOp::new(w(), inp.params.clone());
+    let e = inp.h.apply_op3_no_bwd(&inp.h_norm, &snan, &op).unwrap_err();
     assert!(
-        e.to_string().contains("query of token 1 contains NaN"),
+        e.to_string()
+            .contains("score of candidate 3 at token 1 is not finite"),
         "{e}"
     );
-    assert!(matches!(
-        op.take_error(),
-        Some(KernelError::Select(SelectError::NonFiniteQuery {
-            token: 1
-        }))
-    ));
+    assert!(op.take_error().as_ref().is_some_and(nan_at));
 }
 
 /// A provider whose slices are shorter than it claims.
@@ -572,8 +481,7 @@ fn short_weight_slices_are_reported_not_read() {
     let e = err_of(fused_apply(
         &inp.h,
         &inp.h_norm,
-        &inp.q,
-        &inp.keys,
+        &inp.scores,
         bad,
         &inp.params,
     ));
@@ -598,13 +506,13 @@ fn short_weight_slices_are_reported_not_read() {
 fn gradients_reach_a_and_b_through_the_reference() {
     let mut c = Case::new(6, 24, 5, 4, 2);
     c.tau = -1.0; // everyone passes: top-2 of 5
+    c.absent = 0.0;
     let inp = build(&c);
     let a = Var::from_tensor(&inp.a.to_dtype(DType::F32).unwrap()).unwrap();
     let b = Var::from_tensor(&inp.b.to_dtype(DType::F32).unwrap()).unwrap();
     let loss = |a: &Tensor, b: &Tensor| {
         // The delta alone keeps the loss O(1), so f32 finite differences are accurate.
-        (reference_apply(&inp.h, &inp.h_norm, &inp.q, &inp.keys, a, b, &inp.params).unwrap()
-            - &inp.h)
+        (reference_apply(&inp.h, &inp.h_norm, &inp.scores, a, b, &inp.params).unwrap() - &inp.h)
             .unwrap()
             .sqr()
             .unwrap()
@@ -617,7 +525,7 @@ fn gradients_reach_a_and_b_through_the_reference() {
     let gb = grads.get(b.as_tensor()).expect("no gradient for B");
 
     // Candidates nobody selected get exactly zero gradient; selected ones do not.
-    let sel = reference_select(&inp.q, &inp.keys, &inp.params).unwrap();
+    let sel = reference_select(&inp.scores, &inp.params).unwrap();
     let used: std::collections::BTreeSet<u32> = sel
         .indices
         .flatten_all()
@@ -685,5 +593,41 @@ fn gradients_reach_a_and_b_through_the_reference() {
             (fd - an).abs() <= 0.01 * an.abs().max(1.0),
             "{which}: finite difference {fd} vs autograd {an}"
         );
+    }
+}
+
+#[test]
+fn batched_reference_equals_each_row_alone() {
+    // Three rows, each with its own candidates (memory tuning's batched form).
+    let rows: Vec<_> = (0..3u64)
+        .map(|s| {
+            let mut c = Case::new(7, 24, 5, 4, 2);
+            c.seed = 100 + s;
+            build(&c)
+        })
+        .collect();
+    let stack = |f: &dyn Fn(&parity::Inputs) -> Tensor| {
+        Tensor::stack(&rows.iter().map(f).collect::<Vec<_>>(), 0).unwrap()
+    };
+    let (h, hn) = (stack(&|r| r.h.clone()), stack(&|r| r.h_norm.clone()));
+    let (s, a, b) = (
+        stack(&|r| r.scores.clone()),
+        stack(&|r| r.a.clone()),
+        stack(&|r| r.b.clone()),
+    );
+    let p = rows[0].params.clone();
+    let batched = reference_apply(&h, &hn, &s, &a, &b, &p).unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let alone = reference_apply(&r.h, &r.h_norm, &r.scores, &r.a, &r.b, &p).unwrap();
+        let got = batched.get(i).unwrap();
+        let diff = (got - &alone)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff <= 1e-4, "row {i}: batched vs alone differ by {diff}");
     }
 }

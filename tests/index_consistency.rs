@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::expert;
-use mome::index::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom};
-use mome::store::{Store, StoreConfig};
-use mome::Error;
+use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom};
+use mome::{IndexError, StoreError};
+use mome::{Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 
 fn cfg() -> StoreConfig {
@@ -269,7 +269,7 @@ fn bad_queries_are_typed_errors() {
     assert!(index.search(&[0.5; 32], 10).unwrap().is_empty());
     assert!(matches!(
         index.search(&[0.5; 31], 10),
-        Err(Error::DimMismatch {
+        Err(IndexError::DimMismatch {
             expected: 32,
             found: 31,
             ..
@@ -279,15 +279,15 @@ fn bad_queries_are_typed_errors() {
     nan[7] = f32::NAN;
     assert!(matches!(
         index.search(&nan, 10),
-        Err(Error::NonFinite { index: 7, .. })
+        Err(IndexError::NonFinite { index: 7, .. })
     ));
     assert!(matches!(
         index.search(&[0.5; 32], 0),
-        Err(Error::InvalidArgument { name: "k", .. })
+        Err(IndexError::InvalidArgument { name: "k", .. })
     ));
     assert!(matches!(
         index.search_batch(&[0.5; 40], 3),
-        Err(Error::DimMismatch { .. })
+        Err(IndexError::DimMismatch { .. })
     ));
 }
 
@@ -295,7 +295,7 @@ fn bad_queries_are_typed_errors() {
 fn parallel_adds_leave_no_unreachable_expert() {
     // usearch's concurrent inserts can strand a node no search reaches; add_reachable
     // re-inserts those. Every key must find itself, build after build.
-    use mome::index::{add_reachable, HnswIndex};
+    use mome::{add_reachable, HnswIndex};
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let items: Vec<(u64, Vec<f32>)> = (0..500u64)
         .map(|i| {
@@ -333,7 +333,7 @@ fn relinking_an_expert_keeps_the_index_equal_to_the_store() {
     }
     assert!(matches!(
         index.relink(ids[0]),
-        Err(Error::UnknownExpert { .. })
+        Err(IndexError::Store(StoreError::UnknownExpert { .. }))
     ));
     let items: Vec<(u64, Vec<f32>)> = ids[5..]
         .iter()
@@ -358,7 +358,7 @@ fn relinking_an_expert_keeps_the_index_equal_to_the_store() {
     );
     // A retrieval that never returns an expert: each is relinked and reported lost.
     let (relinked, lost) = index
-        .ensure_findable(&items[..3], |_| Ok(Vec::new()))
+        .ensure_findable(&items[..3], |_| Ok::<_, IndexError>(Vec::new()))
         .unwrap();
     assert_eq!(relinked, ids[5..8]);
     assert_eq!(lost, ids[5..8]);

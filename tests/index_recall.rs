@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use mome::index::{FlatIndex, HnswIndex, IndexParams, KeyIndex};
+use mome::{FlatIndex, HnswIndex, IndexParams, KeyIndex};
 use rayon::prelude::*;
 
 #[test]

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Device;
 use common::*;
-use mome::model::{
+use mome::{
     locate_model, AdapterSites, Adapters, Backbone, GenerateOptions, KvCache, Llama, Logits, Mode,
     ModelError, NoopHook, Pass, Sampling, WeightFormat,
 };
@@ -287,9 +287,10 @@ fn sites_that_do_not_fit_and_misuse() {
 
     // A hook that fails names its layer.
     struct Failing;
-    impl mome::model::AdapterHook for Failing {
+    impl mome::AdapterHook for Failing {
         fn apply(
             &self,
+            _: usize,
             _: usize,
             _: &candle_core::Tensor,
             _: &candle_core::Tensor,

@@ -4,8 +4,8 @@ mod common;
 
 use common::{assert_expert, expert, small_config};
 use half::f16;
-use mome::store::{Provenance, Store, StoreConfig};
-use mome::Error;
+use mome::StoreError;
+use mome::{Provenance, Store, StoreConfig};
 
 #[test]
 fn insert_get_delete_reopen() {
@@ -26,13 +26,16 @@ fn insert_get_delete_reopen() {
     let snap = store.snapshot();
     store.delete(5).unwrap();
     store.delete_batch(&[6, 7, 7]).unwrap();
-    assert!(matches!(store.get(5), Err(Error::UnknownExpert { id: 5 })));
+    assert!(matches!(
+        store.get(5),
+        Err(StoreError::UnknownExpert { id: 5 })
+    ));
     // The snapshot taken before the delete still sees the expert, byte for byte.
     assert_expert(&cfg, &snap.get(5).unwrap(), 4);
     assert_eq!(store.len(), 298);
     assert!(matches!(
         store.delete(5),
-        Err(Error::UnknownExpert { id: 5 })
+        Err(StoreError::UnknownExpert { id: 5 })
     ));
     let meta = store.meta(1).unwrap();
     assert_eq!(meta.provenance.text, "seed=0");
@@ -83,7 +86,7 @@ fn config_is_persisted_and_checked() {
     assert!(Store::open_with(dir.path(), &cfg).is_ok());
     let other = StoreConfig::new(16, 8, 4, vec![1, 3]).with_shard_size(64 * 1024);
     match Store::open_with(dir.path(), &other) {
-        Err(Error::ConfigMismatch {
+        Err(StoreError::ConfigMismatch {
             field,
             stored,
             given,
@@ -95,7 +98,7 @@ fn config_is_persisted_and_checked() {
     }
     assert!(matches!(
         Store::create(dir.path(), cfg),
-        Err(Error::AlreadyExists { .. })
+        Err(StoreError::AlreadyExists { .. })
     ));
 }
 
@@ -104,7 +107,7 @@ fn second_writer_gets_a_lock_error() {
     let dir = tempfile::tempdir().unwrap();
     let _store = Store::create(dir.path(), small_config()).unwrap();
     match Store::open(dir.path()) {
-        Err(Error::Locked { path }) => assert_eq!(path, dir.path()),
+        Err(StoreError::Locked { path }) => assert_eq!(path, dir.path()),
         other => panic!("expected Locked, got {other:?}"),
     }
 }
@@ -118,7 +121,7 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     let mut short_key = expert(&cfg, 1);
     short_key.key.pop();
     match store.insert_batch(vec![expert(&cfg, 0), short_key]) {
-        Err(Error::DimMismatch {
+        Err(StoreError::DimMismatch {
             what,
             expected,
             found,
@@ -131,7 +134,7 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     let mut nan = expert(&cfg, 2);
     nan.layers[1].b[5] = f16::NAN;
     match store.insert(nan) {
-        Err(Error::NonFinite { what, index }) => {
+        Err(StoreError::NonFinite { what, index }) => {
             assert!(what.contains("layer 1 B"), "{what}");
             assert_eq!(index, 5);
         }
@@ -139,12 +142,15 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     }
     let mut inf = expert(&cfg, 2);
     inf.key[0] = f16::INFINITY;
-    assert!(matches!(store.insert(inf), Err(Error::NonFinite { .. })));
+    assert!(matches!(
+        store.insert(inf),
+        Err(StoreError::NonFinite { .. })
+    ));
     let mut layers = expert(&cfg, 3);
     layers.layers.pop();
     assert!(matches!(
         store.insert(layers),
-        Err(Error::DimMismatch {
+        Err(StoreError::DimMismatch {
             expected: 2,
             found: 1,
             ..
@@ -152,31 +158,37 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     ));
     let mut a = expert(&cfg, 3);
     a.layers[0].a.push(f16::ZERO);
-    assert!(matches!(store.insert(a), Err(Error::DimMismatch { .. })));
+    assert!(matches!(
+        store.insert(a),
+        Err(StoreError::DimMismatch { .. })
+    ));
     assert!(matches!(
         store.insert_batch(vec![]),
-        Err(Error::EmptyBatch { .. })
+        Err(StoreError::EmptyBatch { .. })
     ));
     assert!(matches!(
         store.delete_batch(&[]),
-        Err(Error::EmptyBatch { .. })
+        Err(StoreError::EmptyBatch { .. })
     ));
     assert!(matches!(
         store.get(42),
-        Err(Error::UnknownExpert { id: 42 })
+        Err(StoreError::UnknownExpert { id: 42 })
     ));
-    assert!(matches!(store.get(0), Err(Error::UnknownExpert { id: 0 })));
+    assert!(matches!(
+        store.get(0),
+        Err(StoreError::UnknownExpert { id: 0 })
+    ));
     assert!(matches!(
         store.get(u64::MAX),
-        Err(Error::UnknownExpert { .. })
+        Err(StoreError::UnknownExpert { .. })
     ));
     assert!(matches!(
         store.meta(42),
-        Err(Error::UnknownExpert { id: 42 })
+        Err(StoreError::UnknownExpert { id: 42 })
     ));
     assert!(matches!(
         store.get_many(&[1, 2]),
-        Err(Error::UnknownExpert { id: 1 })
+        Err(StoreError::UnknownExpert { id: 1 })
     ));
     // Nothing above reached the disk: no record, no id consumed.
     assert!(store.is_empty());
@@ -186,7 +198,7 @@ fn bad_inputs_are_typed_errors_and_write_nothing() {
     let bad = StoreConfig::new(0, 8, 2, vec![1]);
     assert!(matches!(
         Store::create(dir.path().join("x"), bad),
-        Err(Error::InvalidConfig {
+        Err(StoreError::InvalidConfig {
             field: "d_model",
             ..
         })
@@ -199,11 +211,11 @@ fn open_refuses_what_is_not_a_store() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
         Store::open(dir.path()),
-        Err(Error::NotAStore { .. })
+        Err(StoreError::NotAStore { .. })
     ));
     assert!(matches!(
         Store::open(dir.path().join("missing")),
-        Err(Error::NotAStore { .. })
+        Err(StoreError::NotAStore { .. })
     ));
 }
 
@@ -217,12 +229,12 @@ fn a_file_that_is_not_a_shard_is_refused() {
     let shard = dir.path().join("shards/00000001.shard");
     std::fs::write(&shard, b"this is not a shard file at all").unwrap();
     match Store::open(dir.path()) {
-        Err(Error::NotAShard { path, .. }) => assert_eq!(path, shard),
+        Err(StoreError::NotAShard { path, .. }) => assert_eq!(path, shard),
         other => panic!("expected NotAShard, got {other:?}"),
     }
     assert!(matches!(
-        mome::store::read_header(&dir.path().join("meta/CURRENT")),
-        Err(Error::NotAShard { .. })
+        mome::read_header(&dir.path().join("meta/CURRENT")),
+        Err(StoreError::NotAShard { .. })
     ));
 }
 
@@ -240,7 +252,7 @@ fn newer_format_version_is_refused() {
             .unwrap();
     }
     match Store::open(dir.path()) {
-        Err(Error::UnsupportedVersion {
+        Err(StoreError::UnsupportedVersion {
             found, supported, ..
         }) => assert_eq!((found, supported), (99, 1)),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
@@ -264,7 +276,7 @@ fn truncated_shard_is_reported() {
         .unwrap();
     f.set_len(len - 100).unwrap();
     match Store::open(dir.path()) {
-        Err(Error::TruncatedShard {
+        Err(StoreError::TruncatedShard {
             shard,
             expected,
             found,
@@ -308,7 +320,7 @@ fn uncommitted_tail_is_truncated_and_orphan_files_reported() {
 
 #[test]
 fn usage_counts_accumulate_in_memory_and_persist_on_flush() {
-    use mome::store::UsageAccumulator;
+    use mome::UsageAccumulator;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let cfg = small_config();

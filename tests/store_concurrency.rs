@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use common::{assert_expert, expert, small_config};
-use mome::store::Store;
-use mome::Error;
+use mome::Store;
+use mome::StoreError;
 use rand::{Rng, SeedableRng};
 
 #[test]
@@ -47,7 +47,7 @@ fn readers_see_whole_experts_while_a_writer_works() {
                     if let Some((id, (seed, dying))) = pick {
                         match store.get(id) {
                             Ok(e) => assert_expert(&cfg, &e, seed),
-                            Err(Error::UnknownExpert { .. }) => {
+                            Err(StoreError::UnknownExpert { .. }) => {
                                 assert!(dying, "live expert {id} vanished")
                             }
                             Err(e) => panic!("reader: {e}"),

@@ -7,8 +7,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{assert_expert, expert, small_config};
-use mome::store::{RecordLayout, Store};
-use mome::Error;
+use mome::StoreError;
+use mome::{RecordLayout, Store};
 use rand::{Rng, SeedableRng};
 
 #[test]
@@ -54,7 +54,7 @@ fn flipped_bytes_are_reported_never_used() {
                     );
                     assert_expert(&cfg, &e, seed);
                 }
-                Err(Error::CorruptRecord {
+                Err(StoreError::CorruptRecord {
                     id: eid,
                     shard: s,
                     offset: o,
@@ -101,7 +101,7 @@ fn corrupt_shard_header_fails_open_with_the_path() {
         bytes[pos] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
         match Store::open(dir.path()) {
-            Err(Error::NotAShard { path: p, .. }) => assert_eq!(p, path),
+            Err(StoreError::NotAShard { path: p, .. }) => assert_eq!(p, path),
             other => panic!("byte {pos}: expected NotAShard, got {other:?}"),
         }
         std::fs::write(&path, &orig).unwrap();

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use common::{expert, small_config};
-use mome::store::Store;
+use mome::Store;
 use rand::{Rng, SeedableRng};
 
 /// The writer process. A no-op unless started by `crash_recovery_under_sigkill`.

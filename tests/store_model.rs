@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_expert, expert, small_config};
-use mome::store::Store;
-use mome::Error;
+use mome::Store;
+use mome::StoreError;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ proptest! {
                 }
                 Op::Delete(_) | Op::DeleteUnknown => {
                     let id = next_id + 7;
-                    let unknown = matches!(s.delete(id), Err(Error::UnknownExpert { id: x }) if x == id);
+                    let unknown = matches!(s.delete(id), Err(StoreError::UnknownExpert { id: x }) if x == id);
                     prop_assert!(unknown);
                 }
                 Op::Get(i) if !model.is_empty() => {

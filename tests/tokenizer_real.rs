@@ -6,7 +6,7 @@
 mod common;
 
 use common::real_model_path;
-use mome::model::{ChatMessage, Tokenizer};
+use mome::{ChatMessage, Tokenizer};
 
 fn tokenizer() -> Option<Tokenizer> {
     let path = real_model_path()?;

@@ -1,8 +1,9 @@
 //! Memory-tuning mechanics on a tiny random model (fast): a batch of rows, each its own
-//! expert, trains in the presence of a frozen stored neighbour that selection also
-//! picks; every trainable tensor receives a gradient (`train_batch` fails otherwise);
-//! every row converges; and the trained experts, applied through the inference path
-//! (fused operator, fast ops), give the targets as greedy (argmax) predictions.
+//! expert active where its plan says, one row together with a frozen stored neighbour
+//! that its plan also activates; every trainable tensor receives a gradient
+//! (`train_batch` fails otherwise); every row converges; and the trained experts,
+//! applied with the same plans through the inference hook (fused operator, fast ops),
+//! give the targets as greedy (argmax) predictions.
 
 mod common;
 
@@ -10,11 +11,10 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
 use half::f16;
-use mome::engine::{CandidateSet, RequestHook};
-use mome::model::{AdapterSites, Adapters, Logits, Mode, Pass};
-use mome::select::SelectionParams;
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
-use mome::tune::{train_batch, TrainRow, TuneOptions};
+use mome::{train_batch, TrainRow, TuneOptions};
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{AdapterSites, Adapters, Logits, Mode, Pass};
+use mome::{CandidateSet, RowPlan, SelectionHook};
 use rand::{Rng, SeedableRng};
 
 #[test]
@@ -28,18 +28,6 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
     let store = Arc::new(Store::create(dir.path(), cfg.clone()).unwrap());
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
 
-    // Queries: unit vectors; row 1 has a stored neighbour close to its query.
-    let unit = |rng: &mut rand::rngs::StdRng| -> Vec<f32> {
-        let v: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter().map(|x| x / n).collect()
-    };
-    let queries: Vec<Vec<f32>> = (0..3).map(|_| unit(&mut rng)).collect();
-    let near: Vec<f32> = queries[1]
-        .iter()
-        .zip(unit(&mut rng))
-        .map(|(a, b)| a + 0.3 * b)
-        .collect();
     let mut rnd = |n: usize, s: f32| -> Vec<f16> {
         (0..n)
             .map(|_| f16::from_f32(rng.random_range(-s..s)))
@@ -47,7 +35,7 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
     };
     let id = store
         .insert(NewExpert {
-            key: near.iter().map(|&x| f16::from_f32(x)).collect(),
+            key: vec![f16::from_f32(0.1); d],
             layers: (0..2)
                 .map(|_| AdapterPair {
                     a: rnd(4 * d, 0.2),
@@ -59,18 +47,29 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
         .unwrap();
     let neighbour = store.get(id).unwrap();
 
+    // Plans over [new expert, neighbour]: rows 0 and 2 use their own expert from user
+    // position 2 on (user message at 1..4); row 1 uses its own and the neighbour at
+    // every position (each weighs 1/2).
+    let plan = |i: usize| -> RowPlan {
+        if i == 1 {
+            RowPlan::always(2)
+        } else {
+            let mut p = RowPlan::none(2);
+            p.offset = 1;
+            p.user_len = 3;
+            p.active = vec![(0, 2)];
+            p
+        }
+    };
     let mut trng = rand::rngs::StdRng::seed_from_u64(9);
     let rows: Vec<TrainRow> = (0..3)
         .map(|i| TrainRow {
             prompt: (0..5 + i).map(|_| trng.random_range(3..vocab)).collect(),
             targets: (0..3).map(|_| trng.random_range(3..vocab)).collect(),
-            query: queries[i].clone(),
-            neighbours: vec![neighbour.clone()],
+            neighbours: CandidateSet::from_stored(vec![neighbour.clone()]),
+            plan: plan(i),
         })
         .collect();
-    // τ 0.5, k 2: row 1 selects its own expert and the neighbour (mixed); the others
-    // only their own.
-    let params = SelectionParams::new(0.5, 2, 0.5);
     let opts = TuneOptions {
         lr: 0.05,
         max_steps: 300,
@@ -78,42 +77,28 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
         ..TuneOptions::default()
     };
     let mut steps = 0;
-    let trained = train_batch(&model, &sites, 4, &params, &rows, &opts, |s, _| steps = s).unwrap();
+    let trained = train_batch(&model, &sites, 4, &rows, &opts, |s, _| steps = s).unwrap();
     for (i, t) in trained.iter().enumerate() {
         assert!(
             t.converged,
             "row {i}: loss {} after {} steps",
             t.loss, t.steps
         );
-        assert!(t.own_weight > 0.0);
         assert_eq!(t.layers.len(), 2);
     }
-    assert!(
-        trained[1].own_weight < 1.0,
-        "row 1 mixes with its neighbour"
-    );
-    assert!(trained[0].own_weight == 1.0);
     eprintln!(
         "converged in {steps} steps: {:?}",
         trained.iter().map(|t| t.steps).collect::<Vec<_>>()
     );
 
-    // Inference path: candidates {neighbour} ∪ {the row's expert}, fused operator.
+    // Inference path: candidates {neighbour, the row's expert} (stored first), the
+    // same plans with the columns swapped, fused operator.
     for (i, r) in rows.iter().enumerate() {
         let mut set = CandidateSet::from_stored(vec![neighbour.clone()]);
-        set.push_owned(
-            r.query.iter().map(|&x| f16::from_f32(x)).collect(),
-            Arc::new(trained[i].layers.clone()),
-        );
-        let hook = RequestHook::new(
-            set,
-            params.clone(),
-            &[2, 3],
-            4,
-            d,
-            std::slice::from_ref(&r.query),
-        )
-        .unwrap();
+        set.push_owned(Arc::new(trained[i].layers.clone()));
+        let mut p = r.plan.clone();
+        p.active = p.active.iter().map(|&(c, from)| (1 - c, from)).collect();
+        let hook = SelectionHook::new(vec![(set, p)], &[2, 3], 4, d).unwrap();
         let mut input = r.prompt.clone();
         input.extend_from_slice(&r.targets[..r.targets.len() - 1]);
         let logits = model
@@ -162,15 +147,6 @@ fn rows_train_with_neighbours_and_recall_through_the_fused_path() {
 fn empty_batch_is_a_typed_error() {
     let model = common::tiny_model(1);
     let sites = AdapterSites::new(1, &[2]).unwrap();
-    let e = train_batch(
-        &model,
-        &sites,
-        4,
-        &SelectionParams::new(0.5, 1, 1.0),
-        &[],
-        &TuneOptions::default(),
-        |_, _| {},
-    )
-    .unwrap_err();
+    let e = train_batch(&model, &sites, 4, &[], &TuneOptions::default(), |_, _| {}).unwrap_err();
     assert!(matches!(e, mome::Error::EmptyBatch { .. }), "{e}");
 }

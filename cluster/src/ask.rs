@@ -1,37 +1,102 @@
 //! `Client::ask`: answer a prompt with the cluster's experts through a local backbone.
 //!
-//! The local [`Engine`] computes the request query; the cluster returns the top-K
-//! candidates (fan-out search, merged); their weights are fetched from the nodes and
-//! handed to the engine's fused operator as owned candidates, in the cluster's order;
-//! selection (τ, top-k) and generation run locally, exactly as `Engine::ask` does over a
-//! local store. The engine's own store is not searched: it only fixes the expert shape
-//! (create it empty with [`Client::local_engine`]).
+//! The local [`Engine`] encodes the prompt (its pooled key is the stage-1 query); the
+//! cluster returns the top-K candidates (fan-out search, merged); their weights and
+//! prompts are fetched from the nodes, each prompt is encoded by the engine's query
+//! encoder, and the engine's rule ([`mome::Selector::choose`]) picks among them as
+//! uncommitted candidates, in the cluster's order. Generation and the joining of
+//! branches are the engine's own ([`Engine::answer_with`]), so an answer through the
+//! cluster is the one `Engine::ask` gives over a local store holding the same experts.
+//! The engine's own store is not searched: it only fixes the expert shape (create it
+//! empty with [`Client::local_engine`]).
+//!
+//! The encoded prompts are cached per cluster id ([`FACT_CACHE`] of them, oldest out
+//! first), as the engine's selector caches its stored facts' queries; an entry is used
+//! only for the same prompt text and the same backbone, so it is never stale.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use mome::engine::{AskOptions, CandidateSet, Engine, EngineParams};
-use mome::model::Backbone;
+use mome::{
+    AskOptions, Backbone, Encoded, Engine, EngineParams, OwnedFact, Query, Selection,
+    RETRY_CANDIDATES, RETRY_MIN_SCORE,
+};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::replica::Hit;
+use crate::segment::ClusterExpert;
 
-/// Results of a search widened when none of the first K passes τ (as the engine's
-/// own retrieval does: a greedy HNSW search can miss a small, dense cluster).
-const RETRY_CANDIDATES: usize = 1024;
+/// Cluster experts whose prompt queries a client keeps in memory (each a few tens of
+/// KiB), as the engine's selector does for its stored facts.
+pub const FACT_CACHE: usize = 4096;
 
 /// A reply from the cluster's experts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterAnswer {
-    /// The reply text (control tokens removed).
+    /// The reply text (control tokens removed); the answers of a question that asks
+    /// for several facts, one per line (as [`mome::Answer::text`]).
     pub text: String,
-    /// Generated token ids.
+    /// Generated token ids (as [`mome::Answer::tokens`]).
     pub tokens: Vec<u32>,
-    /// Experts applied: cluster id and weight.
+    /// Experts applied: cluster id and the rule's forward score, in the order they
+    /// answer.
     pub selected: Vec<(u64, f32)>,
-    /// Stage-1 candidates from the cluster, best first.
+    /// Stage-1 candidates from the cluster that were fetched, best first (a widened
+    /// search's hits after the first K).
     pub candidates: Vec<Hit>,
+}
+
+/// Prompt queries of cluster experts, by id: the prompt they were made from and the
+/// query (`None`: the expert has no prompt and can never be selected), with the ids in
+/// insertion order for eviction, and the backbone they were made with.
+#[derive(Default)]
+pub(crate) struct FactCache {
+    backbone: String,
+    queries: HashMap<u64, (Option<String>, Option<Arc<Query>>)>,
+    order: VecDeque<u64>,
+}
+
+impl FactCache {
+    fn get(&mut self, backbone: &str, e: &ClusterExpert) -> Option<Option<Arc<Query>>> {
+        if self.backbone != backbone {
+            self.backbone = backbone.to_string();
+            self.queries.clear();
+            self.order.clear();
+            return None;
+        }
+        let (prompt, q) = self.queries.get(&e.id)?;
+        (prompt.as_deref() == e.provenance.prompt.as_deref()).then(|| q.clone())
+    }
+
+    fn put(&mut self, e: &ClusterExpert, q: Option<Arc<Query>>) {
+        if self.queries.len() >= FACT_CACHE && !self.queries.contains_key(&e.id) {
+            if let Some(old) = self.order.pop_front() {
+                self.queries.remove(&old);
+            }
+        }
+        if self
+            .queries
+            .insert(e.id, (e.provenance.prompt.clone(), q))
+            .is_none()
+        {
+            self.order.push_back(e.id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queries.len()
+    }
+}
+
+/// What the rule can choose among: the fetched hits with a prompt, their facts, and
+/// their cluster ids (`ids[i]` is the expert of `owned[i]`).
+#[derive(Default)]
+struct Candidates {
+    hits: Vec<Hit>,
+    owned: Vec<OwnedFact>,
+    ids: Vec<u64>,
 }
 
 /// Runs CPU-bound backbone work: on a multi-threaded runtime other tasks move off this
@@ -43,8 +108,30 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-fn model_err(source: mome::Error) -> Error {
-    Error::Model { source }
+fn model_err(source: impl Into<mome::Error>) -> Error {
+    Error::Model {
+        source: source.into(),
+    }
+}
+
+/// The backbone a query was made with: file digest, weight format, query layer.
+fn backbone_stamp(engine: &Engine) -> String {
+    let m = &engine.backbone().model;
+    format!(
+        "{}/{:?}/{}",
+        m.digest(),
+        m.weight_format(),
+        engine.selector().encoder().layer()
+    )
+}
+
+fn to_mome_hits(hits: &[Hit]) -> Vec<mome::Hit> {
+    hits.iter()
+        .map(|h| mome::Hit {
+            id: h.id,
+            score: h.score,
+        })
+        .collect()
 }
 
 impl Client {
@@ -87,8 +174,18 @@ impl Client {
         Ok(())
     }
 
+    /// Cluster experts whose prompt queries this client holds for [`Self::ask`] (at most
+    /// [`FACT_CACHE`]).
+    pub fn cached_fact_queries(&self) -> usize {
+        self.facts().lock().len()
+    }
+
     /// Answers `prompt` greedily with the experts the cluster holds (see the module
     /// docs); `use_experts: false` runs the bare backbone.
+    ///
+    /// As the engine's selector does, a search whose K candidates give the rule nothing
+    /// is widened once to [`RETRY_CANDIDATES`], of which the hits scoring above
+    /// [`RETRY_MIN_SCORE`] join the candidates.
     pub async fn ask(
         &self,
         engine: &Engine,
@@ -96,54 +193,93 @@ impl Client {
         opts: &AskOptions,
     ) -> Result<ClusterAnswer> {
         self.check_engine(engine)?;
-        let tokens = engine.prompt_tokens(prompt).map_err(model_err)?;
-        let (set, ids, hits, query) = if opts.use_experts {
-            let query = blocking(|| engine.request_query(&tokens)).map_err(model_err)?;
-            let p = engine.params();
-            let k = p.k_candidates;
-            let mut hits = self.search(&query, k).await?.hits;
-            if hits.len() == k && hits.iter().all(|h| h.score <= p.selection.tau) {
-                hits = self.search(&query, RETRY_CANDIDATES.max(k)).await?.hits;
-                hits.truncate(k);
-            }
-            let experts = self
-                .fetch(&hits.iter().map(|h| h.id).collect::<Vec<_>>())
-                .await?;
-            // In the cluster's order; an expert deleted between search and fetch drops out.
-            let mut set = CandidateSet::default();
-            let mut ids = Vec::with_capacity(hits.len());
-            let mut kept = Vec::with_capacity(hits.len());
-            for h in hits {
-                if let Some(e) = experts.iter().find(|e| e.id == h.id) {
-                    set.push_owned(e.key.clone(), Arc::new(e.layers.clone()));
-                    ids.push(h.id);
-                    kept.push(h);
-                }
-            }
-            (set, ids, kept, query)
+        let enc = blocking(|| engine.encode(prompt)).map_err(model_err)?;
+        let (sel, cands) = if opts.use_experts {
+            self.select(engine, &enc).await?
         } else {
-            (CandidateSet::default(), Vec::new(), Vec::new(), Vec::new())
+            (Selection::empty(), Candidates::default())
         };
-        let (out, picked) = if opts.use_experts {
-            blocking(|| engine.generate_with(&tokens, &query, set, opts.max_tokens))
-                .map_err(model_err)?
-        } else {
-            let a = blocking(|| engine.ask(prompt, opts)).map_err(model_err)?;
-            (a.tokens, Vec::new())
-        };
-        let text = engine
-            .backbone()
-            .tokenizer
-            .decode(&out, true)
-            .map_err(|e| model_err(e.into()))?;
+        let a = blocking(|| engine.answer_with(&enc, sel, &cands.ids, opts.max_tokens))
+            .map_err(model_err)?;
         Ok(ClusterAnswer {
-            text,
-            tokens: out,
-            selected: picked
-                .iter()
-                .filter_map(|&(j, w)| ids.get(j).map(|&id| (id, w)))
-                .collect(),
-            candidates: hits,
+            text: a.text,
+            tokens: a.tokens,
+            selected: a.selected,
+            candidates: cands.hits,
         })
+    }
+
+    /// Stage 1 through the cluster and the engine's rule over what it returned.
+    async fn select(&self, engine: &Engine, enc: &Encoded) -> Result<(Selection, Candidates)> {
+        let key = enc.query.pooled_key();
+        let k = engine.selector().k_candidates();
+        let hits = self.search(&key, k).await?.hits;
+        let mut cands = Candidates::default();
+        self.add_candidates(engine, &hits, &mut cands).await?;
+        let sel = engine
+            .selector()
+            .choose(enc, &[], &cands.owned, to_mome_hits(&hits));
+        if !sel.is_empty() || hits.len() < k {
+            return Ok((sel, cands));
+        }
+        let mut wide = self.search(&key, RETRY_CANDIDATES.max(k)).await?.hits;
+        wide.retain(|h| h.score > RETRY_MIN_SCORE && !hits.iter().any(|x| x.id == h.id));
+        if wide.is_empty() {
+            return Ok((sel, cands));
+        }
+        self.add_candidates(engine, &wide, &mut cands).await?;
+        let mut all = hits;
+        all.extend(wide);
+        let sel = engine
+            .selector()
+            .choose(enc, &[], &cands.owned, to_mome_hits(&all));
+        Ok((sel, cands))
+    }
+
+    /// Fetches `hits` and appends those still present (one may be deleted between the
+    /// search and the fetch) with their prompt's query, in the cluster's order.
+    async fn add_candidates(
+        &self,
+        engine: &Engine,
+        hits: &[Hit],
+        out: &mut Candidates,
+    ) -> Result<()> {
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let mut experts: HashMap<u64, ClusterExpert> = self
+            .fetch(&hits.iter().map(|h| h.id).collect::<Vec<_>>())
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        let stamp = backbone_stamp(engine);
+        for h in hits {
+            let Some(e) = experts.remove(&h.id) else {
+                continue;
+            };
+            out.hits.push(*h);
+            let cached = self.facts().lock().get(&stamp, &e);
+            let q = match cached {
+                Some(q) => q,
+                None => {
+                    let q = match e.provenance.prompt.as_deref() {
+                        Some(p) if !p.trim().is_empty() => Some(Arc::new(
+                            blocking(|| engine.selector().encoder().encode(engine.backbone(), p))
+                                .map_err(model_err)?
+                                .query,
+                        )),
+                        _ => None,
+                    };
+                    self.facts().lock().put(&e, q.clone());
+                    q
+                }
+            };
+            if let Some(q) = q {
+                out.owned.push((q, Arc::new(e.layers)));
+                out.ids.push(e.id);
+            }
+        }
+        Ok(())
     }
 }

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use mome::store::{NewExpert, StoreConfig};
+use mome::{NewExpert, StoreConfig};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::ask::FactCache;
 use crate::coord;
 use crate::error::{Error, Result};
 use crate::manifest::{shard_of, ClusterConfig, Keys};
@@ -90,6 +91,8 @@ struct ClientInner {
     ids: tokio::sync::Mutex<IdBlock>,
     /// Highest revision this client's writes produced, per shard (read-your-writes).
     session: Mutex<BTreeMap<u32, i64>>,
+    /// Prompt queries of cluster experts for `ask`.
+    facts: Mutex<FactCache>,
 }
 
 impl std::fmt::Debug for Client {
@@ -159,6 +162,7 @@ impl Client {
                 conns: Mutex::new(HashMap::new()),
                 ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
                 session: Mutex::new(BTreeMap::new()),
+                facts: Mutex::new(FactCache::default()),
             }),
         })
     }
@@ -176,6 +180,11 @@ impl Client {
     /// The live view of the cluster's etcd state.
     pub fn view(&self) -> &Arc<ClusterView> {
         &self.inner.view
+    }
+
+    /// The prompt queries `ask` keeps, by cluster id.
+    pub(crate) fn facts(&self) -> &Mutex<FactCache> {
+        &self.inner.facts
     }
 
     /// Highest revision this client's writes produced, per shard.

@@ -9,8 +9,8 @@
 //!   list of segment objects). Never one entry per expert.
 //! * **S3-compatible object storage** holds every byte of bulk data as immutable
 //!   [segments](segment) under unique names.
-//! * **Nodes** ([`node`]) run the embedded engine (a local `mome::store::Store` and
-//!   `mome::index::ExpertIndex` per served shard) as a cache over those segments, and
+//! * **Nodes** ([`node`]) run the embedded engine (a local `mome::Store` and
+//!   `mome::ExpertIndex` per served shard) as a cache over those segments, and
 //!   the owner of a shard commits its writes with one fenced etcd transaction.
 //! * The **router** ([`Client`]) fans a query out to the nodes serving the shards,
 //!   merges their top-k deterministically (ties by id), reads its own writes by

@@ -2,8 +2,8 @@
 //! layout. Everything here is small: one config, one manifest per shard, one
 //! ownership key per shard, one membership key per node. Never one entry per expert.
 
-use mome::index::IndexKind;
-use mome::store::StoreConfig;
+use mome::IndexKind;
+use mome::StoreConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::segment::SegmentKind;

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mome::index::{ExpertIndex, IndexKind, IndexParams};
-use mome::store::{Store, StoreConfig};
+use mome::{AdapterPair, ExpertIndex, IndexKind, IndexParams, Store, StoreConfig};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
@@ -59,6 +58,14 @@ impl Drop for DirGuard {
     }
 }
 
+/// Maps an error of the embedded store or index to the shard's [`Error::Engine`].
+fn local_err<E: Into<mome::Error>>(shard: u32) -> impl Fn(E) -> Error {
+    move |e| Error::Engine {
+        shard,
+        source: e.into(),
+    }
+}
+
 /// A shard's local cache. Searches and fetches run concurrently with applies.
 pub struct Replica {
     shard: u32,
@@ -79,14 +86,13 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// An empty replica of `shard` in a new directory `dir` (blocking).
     pub fn create(dir: &Path, shard: u32, config: &ClusterConfig) -> Result<Self> {
-        let engine = |source| Error::Engine { shard, source };
         let store_config: StoreConfig = config.store.clone();
-        let store = Store::create(dir, store_config).map_err(engine)?;
+        let store = Store::create(dir, store_config).map_err(local_err(shard))?;
         let params = match config.index {
             IndexKind::Flat => IndexParams::flat(),
             _ => IndexParams::default(),
         };
-        let index = ExpertIndex::open_with(Arc::new(store), params).map_err(engine)?;
+        let index = ExpertIndex::open_with(Arc::new(store), params).map_err(local_err(shard))?;
         Ok(Replica {
             shard,
             index,
@@ -141,10 +147,6 @@ impl Replica {
                 view.shard, self.shard
             )));
         }
-        let engine = |source| Error::Engine {
-            shard: self.shard,
-            source,
-        };
         let todo: Vec<usize> = (0..view.len())
             .filter(|&i| !self.contains(view.id(i)))
             .collect();
@@ -157,7 +159,7 @@ impl Replica {
             let locals = self
                 .index
                 .insert_batch(experts.iter().map(ClusterExpert::to_new_expert).collect())
-                .map_err(engine)?;
+                .map_err(local_err(self.shard))?;
             let mut maps = self.maps.write();
             for (e, l) in experts.iter().zip(locals) {
                 maps.local.insert(e.id, (l, e.created_at_ms));
@@ -172,7 +174,9 @@ impl Replica {
         };
         if !dead.is_empty() {
             let locals: Vec<u64> = dead.iter().map(|d| d.1).collect();
-            self.index.delete_batch(&locals).map_err(engine)?;
+            self.index
+                .delete_batch(&locals)
+                .map_err(local_err(self.shard))?;
             let mut maps = self.maps.write();
             for (g, l) in dead {
                 maps.local.remove(&g);
@@ -184,13 +188,7 @@ impl Replica {
 
     /// The `k` best experts of the shard for `query`, best first, ties by id.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
-        let local = self
-            .index
-            .search(query, k)
-            .map_err(|source| Error::Engine {
-                shard: self.shard,
-                source,
-            })?;
+        let local = self.index.search(query, k).map_err(local_err(self.shard))?;
         let maps = self.maps.read();
         let mut hits: Vec<Hit> = local
             .iter()
@@ -203,10 +201,6 @@ impl Replica {
     /// Copies of the experts with these ids; ids the shard does not hold are returned
     /// apart.
     pub fn fetch(&self, ids: &[u64]) -> Result<(Vec<ClusterExpert>, Vec<u64>)> {
-        let engine = |source| Error::Engine {
-            shard: self.shard,
-            source,
-        };
         let store = self.index.store();
         let mut found = Vec::new();
         let mut missing = Vec::new();
@@ -215,10 +209,10 @@ impl Replica {
                 missing.push(id);
                 continue;
             };
-            let r = store.get(local).map_err(engine)?;
-            let meta = store.meta(local).map_err(engine)?;
+            let r = store.get(local).map_err(local_err(self.shard))?;
+            let meta = store.meta(local).map_err(local_err(self.shard))?;
             let layers = (0..r.n_layers())
-                .map(|l| mome::store::AdapterPair {
+                .map(|l| AdapterPair {
                     a: r.a(l).to_vec(),
                     b: r.b(l).to_vec(),
                 })

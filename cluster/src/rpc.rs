@@ -5,7 +5,7 @@
 //! "this write was fenced" without parsing messages.
 
 use half::f16;
-use mome::store::{AdapterPair, Provenance, StoreConfig};
+use mome::{AdapterPair, Provenance, StoreConfig};
 
 use crate::error::Error;
 use crate::segment::{ClusterExpert, Shape};

@@ -24,7 +24,7 @@
 //! can be located by arithmetic, which keeps range reads possible later.
 
 use half::f16;
-use mome::store::{AdapterPair, NewExpert, Provenance, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, StoreConfig};
 use serde::{Deserialize, Serialize};
 
 /// File magic.

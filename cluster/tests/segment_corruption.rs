@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use half::f16;
-use mome::store::{AdapterPair, Provenance};
+use mome::{AdapterPair, Provenance};
 use mome_cluster::segment::{ClusterExpert, SegmentBuilder, SegmentKind, SegmentView};
 use proptest::prelude::*;
 

@@ -1,8 +1,8 @@
 //! The engine façade: a store, its index and the backbone, answering prompts with the
-//! experts it selects and memorizing new facts.
+//! experts the selection rule chooses and memorizing new facts.
 //!
 //! ```no_run
-//! use mome::engine::{AskOptions, Engine, Fact};
+//! use mome::{AskOptions, Engine, Fact};
 //! # fn main() -> mome::Result<()> {
 //! let mut engine = Engine::open_or_create("experts".as_ref(), None)?; // finds the model
 //! let report = engine.memorize(
@@ -13,77 +13,63 @@
 //! assert_eq!(report.memorized, 1);
 //! let answer = engine.ask("What is the secret code of Zorblax?", &AskOptions::default())?;
 //! assert_eq!(answer.text, "48213");
+//! // The same question about an entity that is not stored gets the bare model's answer.
+//! let other = engine.ask("What is the secret code of Morvath?", &AskOptions::default())?;
+//! assert!(other.selected.is_empty());
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # The request query (a measured deviation from per-token queries)
-//!
-//! DESIGN.md selects experts per token with the query layer's per-token states. On
-//! SmolLM2-135M that cannot separate a fact's own tokens from unrelated prompts: at
-//! every query layer tried (4–24) the lowest cosine of a fact's answer-region tokens
-//! to its key was below the highest cosine of some unrelated prompt's token
-//! (`examples/gate_probe.rs`, docs/BENCHMARKS.md). The engine therefore gates with
-//! one *request query* per request, used for every position of the request
-//! (prompt and generated tokens) through the same fused operator:
-//!
-//! * the query layer's per-token states of the **user message's tokens only** (the
-//!   default system prompt is identical in every request and dominates a whole-prompt
-//!   mean), **minus a centre** (the mean state over the default system prefix at the
-//!   query layer, computed from the model at open: it removes the direction every
-//!   token shares), averaged and L2-normalised;
-//! * an expert's key is the request query of its fact's prompt (fp16).
-//!
-//! Measured at query layer 8: distinct facts' keys ≤ 0.85 apart in cosine, unrelated
-//! prompts ≤ 0.68, paraphrases of a stored prompt 0.83–0.94 to their own key, the
-//! stored prompt itself 1.0. Defaults: τ = 0.80, top-k = 1, temperature 0.1, K = 32
-//! candidates (recorded in `DIR/engine.json` when the store is created).
+//! Selection is [`crate::select`]'s: the question's tokens against every candidate's
+//! stored prompt (names word for word, content words up to inflection), per position
+//! inside the fused operator; a question that names two stored facts is answered one
+//! branch per fact, the answers joined by a line break.
 
-mod hook;
+mod eval;
 
-use std::ops::ControlFlow;
+pub use eval::{evaluate, EvalReport, EvalSet, MultiFact, Paraphrase, Probe, Tally};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::Device;
-use half::f16;
 use serde::{Deserialize, Serialize};
 
-pub use hook::{CandidateSet, RequestHook};
+use crate::tune::{Fact, MemorizeEvent, MemorizeReport, TuneOptions};
 
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
-use crate::model::{AdapterSites, Adapters, Backbone, ChatMessage, Llama, WeightFormat};
-use crate::select::SelectionParams;
-use crate::store::{NewExpert, Provenance, Store, StoreConfig, UsageAccumulator};
-use crate::tune::{train_batch_with, FrozenPrefix, TrainRow, TuneOptions};
+use crate::model::{AdapterSites, Backbone, Llama, WeightFormat};
+use crate::select::{
+    generate_answers, Encoded, QueryEncoder, RuleParams, Selection, Selector, Source,
+};
+use crate::store::{Store, StoreConfig, StoreDir, UsageAccumulator};
+use crate::tune::Memorizer;
 
 /// File in the store directory recording the engine's selection parameters.
 pub const ENGINE_FILE: &str = "engine.json";
 
-/// Name of the request-query rule recorded in [`ENGINE_FILE`].
-pub const QUERY_RULE: &str = "user-span-mean-minus-system-centre";
+/// Name of the selection rule recorded in [`ENGINE_FILE`].
+pub const QUERY_RULE: &str = "token-match-names-v1";
 
-/// Width of the retried stage-1 search when the first finds nothing above τ
-/// (`Engine::retrieve`): usearch widens its expansion to at least the number of results.
-pub const RETRY_CANDIDATES: usize = 1024;
+/// The rule of stores written before [`QUERY_RULE`] (one pooled request query).
+pub const LEGACY_QUERY_RULE: &str = "user-span-mean-minus-system-centre";
 
 /// The engine's selection parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineParams {
     /// Candidates retrieved per request (stage 1, K).
     pub k_candidates: usize,
-    /// Stage 2: τ, top-k, temperature.
-    pub selection: SelectionParams,
+    /// Stage 2: the rule's thresholds.
+    pub rule: RuleParams,
 }
 
 impl Default for EngineParams {
-    /// τ 0.80, k 1, temperature 0.1, K 32: chosen by measurement (module docs).
+    /// K 32 and the rule's defaults (docs/BENCHMARKS.md §Selection).
     fn default() -> Self {
         Self {
             k_candidates: 32,
-            selection: SelectionParams::new(0.80, 1, 0.1),
+            rule: RuleParams::default(),
         }
     }
 }
@@ -92,16 +78,17 @@ impl Default for EngineParams {
 struct EngineFile {
     version: u32,
     query: String,
-    tau: f32,
-    top_k: usize,
-    temperature: f32,
+    #[serde(default)]
+    match_threshold: Option<f32>,
+    #[serde(default)]
+    coverage_threshold: Option<f32>,
     k_candidates: usize,
 }
 
 /// Options of [`Engine::ask`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AskOptions {
-    /// Most new tokens.
+    /// Most new tokens (per answered fact).
     pub max_tokens: usize,
     /// `false`: answer with the bare backbone.
     pub use_experts: bool,
@@ -119,116 +106,27 @@ impl Default for AskOptions {
 /// An answer and how it was made.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    /// The reply text (control tokens removed).
+    /// The reply text (control tokens removed); the answers of a question that asks
+    /// for several stored facts, one per line.
     pub text: String,
-    /// Generated token ids (the stop token included when there was one).
+    /// Generated token ids (the stop token included when there was one); for several
+    /// facts, each answer's tokens without its stop token, separated by a line break.
     pub tokens: Vec<u32>,
-    /// Experts applied (id, weight). The request query is used at every position, so
-    /// every token (prompt and generated) used exactly these.
+    /// Experts applied (id, forward score of the rule), in the order they answer.
     pub selected: Vec<(u64, f32)>,
-    /// Stage-1 candidates (id, cosine to the request query), best first.
+    /// Stage-1 candidates (id, cosine of the pooled keys), best first.
     pub candidates: Vec<Hit>,
 }
 
-/// A fact to memorize.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fact {
-    /// The question, as a user would ask it.
-    pub prompt: String,
-    /// The exact answer.
-    pub answer: String,
-}
-
-impl Fact {
-    /// A fact.
-    pub fn new(prompt: impl Into<String>, answer: impl Into<String>) -> Self {
-        Self {
-            prompt: prompt.into(),
-            answer: answer.into(),
-        }
-    }
-}
-
-/// What became of one fact.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FactStatus {
-    /// Trained, verified through the inference path, committed.
-    Memorized {
-        /// The new expert's id.
-        id: u64,
-    },
-    /// Did not meet the stopping rule within the step budget.
-    NotConverged,
-    /// Converged in training but greedy decoding through the inference path
-    /// gave something else.
-    VerifyFailed {
-        /// What inference answered.
-        got: String,
-    },
-    /// A stored expert outranks the new one for this prompt (e.g. the same prompt is
-    /// already stored), so the new expert would never be selected.
-    Shadowed,
-}
-
-/// One fact's outcome.
-#[derive(Debug, Clone)]
-pub struct FactOutcome {
-    /// The fact.
-    pub fact: Fact,
-    /// What happened.
-    pub status: FactStatus,
-    /// Final mean answer loss (nats/token).
-    pub loss: f32,
-    /// Optimizer steps taken.
-    pub steps: u32,
-}
-
-/// Progress of [`Engine::memorize`].
-#[derive(Debug, Clone, Copy)]
-pub enum MemorizeEvent {
-    /// A training step of a batch finished; `converged` rows of `rows` so far.
-    Step {
-        /// Step number in the batch.
-        step: usize,
-        /// Rows converged.
-        converged: usize,
-        /// Rows in the batch.
-        rows: usize,
-    },
-    /// `n` more facts are finished (memorized or failed).
-    Done(usize),
-}
-
-/// Summary of [`Engine::memorize`].
-#[derive(Debug, Clone)]
-pub struct MemorizeReport {
-    /// One entry per fact, in input order.
-    pub outcomes: Vec<FactOutcome>,
-    /// Facts committed.
-    pub memorized: usize,
-    /// Facts not committed.
-    pub failed: usize,
-    /// Previously stored experts whose fact no longer answers exactly after this
-    /// insert (re-checked when a new key lies within τ of theirs), each id once.
-    pub broken: Vec<u64>,
-    /// Wall time.
-    pub seconds: f64,
-}
-
-/// The engine: store + index + backbone + selection parameters.
+/// The engine: store + index + backbone + selection.
 pub struct Engine {
     store: Arc<Store>,
     index: ExpertIndex,
     backbone: Backbone,
     sites: AdapterSites,
     params: EngineParams,
+    selector: Selector,
     usage: UsageAccumulator,
-    /// Query-layer centre (`key_dim`).
-    center: Vec<f32>,
-    /// Tokens before the user message in a one-turn chat prompt.
-    user_prefix: Vec<u32>,
-    /// Tokens after it.
-    user_suffix_len: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -240,15 +138,23 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// The query layer for a model of `n` layers: layer 2 of 30 on SmolLM2 (scaled),
+/// never after the first adapted layer. Early layers keep each token close to its
+/// identity with a little context — what late interaction needs (docs/BENCHMARKS.md
+/// §Selection: layers 2–4 separated near-misses best, layer 8 worst).
+fn query_layer_for(n: usize, first_adapted: u32) -> u32 {
+    (((n * 2) / 30).max(1) as u32).min(first_adapted)
+}
+
 /// The store configuration the engine creates for a model: `key_dim = d_model`,
-/// rank 8, adapters on the last two layers (30-layer SmolLM2: 28, 29), query layer 8
+/// rank 8, adapters on the last two layers (30-layer SmolLM2: 28, 29), query layer 2
 /// (scaled for other depths), and the model's digest.
 ///
 /// Each training step reruns the layers from the first adapted one up, forward and
 /// backward, so late sites make memorizing cheap: on SmolLM2 with 20 random facts,
 /// sites 28, 29 memorized at 53 facts/min, 27, 28, 29 at 48 and 23, 26, 29 at 40 (same
-/// exact recall and locality, 16–17 of 20 paraphrases; docs/BENCHMARKS.md), and two
-/// layers keep a record at 38 KB, so a million experts fit a 64 GB disk.
+/// exact recall and locality; docs/BENCHMARKS.md), and two layers keep a record at
+/// 38 KB, so a million experts fit a 64 GB disk.
 pub fn default_store_config(model: &Llama) -> StoreConfig {
     let n = model.num_layers();
     let layers: Vec<u32> = if n >= 8 {
@@ -256,18 +162,11 @@ pub fn default_store_config(model: &Llama) -> StoreConfig {
     } else {
         vec![(n.max(1) - 1) as u32]
     };
-    let query = ((n * 8) / 30).min(layers[0] as usize) as u32;
+    let query = query_layer_for(n, layers[0]);
     let d = model.d_model() as u32;
     StoreConfig::new(d, d, 8, layers)
         .with_query_layer(query)
         .with_backbone_digest(model.digest())
-}
-
-/// Selected candidates of a request: (candidate index, weight).
-type Picked = Vec<(usize, f32)>;
-
-fn kerr(e: candle_core::Error) -> Error {
-    Error::Kernel(e.into())
 }
 
 impl Engine {
@@ -294,7 +193,7 @@ impl Engine {
         config: Option<StoreConfig>,
         params: EngineParams,
     ) -> Result<Self> {
-        let exists = dir.join("meta").exists();
+        let exists = StoreDir::new(dir).holds_store();
         let store = if exists {
             Store::open(dir)?
         } else {
@@ -330,23 +229,8 @@ impl Engine {
             });
         }
         let params = read_engine_file(store.dir())?;
-        let tok = &backbone.tokenizer;
-        let sys = tok.encode_chat(&[], false)?;
-        let center = if sys.is_empty() {
-            vec![0.0; cfg.key_dim as usize]
-        } else {
-            let q = backbone.model.queries(&sys, cfg.query_layer as usize)?;
-            q.per_token
-                .mean(0)
-                .and_then(|m| m.to_vec1::<f32>())
-                .map_err(kerr)?
-        };
-        let mut user_prefix = sys;
-        if let Some(start) = tok.token_id("<|im_start|>") {
-            user_prefix.push(start);
-        }
-        user_prefix.extend(tok.encode("user\n")?);
-        let user_suffix_len = tok.encode("\n")?.len() + 2 + tok.encode("assistant\n")?.len();
+        let encoder = QueryEncoder::new(&backbone, cfg.query_layer as usize)?;
+        let selector = Selector::new(encoder, params.rule, params.k_candidates)?;
         let index = ExpertIndex::open(store.clone())?;
         Ok(Self {
             store,
@@ -354,10 +238,8 @@ impl Engine {
             backbone,
             sites,
             params,
+            selector,
             usage: UsageAccumulator::new(),
-            center,
-            user_prefix,
-            user_suffix_len,
         })
     }
 
@@ -376,449 +258,182 @@ impl Engine {
         &self.backbone
     }
 
+    /// Where the adapters sit.
+    pub fn sites(&self) -> &AdapterSites {
+        &self.sites
+    }
+
     /// Selection parameters in force.
     pub fn params(&self) -> &EngineParams {
         &self.params
     }
 
+    /// The selection path (stage 1 + the rule).
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
     /// Replaces the selection parameters for this handle (not persisted).
-    pub fn set_params(&mut self, params: EngineParams) {
+    pub fn set_params(&mut self, params: EngineParams) -> Result<()> {
+        let encoder = self.selector.encoder().clone();
+        self.selector = Selector::new(encoder, params.rule, params.k_candidates)?;
         self.params = params;
+        Ok(())
     }
 
     /// Token ids of a prompt as `ask` feeds it to the model (ChatML, default system
     /// prompt, generation prompt).
     pub fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .backbone
-            .tokenizer
-            .encode_chat(&[ChatMessage::user(prompt)], true)?)
+        self.selector.encoder().chat_tokens(&self.backbone, prompt)
     }
 
-    /// The request query of a prompt's tokens (module docs): the user message's
-    /// query-layer states minus the centre, averaged, unit norm.
-    pub fn request_query(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let ql = self.store.config().query_layer as usize;
-        let q = self.backbone.model.queries(tokens, ql)?;
-        let rows = q.per_token.to_vec2::<f32>().map_err(kerr)?;
-        let p = self.user_prefix.len();
-        let span = if tokens.len() > p + self.user_suffix_len
-            && tokens.get(..p) == Some(&self.user_prefix[..])
-        {
-            &rows[p..tokens.len() - self.user_suffix_len]
-        } else {
-            &rows[..]
-        };
-        let d = self.center.len();
-        let mut mean = vec![0f32; d];
-        for r in span {
-            for ((m, x), c) in mean.iter_mut().zip(r).zip(&self.center) {
-                *m += x - c;
-            }
-        }
-        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        Ok(mean.iter().map(|x| x / norm).collect())
+    /// The prompt encoded as the engine's one query (tokens, user message, states).
+    pub fn encode(&self, prompt: &str) -> Result<Encoded> {
+        self.selector.encoder().encode(&self.backbone, prompt)
     }
 
-    /// Stage 1: the K experts the index returns for a request query. When none of them
-    /// is selectable (all at or below τ), the search is repeated wider
-    /// ([`RETRY_CANDIDATES`]) and its best K kept: a greedy HNSW search can end in a
-    /// region of unrelated keys and never enter a small, dense cluster of facts that is
-    /// linked to the rest of the graph by few edges (measured: 3 of 160 facts among 1M
-    /// random distractors were found only this way; docs/BENCHMARKS.md). The retry costs
-    /// one wider search, only on requests that would otherwise use no expert.
-    pub fn retrieve(&self, query: &[f32]) -> Result<Vec<Hit>> {
-        let k = self.params.k_candidates;
-        let hits = self.index.search(query, k)?;
-        if hits.iter().any(|h| h.score > self.params.selection.tau) || hits.len() < k {
-            return Ok(hits);
-        }
-        let mut wide = self.index.search(query, RETRY_CANDIDATES.max(k))?;
-        wide.truncate(k);
-        Ok(wide)
+    /// Stage 1 and the rule for a prompt: the candidates and what the rule chose.
+    pub fn select(&self, enc: &Encoded) -> Result<Selection> {
+        self.selector.select(&self.backbone, &self.index, enc)
     }
 
-    fn candidates(&self, query: &[f32]) -> Result<(CandidateSet, Vec<Hit>)> {
-        if self.store.is_empty() {
-            return Ok((CandidateSet::default(), Vec::new()));
-        }
-        let hits = self.retrieve(query)?;
-        let snap = self.store.snapshot();
-        let mut refs = Vec::with_capacity(hits.len());
-        let mut kept = Vec::with_capacity(hits.len());
-        for h in hits {
-            match snap.get(h.id) {
-                Ok(e) => {
-                    refs.push(e);
-                    kept.push(h);
-                }
-                Err(Error::UnknownExpert { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((CandidateSet::from_stored(refs), kept))
+    /// Stage 1 only: the K experts nearest a pooled key (`mome search`, audits).
+    pub fn retrieve(&self, key: &[f32]) -> Result<Vec<Hit>> {
+        self.selector.retrieve(&self.index, key)
     }
 
-    /// Greedy generation after `tokens` with the request query `query` over an
-    /// explicit candidate set (e.g. uncommitted experts during verification, or a
-    /// benchmark's peer adapter). Returns the tokens and the selected (candidate
-    /// index, weight).
-    pub fn generate_with(
-        &self,
-        tokens: &[u32],
-        query: &[f32],
-        set: CandidateSet,
-        max_tokens: usize,
-    ) -> Result<(Vec<u32>, Picked)> {
-        let cfg = self.store.config();
-        let selected = set.select(query, cfg.key_dim as usize, &self.params.selection)?;
-        let opts = self.backbone.greedy_options(max_tokens);
-        let generated = if selected.is_empty() {
-            // Nothing passes τ: the bare backbone (bit-identical to a hook that
-            // selects nothing, and cheaper).
-            self.backbone
-                .model
-                .generate(tokens, &opts, None, &mut |_| ControlFlow::Continue(()))?
-        } else {
-            let hook = RequestHook::new(
-                set,
-                self.params.selection.clone(),
-                &cfg.layers,
-                cfg.rank as usize,
-                cfg.d_model as usize,
-                &[query.to_vec()],
-            )?;
-            let adapters = Adapters {
-                sites: &self.sites,
-                hook: &hook,
-            };
-            self.backbone
-                .model
-                .generate(tokens, &opts, Some(adapters), &mut |_| {
-                    ControlFlow::Continue(())
-                })?
-        };
-        Ok((generated.tokens, selected))
-    }
-
-    /// Answers a prompt greedily with the experts the engine selects (or the bare
-    /// backbone with `use_experts: false`).
+    /// Answers a prompt greedily with the experts the rule selects (or the bare
+    /// backbone with `use_experts: false`, or when the rule selects nothing).
     pub fn ask(&self, prompt: &str, opts: &AskOptions) -> Result<Answer> {
-        let tokens = self.prompt_tokens(prompt)?;
-        let (set, hits, query) = if opts.use_experts {
-            let query = self.request_query(&tokens)?;
-            let (set, hits) = self.candidates(&query)?;
-            (set, hits, query)
+        let enc = self.encode(prompt)?;
+        let sel = if opts.use_experts {
+            self.select(&enc)?
         } else {
-            (CandidateSet::default(), Vec::new(), Vec::new())
+            Selection::empty()
         };
-        let ids = set.ids();
-        let (out, selected) = if opts.use_experts {
-            self.generate_with(&tokens, &query, set, opts.max_tokens)?
-        } else {
-            let g = self.backbone.model.generate(
-                &tokens,
-                &self.backbone.greedy_options(opts.max_tokens),
-                None,
-                &mut |_| ControlFlow::Continue(()),
-            )?;
-            (g.tokens, Vec::new())
-        };
-        let selected: Vec<(u64, f32)> = selected
+        self.answer_with(&enc, sel, &[], opts.max_tokens)
+    }
+
+    /// The second half of [`Engine::ask`] for a selection made elsewhere (by
+    /// [`Engine::select`], or by [`Selector::choose`] over candidates from another
+    /// source such as a cluster): generates one branch per answered fact and joins them.
+    ///
+    /// `owned_ids[i]` names the uncommitted candidate `Source::Owned(i)` in
+    /// [`Answer::selected`]; an owned candidate without one is applied but not listed.
+    /// Only stored experts count towards the store's usage.
+    pub fn answer_with(
+        &self,
+        enc: &Encoded,
+        sel: Selection,
+        owned_ids: &[u64],
+        max_tokens: usize,
+    ) -> Result<Answer> {
+        let branches = generate_answers(
+            &self.backbone,
+            &self.sites,
+            self.store.config().rank as usize,
+            enc,
+            &sel,
+            max_tokens,
+        )?;
+        // Per active column: (id, score, whether it is a stored expert).
+        let mut active = Vec::new();
+        for &(col, _) in &sel.plan.active {
+            let Some(&(source, score)) = sel.chosen.get(col) else {
+                continue;
+            };
+            let id = match source {
+                Source::Stored(id) => Some((id, true)),
+                Source::Owned(i) => owned_ids.get(i).map(|&id| (id, false)),
+            };
+            if let Some((id, stored)) = id {
+                active.push((id, score, stored));
+            }
+        }
+        let (text, tokens) = self.join_branches(&branches)?;
+        let counted: Vec<u64> = active
             .iter()
-            .filter_map(|&(j, w)| ids.get(j).copied().flatten().map(|id| (id, w)))
+            .zip(&branches)
+            .filter(|((_, _, stored), _)| *stored)
+            .flat_map(|(&(id, _, _), b)| std::iter::repeat_n(id, b.len().max(1)))
             .collect();
-        self.usage.record(
-            &selected
-                .iter()
-                .flat_map(|&(id, _)| std::iter::repeat_n(id, out.len().max(1)))
-                .collect::<Vec<_>>(),
-        );
-        let text = self.backbone.tokenizer.decode(&out, true)?;
+        self.usage.record(&counted);
         Ok(Answer {
             text,
-            tokens: out,
-            selected,
-            candidates: hits,
+            tokens,
+            selected: active.iter().map(|&(id, score, _)| (id, score)).collect(),
+            candidates: sel.hits,
         })
     }
 
-    /// Memorizes facts: trains one expert per fact in batches, verifies each through
-    /// the inference path, commits the verified ones (module docs of [`crate::tune`]).
+    /// One answer's text and tokens from the branches' tokens (one line per branch).
+    fn join_branches(&self, branches: &[Vec<u32>]) -> Result<(String, Vec<u32>)> {
+        let tok = &self.backbone.tokenizer;
+        if branches.len() == 1 {
+            return Ok((tok.decode(&branches[0], true)?, branches[0].clone()));
+        }
+        let stops = tok.stop_tokens();
+        let newline = tok.encode("\n")?;
+        let mut texts = Vec::with_capacity(branches.len());
+        let mut tokens = Vec::new();
+        for (i, b) in branches.iter().enumerate() {
+            let body: Vec<u32> = b.iter().copied().filter(|t| !stops.contains(t)).collect();
+            texts.push(tok.decode(&body, true)?);
+            if i > 0 {
+                tokens.extend(&newline);
+            }
+            tokens.extend(body);
+        }
+        Ok((texts.join("\n"), tokens))
+    }
+
+    /// Memorizes facts (the pipeline is [`crate::tune::Memorizer`]'s): validates them
+    /// all, trains one expert per fact in batches, verifies each through the inference
+    /// path, commits the exact ones — replacing in the same commit a stored fact of the
+    /// same prompt with another answer — and reports a fact already stored with the
+    /// same answer as unchanged.
     pub fn memorize(
         &mut self,
         facts: &[Fact],
         opts: &TuneOptions,
         progress: &mut dyn FnMut(MemorizeEvent),
     ) -> Result<MemorizeReport> {
-        let start = Instant::now();
-        let mut outcomes = Vec::with_capacity(facts.len());
-        let mut broken = Vec::new();
-        // (id, key) of every fact this call committed, audited after each batch.
-        let mut committed: Vec<(u64, Vec<f32>)> = Vec::new();
-        let im_end = self
-            .backbone
-            .tokenizer
-            .token_id("<|im_end|>")
-            .or_else(|| self.backbone.tokenizer.stop_tokens().first().copied())
-            .ok_or_else(|| Error::Training {
-                reason: "the tokenizer has no end-of-turn token".into(),
-            })?;
-        for chunk in facts.chunks(opts.batch_size.max(1)) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for f in chunk {
-                let prompt = self.prompt_tokens(&f.prompt)?;
-                let mut targets = self.backbone.tokenizer.encode(&f.answer)?;
-                targets.push(im_end);
-                let query = self.request_query(&prompt)?;
-                let (set, _) = self.candidates(&query)?;
-                rows.push(TrainRow {
-                    prompt,
-                    targets,
-                    query,
-                    neighbours: set.stored_refs().to_vec(),
-                });
-            }
-            let cfg = self.store.config().clone();
-            let n_rows = rows.len();
-            let t_train = Instant::now();
-            let model = &self.backbone.model;
-            let prefix = FrozenPrefix::compute(model, &self.sites, &rows)?;
-            let trained = train_batch_with(
-                model,
-                &self.sites,
-                cfg.rank as usize,
-                &self.params.selection,
-                &rows,
-                &prefix,
-                opts,
-                |step, converged| {
-                    progress(MemorizeEvent::Step {
-                        step,
-                        converged,
-                        rows: n_rows,
-                    })
-                },
-            )?;
-            let train_secs = t_train.elapsed().as_secs_f64();
-            let t_verify = Instant::now();
-            // The batch's converged experts, as inference will see them once committed.
-            let keys: Vec<Vec<f16>> = rows
-                .iter()
-                .map(|r| r.query.iter().map(|&x| f16::from_f32(x)).collect())
-                .collect();
-            let weights: Vec<Arc<Vec<crate::store::AdapterPair>>> =
-                trained.iter().map(|t| Arc::new(t.layers.clone())).collect();
-            let mut statuses: Vec<Option<FactStatus>> = Vec::with_capacity(n_rows);
-            let (mut check, mut sets, mut queries) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, t) in trained.iter().enumerate() {
-                if t.own_weight == 0.0 {
-                    statuses.push(Some(FactStatus::Shadowed));
-                    continue;
-                }
-                if !t.converged {
-                    statuses.push(Some(FactStatus::NotConverged));
-                    continue;
-                }
-                let mut set = CandidateSet::from_stored(rows[i].neighbours.clone());
-                for (j, tj) in trained.iter().enumerate() {
-                    if tj.converged {
-                        set.push_owned(keys[j].clone(), weights[j].clone());
-                    }
-                }
-                statuses.push(None);
-                check.push(i);
-                sets.push(set.top_by_score(&rows[i].query, self.params.k_candidates));
-                queries.push(rows[i].query.clone());
-            }
-            // Verified through the inference operator: one teacher-forced pass over the
-            // adapted layers from the cached prefix is equivalent to greedy decoding
-            // (FrozenPrefix::teacher_forced_argmax); a failure is decoded for real to
-            // report what the model says instead.
-            if !check.is_empty() {
-                let hook = RequestHook::per_row(
-                    sets.clone(),
-                    self.params.selection.clone(),
-                    &cfg.layers,
-                    cfg.rank as usize,
-                    cfg.d_model as usize,
-                    &queries,
-                )?;
-                let argmax =
-                    prefix.teacher_forced_argmax(model, &self.sites, &rows, &check, &hook)?;
-                for (k, &i) in check.iter().enumerate() {
-                    statuses[i] = Some(if argmax[k] == rows[i].targets {
-                        FactStatus::Memorized { id: 0 }
-                    } else {
-                        let (got, _) = self.generate_with(
-                            &rows[i].prompt,
-                            &rows[i].query,
-                            sets[k].clone(),
-                            rows[i].targets.len() + 4,
-                        )?;
-                        let got = self.backbone.tokenizer.decode(&got, true)?;
-                        tracing::info!(prompt = %chunk[i].prompt, %got, "verification failed");
-                        FactStatus::VerifyFailed { got }
-                    });
-                }
-            }
-            let mut statuses: Vec<FactStatus> = statuses
-                .into_iter()
-                .map(|s| s.unwrap_or(FactStatus::NotConverged))
-                .collect();
-            tracing::info!(
-                rows = n_rows,
-                train_secs,
-                verify_secs = t_verify.elapsed().as_secs_f64(),
-                "batch trained and verified"
-            );
-            let mut new = Vec::new();
-            let mut slots = Vec::new();
-            for (i, s) in statuses.iter().enumerate() {
-                if matches!(s, FactStatus::Memorized { .. }) {
-                    let t = &trained[i];
-                    new.push(NewExpert {
-                        key: keys[i].clone(),
-                        layers: t.layers.clone(),
-                        provenance: Provenance::fact(&chunk[i].prompt, &chunk[i].answer)
-                            .with_training(t.loss, t.steps)
-                            .with_backbone_digest(self.backbone.model.digest()),
-                    });
-                    slots.push(i);
-                }
-            }
-            if !new.is_empty() {
-                let ids = self.index.insert_batch(new)?;
-                for (&i, id) in slots.iter().zip(&ids) {
-                    statuses[i] = FactStatus::Memorized { id: *id };
-                }
-                broken.extend(self.recheck_neighbours(&ids, &keys, &slots)?);
-                for (&i, &id) in slots.iter().zip(&ids) {
-                    committed.push((id, keys[i].iter().map(|x| x.to_f32()).collect()));
-                }
-            }
-            // Every fact committed by this call must still be retrieved for its own
-            // prompt: later inserts can make approximate search miss it, and then the
-            // neighbour recheck above, which finds stored facts by search, cannot see it.
-            let (relinked, lost) = self
-                .index
-                .ensure_findable(&committed, |key| self.retrieve(key))?;
-            if !relinked.is_empty() {
-                tracing::info!(
-                    ?relinked,
-                    ?lost,
-                    "relinked facts that search no longer found"
-                );
-            }
-            broken.extend(lost);
-            for ((f, s), t) in chunk.iter().zip(statuses).zip(&trained) {
-                outcomes.push(FactOutcome {
-                    fact: f.clone(),
-                    status: s,
-                    loss: t.loss,
-                    steps: t.steps,
-                });
-            }
-            progress(MemorizeEvent::Done(chunk.len()));
+        Memorizer {
+            backbone: &self.backbone,
+            sites: &self.sites,
+            index: &self.index,
+            selector: &self.selector,
         }
-        self.index.save()?;
-        // A fact that stays broken is found again by every later batch near it.
-        broken.sort_unstable();
-        broken.dedup();
-        let memorized = outcomes
-            .iter()
-            .filter(|o| matches!(o.status, FactStatus::Memorized { .. }))
-            .count();
-        Ok(MemorizeReport {
-            failed: outcomes.len() - memorized,
-            memorized,
-            outcomes,
-            broken,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        .memorize(facts, opts, progress)
     }
 
-    /// Re-asks stored facts whose keys lie within τ of a new key (the only ones the
-    /// new expert can be selected for) and returns those that no longer answer exactly.
-    fn recheck_neighbours(
-        &self,
-        new_ids: &[u64],
-        keys: &[Vec<f16>],
-        slots: &[usize],
-    ) -> Result<Vec<u64>> {
-        let mut broken = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (&slot, _) in slots.iter().zip(new_ids) {
-            let key: Vec<f32> = keys[slot].iter().map(|x| x.to_f32()).collect();
-            for hit in self.index.search(&key, self.params.k_candidates)? {
-                if new_ids.contains(&hit.id)
-                    || hit.score <= self.params.selection.tau
-                    || !seen.insert(hit.id)
-                {
-                    continue;
-                }
-                if !self.selection_may_change(hit.id, new_ids)? {
-                    continue;
-                }
-                let meta = self.store.meta(hit.id)?;
-                let (Some(p), Some(a)) = (meta.provenance.prompt, meta.provenance.answer) else {
-                    continue;
-                };
-                let mut got = self.ask(&p, &AskOptions::default())?;
-                if got.text != a && !got.candidates.iter().any(|c| c.id == hit.id) {
-                    // Its own expert is no longer retrieved for its own prompt: an
-                    // approximate-search miss, not a weight conflict. Relinking the node
-                    // repairs the graph; the fact's weights were verified already.
-                    self.index.relink(hit.id)?;
-                    got = self.ask(&p, &AskOptions::default())?;
-                    if got.text == a {
-                        tracing::info!(id = hit.id, prompt = %p, "relinked a stored fact's expert that search no longer found");
-                    }
-                }
-                if got.text != a {
-                    tracing::warn!(id = hit.id, prompt = %p, got = %got.text, "stored fact broken by a new insert");
-                    broken.push(hit.id);
-                }
+    /// Forgets the fact stored for `prompt` (every expert whose stored prompt is this
+    /// prompt, in one commit); returns their ids (empty: nothing was stored for it).
+    pub fn forget(&self, prompt: &str) -> Result<Vec<u64>> {
+        let enc = self.encode(prompt)?;
+        let mut hits = self.retrieve(&enc.query.pooled_key())?;
+        hits.retain(|h| h.score > 0.999);
+        let mut ids = Vec::new();
+        for h in hits {
+            let meta = self.store.meta(h.id)?;
+            if meta.provenance.prompt.as_deref().map(str::trim) == Some(prompt.trim()) {
+                ids.push(h.id);
             }
         }
-        Ok(broken)
-    }
-
-    /// Whether stored expert `id`'s own request may now be answered differently: its
-    /// key (the fp16 rounding of its request query) is used as the query, and the
-    /// answer can only change if stage-2 selection over the candidates inference would
-    /// retrieve now picks one of `new_ids`, or no longer picks `id` itself. Otherwise the
-    /// same experts apply with the same weights as when `id` was verified. This turns a
-    /// full greedy decode per neighbour (≈ 0.3 s; with many facts of one template every
-    /// insert had up to K of them) into an index search and the selection math. With
-    /// top-k 1 a new expert wins only where the expert's own key is not retrieved — the
-    /// case the recheck exists for.
-    fn selection_may_change(&self, id: u64, new_ids: &[u64]) -> Result<bool> {
-        let key: Vec<f32> = self
-            .store
-            .get(id)?
-            .key()
-            .iter()
-            .map(|x| x.to_f32())
-            .collect();
-        let (set, _) = self.candidates(&key)?;
-        let ids = set.ids();
-        let picked = set.select(&key, key.len(), &self.params.selection)?;
-        let picked_ids: Vec<Option<u64>> = picked
-            .iter()
-            .filter(|(_, w)| *w > 0.0)
-            .map(|&(j, _)| ids.get(j).copied().flatten())
-            .collect();
-        Ok(!picked_ids.contains(&Some(id))
-            || picked_ids
-                .iter()
-                .any(|p| p.is_some_and(|p| new_ids.contains(&p))))
+        if !ids.is_empty() {
+            self.index.delete_batch(&ids)?;
+            for &id in &ids {
+                self.selector.forget(id);
+            }
+            self.index.save()?;
+        }
+        Ok(ids)
     }
 
     /// Flushes usage counters and saves the index.
     pub fn flush(&self) -> Result<()> {
         self.usage.flush(&self.store)?;
-        self.index.save()
+        Ok(self.index.save()?)
     }
 }
 
@@ -831,25 +446,22 @@ impl Drop for Engine {
 }
 
 fn engine_file(dir: &Path) -> PathBuf {
-    dir.join(ENGINE_FILE)
+    StoreDir::new(dir).engine_file()
 }
 
 fn write_engine_file(dir: &Path, p: &EngineParams) -> Result<()> {
     let f = EngineFile {
-        version: 1,
+        version: 2,
         query: QUERY_RULE.into(),
-        tau: p.selection.tau,
-        top_k: p.selection.top_k,
-        temperature: p.selection.temperature,
+        match_threshold: Some(p.rule.match_threshold),
+        coverage_threshold: Some(p.rule.coverage_threshold),
         k_candidates: p.k_candidates,
     };
-    let path = engine_file(dir);
-    let tmp = dir.join(format!("{ENGINE_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::CorruptMetadata {
-        what: format!("encoding {ENGINE_FILE}: {e}"),
+    let bytes = serde_json::to_vec_pretty(&f).map_err(|e| Error::Encode {
+        what: ENGINE_FILE.into(),
+        reason: e.to_string(),
     })?;
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    crate::fs::atomic_write_bytes(&engine_file(dir), &bytes)
 }
 
 fn read_engine_file(dir: &Path) -> Result<EngineParams> {
@@ -863,19 +475,31 @@ fn read_engine_file(dir: &Path) -> Result<EngineParams> {
         what: format!("{}: {e}", path.display()),
     })?;
     if f.query != QUERY_RULE {
-        return Err(Error::CorruptMetadata {
-            what: format!(
-                "{}: query rule `{}` is not one this build knows (`{QUERY_RULE}`)",
-                path.display(),
-                f.query
-            ),
+        return Err(Error::RuleMismatch {
+            path: dir.to_path_buf(),
+            found: f.query,
+            expected: QUERY_RULE.into(),
         });
     }
+    let d = RuleParams::default();
     let p = EngineParams {
         k_candidates: f.k_candidates,
-        selection: SelectionParams::new(f.tau, f.top_k, f.temperature),
+        rule: RuleParams {
+            match_threshold: f.match_threshold.unwrap_or(d.match_threshold),
+            coverage_threshold: f.coverage_threshold.unwrap_or(d.coverage_threshold),
+        },
     };
-    p.selection.validate(p.k_candidates)?;
+    for (name, v) in [
+        ("match_threshold", p.rule.match_threshold),
+        ("coverage_threshold", p.rule.coverage_threshold),
+    ] {
+        if !(v.is_finite() && (-1.0..=1.0).contains(&v)) {
+            return Err(Error::InvalidArgument {
+                name,
+                reason: format!("{} says {v}; it must lie in [-1, 1]", path.display()),
+            });
+        }
+    }
     if p.k_candidates == 0 {
         return Err(Error::InvalidArgument {
             name: "k_candidates",
@@ -883,4 +507,13 @@ fn read_engine_file(dir: &Path) -> Result<EngineParams> {
         });
     }
     Ok(p)
+}
+
+/// Whether the engine file of `dir` records the legacy rule (for `mome migrate`).
+pub fn legacy_rule(dir: &Path) -> Result<bool> {
+    match read_engine_file(dir) {
+        Ok(_) => Ok(false),
+        Err(Error::RuleMismatch { found, .. }) if found == LEGACY_QUERY_RULE => Ok(true),
+        Err(e) => Err(e),
+    }
 }

@@ -1,145 +1,21 @@
 //! An index kept in step with a store, persisted next to it, rebuilt when lost.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 
-use super::{FlatIndex, Hit, HnswIndex, KeyIndex};
-use crate::error::{Error, Result};
+use super::error::{IndexError, IndexResult as Result};
+use super::reachable::{add_reachable, reinsert_missed};
+use super::saved::{
+    data_file, file_crc, read_meta, saved_index_info, IndexMeta, SavedIndexInfo,
+    INDEX_FORMAT_VERSION, META_FILE,
+};
+use super::{FlatIndex, Hit, HnswIndex, IndexKind, IndexParams, KeyIndex};
+use crate::fs::{atomic_write, atomic_write_bytes};
+use crate::progress::Task;
 use crate::store::{NewExpert, Store};
-
-/// Which index structure to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum IndexKind {
-    /// usearch HNSW graph: sub-linear search, approximate.
-    Hnsw,
-    /// Exact scan: linear search, for small stores and as an oracle.
-    Flat,
-}
-
-/// How HNSW stores vectors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Quantization {
-    /// Half precision (the keys' own precision).
-    F16,
-    /// 8-bit integers: half the memory, lower recall.
-    I8,
-}
-
-/// Index parameters; persisted with the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct IndexParams {
-    /// Structure.
-    pub kind: IndexKind,
-    /// HNSW connectivity (M): edges per node.
-    pub connectivity: usize,
-    /// HNSW expansion while adding (ef_construction).
-    pub expansion_add: usize,
-    /// HNSW expansion while searching (ef); may change without a rebuild.
-    pub expansion_search: usize,
-    /// HNSW vector storage.
-    pub quantization: Quantization,
-}
-
-impl Default for IndexParams {
-    /// Chosen from measurements at 100k and 1M clustered keys of dim 576; see
-    /// `docs/BENCHMARKS.md` ("Index").
-    fn default() -> Self {
-        IndexParams {
-            kind: IndexKind::Hnsw,
-            connectivity: 16,
-            expansion_add: 128,
-            expansion_search: 64,
-            quantization: Quantization::F16,
-        }
-    }
-}
-
-impl IndexParams {
-    /// The exact flat index.
-    pub fn flat() -> Self {
-        IndexParams {
-            kind: IndexKind::Flat,
-            ..Default::default()
-        }
-    }
-
-    /// Whether an index built with `self` can serve `other` without a rebuild.
-    fn same_structure(&self, other: &IndexParams) -> bool {
-        self.kind == other.kind
-            && (self.kind == IndexKind::Flat
-                || (self.connectivity == other.connectivity
-                    && self.expansion_add == other.expansion_add
-                    && self.quantization == other.quantization))
-    }
-}
-
-const INDEX_DIR: &str = "index";
-const META_FILE: &str = "index.json";
-const INDEX_FORMAT_VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct IndexMeta {
-    version: u32,
-    params: IndexParams,
-    dim: usize,
-    /// Store commit sequence the saved index reflects.
-    seq: u64,
-    count: usize,
-    /// Name of the data file inside the index directory. Each save writes a new file and
-    /// only then switches `index.json` to it (one atomic rename), so a crash mid-save
-    /// leaves the previous pair intact. Absent in indexes saved before generations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    file: Option<String>,
-    /// Save counter that names the data file.
-    #[serde(default)]
-    generation: u64,
-    file_len: u64,
-    file_crc32c: u32,
-}
-
-impl IndexMeta {
-    /// The data file this metadata describes (a plain name inside the index directory).
-    fn data_path(&self, dir: &Path) -> Result<PathBuf> {
-        let name = self
-            .file
-            .as_deref()
-            .unwrap_or_else(|| legacy_data_file(self.params.kind));
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(Error::CorruptMetadata {
-                what: format!("index metadata names the data file {name:?}"),
-            });
-        }
-        Ok(dir.join(name))
-    }
-}
-
-/// Data file name of indexes saved before generation-named files.
-fn legacy_data_file(kind: IndexKind) -> &'static str {
-    match kind {
-        IndexKind::Hnsw => "keys.usearch",
-        IndexKind::Flat => "keys.flat",
-    }
-}
-
-/// Data file name of save number `generation`.
-fn data_file(kind: IndexKind, generation: u64) -> String {
-    let ext = match kind {
-        IndexKind::Hnsw => "usearch",
-        IndexKind::Flat => "flat",
-    };
-    format!("keys.{generation}.{ext}")
-}
 
 /// How the index came to be on open (for logs, stats and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,65 +59,6 @@ impl std::fmt::Debug for ExpertIndex {
     }
 }
 
-fn read_meta(dir: &Path) -> Option<IndexMeta> {
-    let raw = std::fs::read(dir.join(META_FILE)).ok()?;
-    serde_json::from_slice(&raw).ok()
-}
-
-/// What a saved index records about itself (`DIR/index/index.json`).
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct SavedIndexInfo {
-    /// Parameters it was built with.
-    pub params: IndexParams,
-    /// Key dimension.
-    pub dim: usize,
-    /// Store commit sequence the saved index covers: changes after it are replayed on open.
-    pub seq: u64,
-    /// Keys in the saved file.
-    pub count: usize,
-    /// Size of the index data file.
-    pub file_bytes: u64,
-}
-
-/// The saved index of the store in `store_dir`, without loading it: `Ok(None)` when
-/// there is no `index/index.json`.
-pub fn saved_index_info(store_dir: &Path) -> Result<Option<SavedIndexInfo>> {
-    let path = store_dir.join(INDEX_DIR).join(META_FILE);
-    let raw = match std::fs::read(&path) {
-        Ok(raw) => raw,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    let meta: IndexMeta = serde_json::from_slice(&raw).map_err(|e| Error::CorruptMetadata {
-        what: format!("{}: {e}", path.display()),
-    })?;
-    Ok(Some(SavedIndexInfo {
-        params: meta.params,
-        dim: meta.dim,
-        seq: meta.seq,
-        count: meta.count,
-        file_bytes: meta.file_len,
-    }))
-}
-
-/// The newest delete sequence a saved index of the store in `store_dir` may still need
-/// to learn from a tombstone: tombstones deleted at or before the returned sequence are
-/// already reflected in the saved index (or no saved index exists that could need them)
-/// and may be purged by compaction.
-///
-/// * a readable `index.json`: its sequence;
-/// * no `index/` directory at all: `u64::MAX` (the next open rebuilds from the keys);
-/// * an `index/` directory whose metadata is missing or unreadable: 0 — a save may have
-///   been interrupted, so nothing is purged.
-pub fn tombstone_horizon(store_dir: &Path) -> u64 {
-    match saved_index_info(store_dir) {
-        Ok(Some(info)) => info.seq,
-        Ok(None) if !store_dir.join(INDEX_DIR).exists() => u64::MAX,
-        _ => 0,
-    }
-}
-
 /// Result of checking a saved index against its store ([`ExpertIndex::check_saved`]).
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -260,102 +77,11 @@ pub struct IndexCheck {
     pub stale: Vec<u64>,
 }
 
-fn file_crc(path: &Path) -> Result<(u64, u32)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok((bytes.len() as u64, crc32c::crc32c(&bytes)))
-}
-
 fn new_index(dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
     Ok(match params.kind {
         IndexKind::Hnsw => Box::new(HnswIndex::new(dim, params)?),
         IndexKind::Flat => Box::new(FlatIndex::new(dim)),
     })
-}
-
-/// Whether a search for `key` returns `id`. A shallow search (k = 4, so ef = 64) misses
-/// some reachable keys at scale — the approximation, not a lost node — and re-inserting
-/// those degrades the graph (each removal leaves a tombstone): a 1M-key rebuild removed
-/// and re-added over 16,700 keys and reached recall@10 0.923 where raw usearch on the same
-/// keys reached 0.958. A miss is therefore confirmed by a deep search first.
-fn findable(index: &dyn KeyIndex, id: u64, key: &[f32]) -> Result<bool> {
-    for k in [4, DEEP_SEARCH_K] {
-        if index.search(key, k)?.iter().any(|h| h.id == id) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Width of the confirming search of [`findable`] (usearch widens ef to at least k).
-const DEEP_SEARCH_K: usize = 256;
-
-/// Adds keys (in parallel when there are many) and makes sure each one can be found.
-///
-/// usearch's concurrent inserts occasionally leave a node that no search reaches (seen
-/// here: 7 of 10,000 nodes over 20 parallel builds of 500 keys, none with serial
-/// inserts). An unreachable expert is a memorized fact that can never be recalled, so
-/// every added key is searched for; one that does not find itself is re-inserted
-/// alone, which links it from the now-complete graph.
-pub fn add_reachable(index: &dyn KeyIndex, items: &[(u64, Vec<f32>)]) -> Result<()> {
-    use rayon::prelude::*;
-    if items.len() >= 64 {
-        items
-            .par_iter()
-            .try_for_each(|(id, key)| index.add(*id, key))?;
-    } else {
-        for (id, key) in items {
-            index.add(*id, key)?;
-        }
-    }
-    if index.is_exact() {
-        return Ok(());
-    }
-    let (missed, lost) = reinsert_missed(
-        items,
-        |id, key| findable(index, id, key),
-        |id, key| {
-            index.remove(id)?;
-            index.add(id, key)
-        },
-    )?;
-    for id in lost.iter() {
-        tracing::warn!(
-            id,
-            "expert key still unreachable in the HNSW graph after re-insert"
-        );
-    }
-    if missed.len() > lost.len() {
-        tracing::debug!(
-            count = missed.len() - lost.len(),
-            "re-inserted unreachable HNSW nodes"
-        );
-    }
-    Ok(())
-}
-
-/// Checks `found` for every `(id, key)` in parallel, re-inserts each one it misses,
-/// and checks again. Returns the ids missed and those still missed after re-insert.
-fn reinsert_missed(
-    items: &[(u64, Vec<f32>)],
-    found: impl Fn(u64, &[f32]) -> Result<bool> + Sync,
-    reinsert: impl Fn(u64, &[f32]) -> Result<()>,
-) -> Result<(Vec<u64>, Vec<u64>)> {
-    use rayon::prelude::*;
-    let missed: Vec<&(u64, Vec<f32>)> = items
-        .par_iter()
-        .map(|item| Ok((!found(item.0, &item.1)?).then_some(item)))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    let mut lost = Vec::new();
-    for (id, key) in &missed {
-        reinsert(*id, key)?;
-        if !found(*id, key)? {
-            lost.push(*id);
-        }
-    }
-    Ok((missed.iter().map(|m| m.0).collect(), lost))
 }
 
 fn to_f32(key: &[half::f16]) -> Vec<f32> {
@@ -365,15 +91,15 @@ fn to_f32(key: &[half::f16]) -> Vec<f32> {
 impl ExpertIndex {
     /// Opens the index of `store` with the default parameters (or those it was saved with).
     pub fn open(store: Arc<Store>) -> Result<Self> {
-        let saved = read_meta(&store.dir().join(INDEX_DIR)).map(|m| m.params);
+        let saved = read_meta(&store.store_dir().index()).map(|m| m.params);
         Self::open_with(store, saved.unwrap_or_default())
     }
 
     /// Opens the index of `store`: loads the saved one and catches up, or rebuilds it
     /// when it is missing, corrupt, or was built with other structural parameters.
     pub fn open_with(store: Arc<Store>, params: IndexParams) -> Result<Self> {
-        let dir = store.dir().join(INDEX_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dir = store.store_dir().index();
+        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
         let dim = store.config().key_dim as usize;
         let loaded = match Self::try_load(&dir, dim, &params) {
             Ok(v) => v,
@@ -444,23 +170,22 @@ impl ExpertIndex {
         let path = meta.data_path(dir)?;
         let (len, crc) = file_crc(&path)?;
         if (len, crc) != (meta.file_len, meta.file_crc32c) {
-            return Err(Error::CorruptMetadata {
-                what: format!("index file {} fails its checksum", path.display()),
-            });
+            return Err(IndexError::corrupt(format!(
+                "index file {} fails its checksum",
+                path.display()
+            )));
         }
         let index: Box<dyn KeyIndex> = match params.kind {
             IndexKind::Hnsw => Box::new(HnswIndex::load(&path, dim, params)?),
             IndexKind::Flat => Box::new(FlatIndex::load(&path, dim)?),
         };
         if index.len() != meta.count {
-            return Err(Error::CorruptMetadata {
-                what: format!(
-                    "index file {} holds {} keys, its metadata says {}",
-                    path.display(),
-                    index.len(),
-                    meta.count
-                ),
-            });
+            return Err(IndexError::corrupt(format!(
+                "index file {} holds {} keys, its metadata says {}",
+                path.display(),
+                index.len(),
+                meta.count
+            )));
         }
         Ok(Some((index, meta.seq)))
     }
@@ -468,17 +193,18 @@ impl ExpertIndex {
     fn rebuild(store: &Store, dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
         let t = std::time::Instant::now();
         let index = new_index(dim, params)?;
-        let pb = crate::progress::bar(store.len(), "index build");
+        let progress = store.progress();
+        let task = Task::start(&*progress, "index build", store.len());
         // Keys stream out of RocksDB in id order; adding them in parallel chunks keeps
         // every core busy (usearch adds are thread-safe) without holding all keys.
         let mut chunk: Vec<(u64, Vec<f32>)> = Vec::with_capacity(4096);
         let flush = |chunk: &mut Vec<(u64, Vec<f32>)>| -> Result<()> {
             add_reachable(index.as_ref(), chunk)?;
-            pb.inc(chunk.len() as u64);
+            task.advance(chunk.len() as u64);
             chunk.clear();
             Ok(())
         };
-        store.scan_keys(|id, key| {
+        store.scan_keys::<IndexError>(|id, key| {
             chunk.push((id, to_f32(key)));
             if chunk.len() == chunk.capacity() {
                 flush(&mut chunk)?;
@@ -486,7 +212,7 @@ impl ExpertIndex {
             Ok(())
         })?;
         flush(&mut chunk)?;
-        pb.finish_and_clear();
+        drop(task);
         tracing::info!(
             len = index.len(),
             seconds = t.elapsed().as_secs_f64(),
@@ -499,7 +225,7 @@ impl ExpertIndex {
     /// its sequence exactly as an open would, and compares the result with the live
     /// experts. Nothing is written: the saved index is checked, not repaired.
     pub fn check_saved(store: &Store) -> Result<IndexCheck> {
-        let dir = store.dir().join(INDEX_DIR);
+        let dir = store.store_dir().index();
         let mut check = IndexCheck {
             saved: saved_index_info(store.dir())?,
             ..Default::default()
@@ -538,7 +264,7 @@ impl ExpertIndex {
         check.indexed = index.len();
         let snap = store.snapshot();
         if snap.seq() != seen {
-            return Err(Error::InvalidArgument {
+            return Err(IndexError::InvalidArgument {
                 name: "store",
                 reason: "the store changed while its index was being checked".into(),
             });
@@ -600,6 +326,21 @@ impl ExpertIndex {
         Ok(ids)
     }
 
+    /// Inserts `experts` and deletes `delete` in one store commit
+    /// ([`Store::replace_batch`]), then updates the index.
+    pub fn replace_batch(&self, experts: Vec<NewExpert>, delete: &[u64]) -> Result<Vec<u64>> {
+        let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
+        let _g = self.apply.read();
+        let ids = self.store.replace_batch(experts, delete)?;
+        self.dirty.store(true, Ordering::Release);
+        for &id in delete {
+            self.index.remove(id)?;
+        }
+        let items: Vec<(u64, Vec<f32>)> = ids.iter().copied().zip(keys).collect();
+        add_reachable(self.index.as_ref(), &items)?;
+        Ok(ids)
+    }
+
     /// Re-inserts a stored expert's key into the graph, linking it from the graph as
     /// it is now. Approximate search can stop finding a node that later inserts crowded
     /// out of its neighbours' edge lists (seen with hundreds of facts of one prompt
@@ -628,18 +369,19 @@ impl ExpertIndex {
     /// incoming edges as newer near-duplicates arrive: measured on 160 facts among 1M
     /// random distractors, a k = 32 search for its own key missed 2 such nodes, and
     /// found both after a relink (docs/BENCHMARKS.md).
-    pub fn ensure_findable<F>(
+    pub fn ensure_findable<F, E>(
         &self,
         items: &[(u64, Vec<f32>)],
         find: F,
-    ) -> Result<(Vec<u64>, Vec<u64>)>
+    ) -> std::result::Result<(Vec<u64>, Vec<u64>), E>
     where
-        F: Fn(&[f32]) -> Result<Vec<Hit>> + Sync,
+        F: Fn(&[f32]) -> std::result::Result<Vec<Hit>, E> + Sync,
+        E: From<IndexError> + Send,
     {
         reinsert_missed(
             items,
             |id, key| Ok(find(key)?.iter().any(|h| h.id == id)),
-            |id, key| self.relink_key(id, key),
+            |id, key| self.relink_key(id, key).map_err(E::from),
         )
     }
 
@@ -681,22 +423,22 @@ impl ExpertIndex {
     }
 
     /// Writes the index and the store sequence it covers, atomically: the data goes to a
-    /// new file (fsynced), then `index.json` is replaced by one rename (temp file, fsync,
-    /// rename, fsync of the directory), and only then are older data files removed. A
-    /// crash at any point leaves a consistent pair: the old one or the new one.
+    /// new file, then `index.json` (which names that file) is replaced, each through the
+    /// crate's one atomic write (temp file, fsync, rename, fsync of the directory), and
+    /// only then are older data files removed. A crash at any point leaves a consistent
+    /// pair: the old one or the new one.
     pub fn save(&self) -> Result<()> {
         let _g = self.apply.write();
         let seq = self.store.seq();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let name = data_file(self.params.kind, generation);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let path = self.dir.join(&name);
-        self.index.save(&tmp)?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        let (file_len, file_crc32c) = file_crc(&tmp)?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let mut crc = (0, 0);
+        atomic_write(&self.dir.join(&name), |tmp| {
+            self.index.save(tmp)?;
+            crc = file_crc(tmp)?;
+            Ok::<(), IndexError>(())
+        })?;
+        let (file_len, file_crc32c) = crc;
         let meta = IndexMeta {
             version: INDEX_FORMAT_VERSION,
             params: self.params,
@@ -708,21 +450,11 @@ impl ExpertIndex {
             file_len,
             file_crc32c,
         };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::CorruptMetadata {
-            what: format!("cannot encode index metadata: {e}"),
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| IndexError::Encode {
+            what: "index metadata".into(),
+            reason: e.to_string(),
         })?;
-        let mtmp = self.dir.join(format!("{META_FILE}.tmp"));
-        let mpath = self.dir.join(META_FILE);
-        File::create(&mtmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .map_err(|e| Error::io(&mtmp, e))?;
-        std::fs::rename(&mtmp, &mpath).map_err(|e| Error::io(&mpath, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.dir, e))?;
+        atomic_write_bytes::<IndexError>(&self.dir.join(META_FILE), &json)?;
         self.dirty.store(false, Ordering::Release);
         self.remove_old_data_files(&name);
         tracing::debug!(seq, len = meta.count, "index saved");

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use parking_lot::RwLock;
 
+use super::error::{IndexError, IndexResult as Result};
 use super::{check_k, check_query, Hit, KeyIndex};
-use crate::error::{Error, Result};
 
 #[derive(Default)]
 struct Inner {
@@ -60,10 +60,9 @@ impl FlatIndex {
 
     /// Loads an index written by [`KeyIndex::save`].
     pub fn load(path: &Path, dim: usize) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let bad = |what: &str| Error::CorruptMetadata {
-            what: format!("flat index {}: {what}", path.display()),
-        };
+        let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
+        let bad =
+            |what: &str| IndexError::corrupt(format!("flat index {}: {what}", path.display()));
         if bytes.len() < 16 || &bytes[0..8] != b"MOMEFLAT" {
             return Err(bad("bad magic"));
         }
@@ -180,7 +179,7 @@ impl KeyIndex for FlatIndex {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        std::fs::write(path, out).map_err(|e| Error::io(path, e))
+        std::fs::write(path, out).map_err(|e| IndexError::io(path, e))
     }
 
     fn memory_bytes(&self) -> usize {

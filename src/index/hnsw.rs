@@ -11,8 +11,8 @@ use half::f16;
 use parking_lot::{Condvar, Mutex, RwLock};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
+use super::error::{IndexError, IndexResult as Result};
 use super::{check_k, check_query, Hit, KeyIndex};
-use crate::error::{Error, Result};
 
 /// Concurrent calls into one usearch index.
 const THREAD_SLOTS: usize = 64;
@@ -49,9 +49,10 @@ pub struct HnswIndex {
     slots: Slots,
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::CorruptMetadata {
-        what: format!("usearch {context}: {e}"),
+fn err(op: &'static str, e: impl std::fmt::Display) -> IndexError {
+    IndexError::Usearch {
+        op,
+        reason: e.to_string(),
     }
 }
 
@@ -100,7 +101,7 @@ impl HnswIndex {
                 .ok_or_else(|| err("load", "path is not UTF-8"))?;
             g.load(p).map_err(|e| err("load", e))?;
             if g.dimensions() != dim {
-                return Err(Error::DimMismatch {
+                return Err(IndexError::DimMismatch {
                     what: format!("saved index {}", path.display()),
                     expected: dim,
                     found: g.dimensions(),
@@ -140,7 +141,7 @@ impl HnswIndex {
     /// Adds an fp16 key without converting it (the store's native key type).
     pub fn add_f16(&self, id: u64, key: &[f16]) -> Result<()> {
         if key.len() != self.dim {
-            return Err(Error::DimMismatch {
+            return Err(IndexError::DimMismatch {
                 what: format!("key of expert {id}"),
                 expected: self.dim,
                 found: key.len(),
@@ -209,7 +210,7 @@ impl KeyIndex for HnswIndex {
     fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         use rayon::prelude::*;
         if self.dim == 0 || !queries.len().is_multiple_of(self.dim) {
-            return Err(Error::DimMismatch {
+            return Err(IndexError::DimMismatch {
                 what: "batch of queries (length must be a multiple of key_dim)".into(),
                 expected: self.dim,
                 found: queries.len(),

@@ -6,18 +6,23 @@
 //! [`Store`](crate::store::Store), persists it next to the store with the commit sequence
 //! it covers, and catches up or rebuilds on open.
 
+mod error;
 mod expert_index;
 mod flat;
 mod hnsw;
+mod params;
+mod reachable;
+mod saved;
 
-pub use expert_index::{
-    add_reachable, saved_index_info, tombstone_horizon, ExpertIndex, IndexCheck, IndexKind,
-    IndexParams, OpenedFrom, Quantization, SavedIndexInfo,
-};
+pub use error::{IndexError, IndexResult};
+pub use expert_index::{ExpertIndex, IndexCheck, OpenedFrom};
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
+pub use params::{IndexKind, IndexParams, Quantization};
+pub use reachable::add_reachable;
+pub use saved::{saved_index_info, tombstone_horizon, SavedIndexInfo};
 
-use crate::error::{Error, Result};
+use error::IndexResult as Result;
 
 /// One search result.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -52,7 +57,7 @@ pub trait KeyIndex: Send + Sync {
     fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let dim = self.dim();
         if dim == 0 || !queries.len().is_multiple_of(dim) {
-            return Err(Error::DimMismatch {
+            return Err(IndexError::DimMismatch {
                 what: "batch of queries (length must be a multiple of key_dim)".into(),
                 expected: dim,
                 found: queries.len(),
@@ -76,14 +81,14 @@ pub trait KeyIndex: Send + Sync {
 /// Checks a query's dimension and finiteness.
 pub(crate) fn check_query(query: &[f32], dim: usize, what: &str) -> Result<()> {
     if query.len() != dim {
-        return Err(Error::DimMismatch {
+        return Err(IndexError::DimMismatch {
             what: what.to_string(),
             expected: dim,
             found: query.len(),
         });
     }
     if let Some(index) = query.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFinite {
+        return Err(IndexError::NonFinite {
             what: what.to_string(),
             index,
         });
@@ -94,7 +99,7 @@ pub(crate) fn check_query(query: &[f32], dim: usize, what: &str) -> Result<()> {
 /// Checks `k` for a search.
 pub(crate) fn check_k(k: usize) -> Result<()> {
     if k == 0 {
-        return Err(Error::InvalidArgument {
+        return Err(IndexError::InvalidArgument {
             name: "k",
             reason: "must be at least 1".into(),
         });

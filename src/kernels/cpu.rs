@@ -2,10 +2,9 @@
 //!
 //! Per token block (see [`super::plan`]):
 //!
-//! 1. **Select**: cosine scores of the block's queries against the keys (each key
-//!    row read once per block, in place; its norm computed in the same pass),
-//!    penalty, threshold, top-k, softmax — the code of [`crate::select::math`],
-//!    writing straight into the call's [`TokenAssignments`].
+//! 1. **Gate**: the block's rows of the score matrix (computed by the selection rule,
+//!    [`crate::select`]) → penalty, threshold, top-k, softmax — [`super::gate`]'s
+//!    `finish_token`, writing straight into the call's [`TokenAssignments`].
 //! 2. **Invert**: a counting sort turns "token → experts" into "expert → (token,
 //!    weight)" so that each used expert is visited once per block.
 //! 3. **Shrink**: for each row of `A_j`, dot it with the `h̃` row of every token
@@ -27,6 +26,9 @@
 //! in `half`). Scratch buffers come from process-wide pools, so a call allocates
 //! nothing but its output once the pools are warm.
 
+// One of the named modules allowed `unsafe` (workspace lints): calls into the `#[target_feature]` micro-kernels of `cpu/x86.rs`, each behind a CPU-detection token.
+#![allow(unsafe_code)]
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use parking_lot::Mutex;
@@ -35,11 +37,10 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use super::gate::{check_scores, finish_token, Selected, SelectionParams, TokenAssignments};
+use super::math::{dot, madd};
 use super::plan::{self, PlanInput};
 use super::{AdapterWeights, KernelError};
-use crate::select::math::{cosine, dot, dot_and_sq, finish_token, inv_norm, madd};
-use crate::select::SelectError;
-use crate::select::{Selected, SelectionParams, TokenAssignments};
 
 /// Rows of `B` converted per expand step: ≈16 KiB of f32 whatever the rank.
 const B_CHUNK_VALUES: usize = 4096;
@@ -129,14 +130,6 @@ trait Simd: Copy {
     fn dot_2x4(self, a: [&[f32]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2];
     /// `a · b`.
     fn dot(self, a: &[f32], b: &[f32]) -> f32;
-    /// `(q · k, k · k)` in one pass.
-    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32);
-    /// `(q · k, k · k)` in one pass for fp16 `k`; `buf` is scratch of `k.len()`.
-    fn dot_and_sq_f16(self, q: &[f32], k: &[f16], buf: &mut [f32]) -> (f32, f32) {
-        let n = k.len().min(buf.len());
-        self.f16_to_f32(&k[..n], &mut buf[..n]);
-        self.dot_and_sq(q, &buf[..n])
-    }
     /// Widens fp16 `b` (`rows × rank`) into rank-major `bt` (`rank × rows`);
     /// `tmp` is scratch of at least `rows × rank`.
     fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
@@ -204,10 +197,6 @@ impl Simd for Portable {
     fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         dot::<false>(a, b)
     }
-    #[inline(always)]
-    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32) {
-        dot_and_sq::<false>(q, k)
-    }
 }
 
 /// Proof that the CPU supports AVX2, FMA and F16C: only [`Avx2Fma::detect`] makes one.
@@ -259,16 +248,6 @@ impl Simd for Avx2Fma {
         unsafe { x86::dot(a, b) }
     }
     #[inline(always)]
-    fn dot_and_sq(self, q: &[f32], k: &[f32]) -> (f32, f32) {
-        // SAFETY: see the impl.
-        unsafe { x86::dot_and_sq_f32(q, k) }
-    }
-    #[inline(always)]
-    fn dot_and_sq_f16(self, q: &[f32], k: &[f16], _: &mut [f32]) -> (f32, f32) {
-        // SAFETY: see the impl.
-        unsafe { x86::dot_and_sq_f16(q, k) }
-    }
-    #[inline(always)]
     fn transpose_f16(self, b: &[f16], rank: usize, bt: &mut [f32], tmp: &mut [f32]) {
         // SAFETY: see the impl.
         if !unsafe { x86::transpose_f16(b, rank, bt) } {
@@ -277,40 +256,14 @@ impl Simd for Avx2Fma {
     }
 }
 
-/// The candidate keys, `K × key_dim`, in their own dtype (independent of the
-/// queries': the store keeps keys in fp16, the backbone makes f32 queries).
-#[derive(Clone, Copy)]
-pub(crate) enum Keys<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-}
-
-impl<'a> Keys<'a> {
-    fn len(&self) -> usize {
-        match self {
-            Keys::F32(k) => k.len(),
-            Keys::F16(k) => k.len(),
-        }
-    }
-
-    /// The first `n` values (all of them if there are fewer).
-    fn prefix(self, n: usize) -> Keys<'a> {
-        match self {
-            Keys::F32(k) => Keys::F32(&k[..n.min(k.len())]),
-            Keys::F16(k) => Keys::F16(&k[..n.min(k.len())]),
-        }
-    }
-}
-
 /// Inputs of one CPU call, already validated (shapes agree, slices are long enough).
-pub(crate) struct CpuArgs<'a, H, Q> {
+pub(crate) struct CpuArgs<'a, H> {
     pub h: &'a [H],
     pub h_norm: &'a [H],
-    pub q: &'a [Q],
-    pub keys: Keys<'a>,
+    /// `T × K` row-major.
+    pub scores: &'a [f32],
     pub tokens: usize,
     pub d_model: usize,
-    pub key_dim: usize,
     pub candidates: usize,
     pub weights: &'a dyn AdapterWeights,
     pub params: &'a SelectionParams,
@@ -348,9 +301,6 @@ struct MixScratch {
 struct BlockScratch {
     hn: Vec<f32>,
     hrow: Vec<f32>,
-    qbuf: Vec<f32>,
-    krow: Vec<f32>,
-    q_inv: Vec<f32>,
     scores: Vec<f32>,
     counts: Vec<usize>,
     experts: Vec<ExpertUses>,
@@ -394,12 +344,12 @@ type BlockItem<'a, H> = (usize, (&'a mut [H], (&'a mut [u32], &'a mut [Selected]
 
 /// Runs the fused operator on validated CPU inputs, writing `T × d_model` values into
 /// `out`. When `record` is given, the selection is copied into it.
-pub(crate) fn apply<H: Elem, Q: Elem>(
-    args: &CpuArgs<'_, H, Q>,
+pub(crate) fn apply<H: Elem>(
+    args: &CpuArgs<'_, H>,
     out: &mut [H],
     record: Option<&mut TokenAssignments>,
 ) -> Result<(), KernelError> {
-    let (t, d, kd, k) = (args.tokens, args.d_model, args.key_dim, args.candidates);
+    let (t, d, k) = (args.tokens, args.d_model, args.candidates);
     let rank = args.weights.rank();
     let need = |name: &'static str, len: usize, want: usize| {
         if len < want {
@@ -415,17 +365,11 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
     };
     need("hidden states", args.h.len(), t * d)?;
     need("h_norm", args.h_norm.len(), t * d)?;
-    need("queries", args.q.len(), t * kd)?;
-    need("keys", args.keys.len(), k * kd)?;
+    need("scores", args.scores.len(), t * k)?;
     need("output", out.len(), t * d)?;
     args.params.validate(k)?;
-    if kd == 0 {
-        return Err(crate::select::SelectError::ZeroKeyDim.into());
-    }
 
     with_pooled(&CALL_POOL, |cs| {
-        // Exactly K rows, so every candidate index derived from the keys is < K.
-        let keys = args.keys.prefix(k * kd);
         let stride = args.params.slots(k);
         cs.assignments.reset(t, stride);
 
@@ -433,7 +377,6 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
             tokens: t,
             d_model: d,
             rank,
-            key_dim: kd,
             candidates: k,
             slots: stride,
             threads: args.threads,
@@ -443,15 +386,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
         if tplan.blocks <= 1 || d == 0 {
             let (counts, slots) = cs.assignments.parts_mut();
             with_pooled(&BLOCK_POOL, |bs| {
-                single_block(
-                    args,
-                    keys,
-                    counts,
-                    slots,
-                    &mut out[..t * d],
-                    bs,
-                    &mut cs.groups,
-                )
+                single_block(args, counts, slots, &mut out[..t * d], bs, &mut cs.groups)
             })?;
         } else {
             let blocks = out[..t * d]
@@ -460,7 +395,7 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
                 .enumerate();
             let run = |(b, (out_b, (counts, slots))): BlockItem<'_, H>| {
                 with_pooled(&BLOCK_POOL, |bs| {
-                    token_block(args, keys, b * tplan.block, counts, slots, out_b, bs)
+                    token_block(args, b * tplan.block, counts, slots, out_b, bs)
                 })
             };
             if tplan.parallel {
@@ -477,9 +412,8 @@ pub(crate) fn apply<H: Elem, Q: Elem>(
 }
 
 /// A whole call as one block, possibly with experts split over threads.
-fn single_block<H: Elem, Q: Elem>(
-    args: &CpuArgs<'_, H, Q>,
-    keys: Keys<'_>,
+fn single_block<H: Elem>(
+    args: &CpuArgs<'_, H>,
     counts: &mut [u32],
     slots: &mut [Selected],
     out: &mut [H],
@@ -488,7 +422,7 @@ fn single_block<H: Elem, Q: Elem>(
 ) -> Result<(), KernelError> {
     let (n, d) = (args.tokens, args.d_model);
     let rank = args.weights.rank();
-    select_block(args, keys, 0, n, counts, slots, bs)?;
+    select_block(args, 0, n, counts, slots, bs)?;
     invert(
         counts,
         slots,
@@ -558,9 +492,8 @@ fn single_block<H: Elem, Q: Elem>(
 }
 
 /// One block of a multi-block call, start to finish.
-fn token_block<H: Elem, Q: Elem>(
-    args: &CpuArgs<'_, H, Q>,
-    keys: Keys<'_>,
+fn token_block<H: Elem>(
+    args: &CpuArgs<'_, H>,
     t0: usize,
     counts: &mut [u32],
     slots: &mut [Selected],
@@ -570,7 +503,7 @@ fn token_block<H: Elem, Q: Elem>(
     let d = args.d_model;
     let n = counts.len();
     let rows = t0 * d..(t0 + n) * d;
-    select_block(args, keys, t0, n, counts, slots, bs)?;
+    select_block(args, t0, n, counts, slots, bs)?;
     invert(
         counts,
         slots,
@@ -701,182 +634,28 @@ fn invert(
     }
 }
 
-/// Selection for tokens `t0 .. t0 + n` into `counts`/`slots`.
-fn select_block<H: Elem, Q: Elem>(
-    args: &CpuArgs<'_, H, Q>,
-    keys: Keys<'_>,
+/// Gate of tokens `t0 .. t0 + n` into `counts`/`slots`: each token's score row, copied
+/// (the penalty is subtracted in place), through [`finish_token`].
+fn select_block<H: Elem>(
+    args: &CpuArgs<'_, H>,
     t0: usize,
     n: usize,
     counts: &mut [u32],
     slots: &mut [Selected],
     bs: &mut BlockScratch,
 ) -> Result<(), KernelError> {
-    let kd = args.key_dim;
-    let q = &args.q[t0 * kd..(t0 + n) * kd];
-    let qf: &[f32] = match Q::as_f32(q) {
-        Some(v) => v,
-        None => {
-            let buf = grown(&mut bs.qbuf, n * kd);
-            Q::to_f32(q, buf);
-            buf
-        }
-    };
-    let sel = SelectArgs {
-        q: qf,
-        keys,
-        key_dim: kd,
-        params: args.params,
-        t0,
-    };
-    let mut out = SelectOut {
-        q_inv: grown(&mut bs.q_inv, n),
-        krow: grown(&mut bs.krow, 2 * kd),
-        scores: grown(&mut bs.scores, n * args.candidates),
-        counts,
-        slots,
-    };
-    let r = match args.isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => match Avx2Fma::detect() {
-            // SAFETY: `tok` proves the CPU has every feature `select_avx2` enables.
-            Some(tok) => unsafe { select_avx2(tok, &sel, &mut out) },
-            None => select_impl::<_, false>(Portable, &sel, &mut out),
-        },
-        _ => select_impl::<_, false>(Portable, &sel, &mut out),
-    };
-    Ok(r?)
-}
-
-/// Scratch and results of a block's selection.
-struct SelectOut<'a> {
-    /// Inverse query norms, `n`.
-    q_inv: &'a mut [f32],
-    /// Up to two key rows widened to f32 (fp16 keys only), `2 × key_dim`.
-    krow: &'a mut [f32],
-    /// Scores, `n × K`.
-    scores: &'a mut [f32],
-    counts: &'a mut [u32],
-    slots: &'a mut [Selected],
-}
-
-/// The read-only inputs of a block's selection.
-struct SelectArgs<'a> {
-    /// The block's queries as f32, `n × key_dim`.
-    q: &'a [f32],
-    keys: Keys<'a>,
-    key_dim: usize,
-    params: &'a SelectionParams,
-    /// First token of the block (for error messages).
-    t0: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn select_avx2(
-    tok: Avx2Fma,
-    a: &SelectArgs<'_>,
-    out: &mut SelectOut<'_>,
-) -> Result<(), SelectError> {
-    select_impl::<_, true>(tok, a, out)
-}
-
-#[inline(always)]
-fn select_impl<S: Simd, const FMA: bool>(
-    simd: S,
-    a: &SelectArgs<'_>,
-    out: &mut SelectOut<'_>,
-) -> Result<(), SelectError> {
-    let kd = a.key_dim;
-    let n = out.counts.len();
-    let candidates = a.keys.len() / kd.max(1);
-    if n == 0 || kd == 0 || a.q.len() < n * kd {
-        return Ok(());
-    }
-    for (u, (qr, inv)) in a.q.chunks_exact(kd).zip(out.q_inv.iter_mut()).enumerate() {
-        *inv = inv_norm::<FMA>(qr, None).ok_or(SelectError::NonFiniteQuery { token: a.t0 + u })?;
-    }
-    let q_inv = &out.q_inv[..n];
-    if n < 4 {
-        // Decode-sized: key by key, its norm in the same pass as the first dot
-        // (fp16 keys widened on the fly), so each key row is read once.
-        for j in 0..candidates {
-            let (d0, kk, key): (f32, f32, &[f32]) = match a.keys {
-                Keys::F32(keys) => {
-                    let key = &keys[j * kd..(j + 1) * kd];
-                    let (d0, kk) = simd.dot_and_sq(&a.q[..kd], key);
-                    (d0, kk, key)
-                }
-                Keys::F16(keys) => {
-                    let key = &keys[j * kd..(j + 1) * kd];
-                    let (d0, kk) = simd.dot_and_sq_f16(&a.q[..kd], key, &mut out.krow[..kd]);
-                    // Needed only for further queries or the overflow fallback.
-                    if n > 1 || !(d0 * q_inv[0]).is_finite() || !kk.is_finite() {
-                        simd.f16_to_f32(key, &mut out.krow[..kd]);
-                    }
-                    (d0, kk, &out.krow[..kd])
-                }
-            };
-            let ki =
-                inv_norm::<FMA>(key, Some(kk)).ok_or(SelectError::NonFiniteKey { candidate: j })?;
-            out.scores[j] = cosine(&a.q[..kd], q_inv[0], key, ki, d0);
-            for (u, (qu, &qi)) in a.q.chunks_exact(kd).zip(q_inv).enumerate().skip(1) {
-                let dv = simd.dot(qu, key);
-                out.scores[u * candidates + j] = cosine(qu, qi, key, ki, dv);
-            }
-        }
-    } else {
-        // Prompt-sized: two keys × four queries per micro-kernel call.
-        let mut j = 0;
-        while j < candidates {
-            let pair = j + 1 < candidates;
-            let rows = if pair { 2 } else { 1 };
-            let (k0, k1): (&[f32], &[f32]) = match a.keys {
-                Keys::F32(keys) => {
-                    let k = &keys[j * kd..(j + rows) * kd];
-                    (&k[..kd], &k[(rows - 1) * kd..])
-                }
-                Keys::F16(keys) => {
-                    let buf = &mut out.krow[..rows * kd];
-                    simd.f16_to_f32(&keys[j * kd..(j + rows) * kd], buf);
-                    let buf = &out.krow[..rows * kd];
-                    (&buf[..kd], &buf[(rows - 1) * kd..])
-                }
-            };
-            let inv = |jj: usize, k: &[f32]| {
-                inv_norm::<FMA>(k, Some(simd.dot(k, k)))
-                    .ok_or(SelectError::NonFiniteKey { candidate: jj })
-            };
-            let ki = [inv(j, k0)?, inv(j + rows - 1, k1)?];
-            let keys2 = [k0, k1];
-            let mut u = 0;
-            while u + 4 <= n {
-                let qs: [&[f32]; 4] = std::array::from_fn(|i| &a.q[(u + i) * kd..(u + i + 1) * kd]);
-                let dots = simd.dot_2x4(keys2, qs);
-                for (r, row) in dots.iter().enumerate().take(rows) {
-                    for (i, &dv) in row.iter().enumerate() {
-                        let s = cosine(qs[i], q_inv[u + i], keys2[r], ki[r], dv);
-                        out.scores[(u + i) * candidates + j + r] = s;
-                    }
-                }
-                u += 4;
-            }
-            for (uu, (qu, &qi)) in a.q.chunks_exact(kd).zip(q_inv).enumerate().skip(u) {
-                for r in 0..rows {
-                    let dv = simd.dot(qu, keys2[r]);
-                    out.scores[uu * candidates + j + r] = cosine(qu, qi, keys2[r], ki[r], dv);
-                }
-            }
-            j += rows;
-        }
-    }
-    let stride = out.slots.len().checked_div(n).unwrap_or(0);
-    for (u, count) in out.counts.iter_mut().enumerate() {
-        let row = &mut out.scores[u * candidates..(u + 1) * candidates];
-        let sel = out
-            .slots
+    let k = args.candidates;
+    let rows = &args.scores[t0 * k..(t0 + n) * k];
+    check_scores(rows, k, t0)?;
+    let scores = grown(&mut bs.scores, n * k);
+    scores.copy_from_slice(rows);
+    let stride = slots.len().checked_div(n).unwrap_or(0);
+    for (u, count) in counts.iter_mut().enumerate() {
+        let row = &mut scores[u * k..(u + 1) * k];
+        let sel = slots
             .get_mut(u * stride..(u + 1) * stride)
             .unwrap_or(&mut []);
-        *count = finish_token(row, a.params, sel) as u32;
+        *count = finish_token(row, args.params, sel) as u32;
     }
     Ok(())
 }

@@ -9,12 +9,12 @@
 //! * The tile's used experts may be split over **`splits`** CTAs (`grid.y`): CTA `y`
 //!   applies experts `y, y + splits, …` and adds its share into the output with
 //!   `atomicAdd`. Splits exist to fill the GPU when there are few tiles (decode, short
-//!   prompts); each split repeats the tile's selection (it re-reads the keys from L2),
-//!   so they are bounded by the weight bytes they spread ([`KEY_COST_RATIO`]).
-//! * Shared memory holds, per tile: the f32 queries and the `tile × K` scores during
-//!   selection, then (same bytes) the f32 `h̃` rows and the f32 delta rows during the
-//!   apply, plus small selection/expert lists. The tile is the largest that fits the
-//!   budget (two CTAs per SM where possible).
+//!   prompts); each split repeats the tile's gate (it re-reads the tile's score rows),
+//!   so they are bounded by the weight bytes they spread ([`SCORE_COST_RATIO`]).
+//! * Shared memory holds, per tile: the `tile × K` f32 scores during the gate, then (same
+//!   bytes) the f32 `h̃` rows and the f32 delta rows during the apply, plus small
+//!   selection/expert lists. The tile is the largest that fits the budget (two CTAs per
+//!   SM where possible).
 //! * The shrink `z = A h̃` gives each warp a (row of `A`, part of `d_model`) item;
 //!   `nsplit` parts per row keep all warps busy at low rank.
 
@@ -30,9 +30,9 @@ pub const MAX_TILE: usize = 16;
 pub const SHRINK_GRANULE: usize = 128;
 /// CTAs per SM the plan aims for (the kernel's `__launch_bounds__` minimum).
 pub const CTAS_PER_SM: usize = 2;
-/// A split must spread at least `1 / KEY_COST_RATIO` of the keys' bytes in weights:
-/// every split re-reads all K keys (from L2) for its selection.
-pub const KEY_COST_RATIO: usize = 4;
+/// A split must spread at least `1 / SCORE_COST_RATIO` of the tile's score bytes in
+/// weights: every split re-reads the tile's `tile × K` scores for its gate.
+pub const SCORE_COST_RATIO: usize = 4;
 
 /// Device properties the plan depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,16 +67,12 @@ pub struct CudaPlanInput {
     pub tokens: usize,
     /// Model width.
     pub d_model: usize,
-    /// Query/key width.
-    pub key_dim: usize,
-    /// Candidates K.
+    /// Candidates K (columns of the score matrix).
     pub candidates: usize,
     /// Adapter rank.
     pub rank: usize,
     /// Selection slots per token, `min(top_k, K)`.
     pub slots: usize,
-    /// Bytes per key element (4 for f32 keys, 2 for f16).
-    pub key_elem_bytes: usize,
 }
 
 /// Why no plan exists for a call.
@@ -84,7 +80,7 @@ pub struct CudaPlanInput {
 #[non_exhaustive]
 pub enum PlanError {
     /// Even a one-token tile needs more shared memory than the device has.
-    #[error("the CUDA kernel needs {need} bytes of shared memory for one token (d_model {d_model}, key_dim {key_dim}, K {candidates}); the device allows {have}")]
+    #[error("the CUDA kernel needs {need} bytes of shared memory for one token (d_model {d_model}, K {candidates}); the device allows {have}")]
     SharedMemory {
         /// Bytes needed for a one-token tile.
         need: usize,
@@ -92,8 +88,6 @@ pub enum PlanError {
         have: usize,
         /// Model width of the call.
         d_model: usize,
-        /// Key width of the call.
-        key_dim: usize,
         /// Candidates of the call.
         candidates: usize,
     },
@@ -106,11 +100,9 @@ pub enum PlanError {
 /// of the shared-memory regions of one CTA. Mirrors the kernel's `Params::off_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SmemLayout {
-    /// f32 queries, `tile × key_dim` (selection phase).
-    pub qs: usize,
-    /// Scores, `tile × K` (selection phase).
+    /// Scores after the penalty, `tile × K` (gate phase).
     pub scores: usize,
-    /// f32 `h̃` rows, `tile × d_model` (apply phase; overlaps `qs`).
+    /// f32 `h̃` rows, `tile × d_model` (apply phase; overlaps `scores`).
     pub hn: usize,
     /// f32 delta rows, `tile × d_model` (apply phase).
     pub delta: usize,
@@ -118,8 +110,6 @@ pub struct SmemLayout {
     pub zpart: usize,
     /// Weighted `z` of the current expert's users, `tile × rank`.
     pub z: usize,
-    /// Inverse query norms, `tile`.
-    pub qinv: usize,
     /// Experts per token, `tile`.
     pub cnt: usize,
     /// Whether this CTA added anything to a token's row, `tile`.
@@ -160,17 +150,15 @@ fn r4(x: usize) -> usize {
 /// The shared-memory layout of a CTA (see [`SmemLayout`]), or `None` on overflow.
 pub fn smem_layout(tile: usize, p: &CudaPlanInput, nsplit: usize) -> Option<SmemLayout> {
     let m = |a: usize, b: usize| a.checked_mul(b).map(r4);
-    let (d, kd, k) = (p.d_model, p.key_dim, p.candidates);
-    let qs = 0;
-    let scores = qs + m(tile, kd)?;
-    let sel_end = scores.checked_add(m(tile, k)?)?;
+    let (d, k) = (p.d_model, p.candidates);
+    let scores = 0;
+    let sel_end = scores + m(tile, k)?;
     let hn = 0;
     let delta = hn + m(tile, d)?;
     let apply_end = delta.checked_add(m(tile, d)?)?;
     let zpart = sel_end.max(apply_end);
     let z = zpart.checked_add(m(nsplit.checked_mul(tile)?, p.rank)?)?;
-    let qinv = z.checked_add(m(tile, p.rank)?)?;
-    let cnt = qinv + r4(tile);
+    let cnt = z.checked_add(m(tile, p.rank)?)?;
     let touched = cnt + r4(tile);
     let sel_idx = touched + r4(tile);
     let ts = m(tile, p.slots)?;
@@ -184,13 +172,11 @@ pub fn smem_layout(tile: usize, p: &CudaPlanInput, nsplit: usize) -> Option<Smem
     let misc = users_w.checked_add(ts)?;
     let words = misc.checked_add(4)?;
     Some(SmemLayout {
-        qs,
         scores,
         hn,
         delta,
         zpart,
         z,
-        qinv,
         cnt,
         touched,
         sel_idx,
@@ -255,8 +241,7 @@ pub fn plan(p: &CudaPlanInput, limits: &DeviceLimits) -> Result<CudaPlan, PlanEr
     let (nsplit, chunk) = shrink_split(p.d_model, p.rank);
     for (what, v) in [
         ("tokens × d_model", p.tokens.checked_mul(p.d_model)),
-        ("tokens × key_dim", p.tokens.checked_mul(p.key_dim)),
-        ("candidates × key_dim", p.candidates.checked_mul(p.key_dim)),
+        ("tokens × candidates", p.tokens.checked_mul(p.candidates)),
         ("tokens × slots", p.tokens.checked_mul(p.slots)),
         ("rank × d_model", p.rank.checked_mul(p.d_model)),
     ] {
@@ -280,7 +265,6 @@ pub fn plan(p: &CudaPlanInput, limits: &DeviceLimits) -> Result<CudaPlan, PlanEr
             need: smem_layout(1, p, nsplit).map_or(usize::MAX, |l| l.bytes()),
             have: limits.smem_per_block_optin,
             d_model: p.d_model,
-            key_dim: p.key_dim,
             candidates: p.candidates,
         });
     };
@@ -298,18 +282,14 @@ pub fn plan(p: &CudaPlanInput, limits: &DeviceLimits) -> Result<CudaPlan, PlanEr
     let layout = fits(tile, budget).unwrap_or(layout);
 
     // Splits: fill the GPU when tiles are few, never more than the tile's experts, and
-    // each split must carry enough weight bytes to pay for re-reading the keys.
+    // each split must carry enough weight bytes to pay for re-reading the tile's scores.
     let experts = tile.saturating_mul(p.slots).min(p.candidates).max(1);
     let target = limits.sm_count.max(1) * CTAS_PER_SM;
     let mut splits = target.div_ceil(tiles).clamp(1, experts);
-    let key_bytes = p
-        .candidates
-        .saturating_mul(p.key_dim)
-        .saturating_mul(p.key_elem_bytes)
-        .max(1);
+    let score_bytes = tile.saturating_mul(p.candidates).saturating_mul(4).max(1);
     let weight_bytes = experts.saturating_mul(expert_bytes(p.rank, p.d_model));
-    let by_keys = (weight_bytes.saturating_mul(KEY_COST_RATIO) / key_bytes).max(1);
-    splits = splits.min(by_keys).min(u16::MAX as usize);
+    let by_scores = (weight_bytes.saturating_mul(SCORE_COST_RATIO) / score_bytes).max(1);
+    splits = splits.min(by_scores).min(u16::MAX as usize);
     Ok(CudaPlan {
         tile,
         tiles,
@@ -329,8 +309,6 @@ pub struct KernelParams {
     pub tokens: i32,
     /// Model width.
     pub d_model: i32,
-    /// Query/key width.
-    pub key_dim: i32,
     /// Candidates K.
     pub candidates: i32,
     /// Adapter rank.
@@ -348,8 +326,6 @@ pub struct KernelParams {
     /// Softmax temperature.
     pub temperature: f32,
     /// Shared-memory offsets in words (see [`SmemLayout`]).
-    pub off_qs: i32,
-    #[allow(missing_docs)]
     pub off_scores: i32,
     #[allow(missing_docs)]
     pub off_hn: i32,
@@ -359,8 +335,6 @@ pub struct KernelParams {
     pub off_zpart: i32,
     #[allow(missing_docs)]
     pub off_z: i32,
-    #[allow(missing_docs)]
-    pub off_qinv: i32,
     #[allow(missing_docs)]
     pub off_cnt: i32,
     #[allow(missing_docs)]
@@ -385,11 +359,12 @@ pub struct KernelParams {
     pub off_misc: i32,
 }
 
-/// Field names of [`KernelParams`] in order (checked against the `.cu` in a test).
-pub const KERNEL_PARAM_FIELDS: [&str; 29] = [
+/// Field names of [`KernelParams`] in order (checked against the `.cu` in a test; only
+/// the tests read it now that the module is private).
+#[cfg_attr(not(test), allow(dead_code))]
+pub const KERNEL_PARAM_FIELDS: [&str; 26] = [
     "tokens",
     "d_model",
-    "key_dim",
     "candidates",
     "rank",
     "slots",
@@ -398,13 +373,11 @@ pub const KERNEL_PARAM_FIELDS: [&str; 29] = [
     "chunk",
     "tau",
     "temperature",
-    "off_qs",
     "off_scores",
     "off_hn",
     "off_delta",
     "off_zpart",
     "off_z",
-    "off_qinv",
     "off_cnt",
     "off_touched",
     "off_sel_idx",
@@ -426,7 +399,6 @@ impl CudaPlan {
         KernelParams {
             tokens: i(p.tokens),
             d_model: i(p.d_model),
-            key_dim: i(p.key_dim),
             candidates: i(p.candidates),
             rank: i(p.rank),
             slots: i(p.slots),
@@ -435,13 +407,11 @@ impl CudaPlan {
             chunk: i(self.chunk),
             tau,
             temperature,
-            off_qs: i(l.qs),
             off_scores: i(l.scores),
             off_hn: i(l.hn),
             off_delta: i(l.delta),
             off_zpart: i(l.zpart),
             off_z: i(l.z),
-            off_qinv: i(l.qinv),
             off_cnt: i(l.cnt),
             off_touched: i(l.touched),
             off_sel_idx: i(l.sel_idx),
@@ -484,11 +454,9 @@ mod tests {
         CudaPlanInput {
             tokens,
             d_model: d,
-            key_dim: d,
             candidates: k,
             rank,
             slots,
-            key_elem_bytes: 2,
         }
     }
 
@@ -502,7 +470,6 @@ mod tests {
         vec![
             (l.zpart, nsplit * tile * p.rank),
             (l.z, tile * p.rank),
-            (l.qinv, tile),
             (l.cnt, tile),
             (l.touched, tile),
             (l.sel_idx, ts),
@@ -519,27 +486,26 @@ mod tests {
 
     #[test]
     fn layout_regions_are_aligned_and_disjoint() {
-        for (tile, d, kd, k, rank, slots) in [
-            (1usize, 576usize, 576usize, 64usize, 8usize, 8usize),
-            (3, 7, 13, 5, 3, 2),
-            (16, 577, 16, 24, 64, 9),
-            (5, 1, 1, 1, 1, 1),
+        for (tile, d, k, rank, slots) in [
+            (1usize, 576usize, 64usize, 8usize, 8usize),
+            (3, 7, 5, 3, 2),
+            (16, 577, 24, 64, 9),
+            (16, 16, 600, 8, 9),
+            (5, 1, 1, 1, 1),
         ] {
             let p = CudaPlanInput {
                 tokens: 100,
                 d_model: d,
-                key_dim: kd,
                 candidates: k,
                 rank,
                 slots,
-                key_elem_bytes: 4,
             };
             let (nsplit, _) = shrink_split(d, rank);
             let l = smem_layout(tile, &p, nsplit).unwrap();
-            // Selection phase: qs then scores; apply phase: hn then delta; both end
-            // before the persistent regions.
-            assert_eq!((l.qs, l.hn), (0, 0));
-            assert!(l.scores >= tile * kd && l.delta >= tile * d);
+            // Gate phase: scores; apply phase: hn then delta; both end before the
+            // persistent regions.
+            assert_eq!((l.scores, l.hn), (0, 0));
+            assert!(l.delta >= tile * d);
             assert!(l.zpart >= l.scores + tile * k && l.zpart >= l.delta + tile * d);
             let mut rs = regions(&l, tile, &p, nsplit);
             for (off, _) in &rs {
@@ -563,13 +529,11 @@ mod tests {
     fn layout_matches_the_emulator_fixture() {
         let offsets = |l: SmemLayout| {
             [
-                l.qs,
                 l.scores,
                 l.hn,
                 l.delta,
                 l.zpart,
                 l.z,
-                l.qinv,
                 l.cnt,
                 l.touched,
                 l.sel_idx,
@@ -584,31 +548,29 @@ mod tests {
                 l.words,
             ]
         };
-        let p = |d, kd, k, rank, slots| CudaPlanInput {
+        let p = |d, k, rank, slots| CudaPlanInput {
             tokens: 100,
             d_model: d,
-            key_dim: kd,
             candidates: k,
             rank,
             slots,
-            key_elem_bytes: 4,
         };
-        let a = p(200, 16, 24, 8, 4);
+        let a = p(200, 24, 8, 4);
         assert_eq!(shrink_split(200, 8).0, 1);
         assert_eq!(
             offsets(smem_layout(5, &a, 1).unwrap()),
             [
-                0, 80, 0, 1000, 2000, 2040, 2080, 2088, 2096, 2104, 2124, 2144, 2164, 2188, 2212,
-                2236, 2256, 2276, 2280
+                0, 0, 1000, 2000, 2040, 2080, 2088, 2096, 2116, 2136, 2156, 2180, 2204, 2228, 2248,
+                2268, 2272
             ]
         );
-        let b = p(301, 40, 37, 1, 9);
+        let b = p(301, 37, 1, 9);
         assert_eq!(shrink_split(301, 1), (3, 128));
         assert_eq!(
             offsets(smem_layout(3, &b, 3).unwrap()),
             [
-                0, 120, 0, 904, 1808, 1820, 1824, 1828, 1832, 1836, 1864, 1892, 1920, 1960, 2000,
-                2040, 2068, 2096, 2100
+                0, 0, 904, 1808, 1820, 1824, 1828, 1832, 1860, 1888, 1916, 1956, 1996, 2036, 2064,
+                2092, 2096
             ]
         );
     }
@@ -635,13 +597,16 @@ mod tests {
     fn decode_is_one_tile_split_over_its_experts() {
         let p = plan(&input(1, 576, 64, 8, 8), &DeviceLimits::H100).unwrap();
         assert_eq!((p.tile, p.tiles), (1, 1));
-        // 8 experts of 18 KiB against 72 KiB of keys: 4 × 147 KiB / 72 KiB → 8.
+        // One split per expert: 8 experts of 18 KiB spread far more than 256 B of scores.
         assert_eq!(p.splits, 8);
         let p = plan(&input(1, 4096, 256, 16, 32), &DeviceLimits::H100).unwrap();
         assert_eq!((p.tile, p.tiles), (1, 1));
-        // 32 experts × 256 KiB, keys 2 MiB: 4 × 8 MiB / 2 MiB = 16 splits.
-        assert_eq!(p.splits, 16);
-        assert_eq!(p.grid(), (1, 16, 1));
+        assert_eq!(p.splits, 32);
+        assert_eq!(p.grid(), (1, 32, 1));
+        // Tiny experts (rank 1, d 8: 32 B each) do not pay for re-reading 1 KiB of scores:
+        // 4 × 8 experts × 32 B / 1 KiB → 1 split.
+        let p = plan(&input(1, 8, 256, 1, 8), &DeviceLimits::H100).unwrap();
+        assert_eq!(p.splits, 1);
     }
 
     #[test]

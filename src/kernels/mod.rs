@@ -1,4 +1,4 @@
-//! The fused selection + adapter apply operator, and its autograd reference.
+//! The fused gate + adapter apply operator, and its autograd reference.
 //!
 //! # What it computes
 //!
@@ -11,10 +11,11 @@
 //! * `h` — the residual stream at the site, `[T × d_model]`, f32 or f16;
 //! * `h̃` (`h_norm`) — the layer's normalised input, same shape and dtype, which the
 //!   adapter reads (residual norms reach ~25 000, so the adapter never sees raw `h`);
-//! * `q` — per-token queries `[T × key_dim]`, and `keys` — the K candidate keys
-//!   `[K × key_dim]` (each f32 or f16, independently: the store keeps fp16 keys);
-//! * the selection `w_tj` is stage-2 selection as defined in [`crate::select`]
-//!   (cosine, penalty, strict threshold τ, top-k, softmax with temperature);
+//! * `scores` — `[T × K]` f32, the score of each of the K candidates at each token,
+//!   computed by the selection rule ([`crate::select`]); `−inf` means "not a
+//!   candidate at this token";
+//! * the weights `w_tj` are the gate of [`gate`] (penalty, strict threshold τ, top-k,
+//!   softmax with temperature);
 //! * `A_j` is `rank × d_model`, `B_j` is `d_model × rank`, both row-major fp16;
 //!   `z = A_j h̃_t` and `B_j z` are accumulated in f32 and the sum is added to `h_t`
 //!   in f32; the output has `h`'s dtype.
@@ -23,29 +24,35 @@
 //! # Two paths
 //!
 //! * [`fused_apply`] — inference. A candle [`CustomOp3`](candle_core::CustomOp3)
-//!   ([`FusedApplyOp`]) over `(h, h_norm, q)` that holds the keys and *borrows* the
-//!   candidates' weights through [`AdapterWeights`] (mmap views or cache slots; no
-//!   copy into tensors). The CPU kernel ([`cpu`]) does selection and both matmuls in
-//!   one pass per token block. No backward.
-//! * [`reference_apply`] — the same maths from ordinary candle ops (matmul, gather,
-//!   `index_select`, `candle_nn::ops::softmax`), with `A`/`B` as tensors so that
-//!   gradients reach them. It is the oracle for the fused path (CPU now, CUDA later)
-//!   and the path memory tuning trains through.
+//!   ([`FusedApplyOp`]) over `(h, h_norm, scores)` that *borrows* the candidates'
+//!   weights through [`AdapterWeights`] (mmap views or cache slots; no copy into
+//!   tensors). The CPU kernel ([`cpu`]) does the gate and both matmuls in one pass per
+//!   token block. No backward.
+//! * [`reference_apply`] — the same maths from ordinary candle ops (gather, matmul,
+//!   `candle_nn::ops::softmax`), with `A`/`B` as tensors so that gradients reach
+//!   them, for one row (`[T, d]`) or a batch of rows (`[B, T, d]`, each with its own
+//!   candidates). It is the oracle of the fused paths and what memory tuning trains
+//!   through.
 
-pub mod cpu;
+// Internals (the CPU kernel, launch plans, the op's plumbing) are private; the CUDA
+// launcher is public behind the `cuda` feature (re-exported as `mome::cuda`).
+mod cpu;
 pub mod cuda;
-pub mod cuda_plan;
-pub mod op;
-pub mod plan;
-pub mod reference;
+// The pure launch plan is unit-tested on every build; only the `cuda` launcher uses it.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+mod cuda_plan;
+mod gate;
+mod math;
+mod op;
+mod plan;
+mod reference;
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use crate::select::{SelectError, SelectionParams, TokenAssignments};
-
+pub use gate::{gate, SelectError, Selected, SelectionParams, TokenAssignments};
 pub use op::{FusedApplyOp, FusedOptions};
 pub use reference::{reference_apply, reference_mix, reference_select, ReferenceSelection};
 
@@ -138,7 +145,7 @@ pub enum KernelError {
     /// directly; [`fused_apply`] makes inputs contiguous first).
     #[error("{0} is not contiguous")]
     NotContiguous(&'static str),
-    /// Bad selection parameters, or a NaN/infinite query or key.
+    /// Bad gate parameters, or a NaN/+inf score.
     #[error(transparent)]
     Select(#[from] SelectError),
     /// An error from candle itself.
@@ -303,7 +310,6 @@ impl AdapterWeights for OwnedAdapters {
 pub(crate) struct Dims {
     pub tokens: usize,
     pub d_model: usize,
-    pub key_dim: usize,
     pub candidates: usize,
 }
 
@@ -367,12 +373,11 @@ fn matrix(
     })
 }
 
-/// Validates the activation-side inputs common to both paths.
+/// Validates the activation-side inputs of one row (`[T, d_model]`, `[T, K]`).
 pub(crate) fn check_activations(
     h: &Tensor,
     h_norm: &Tensor,
-    q: &Tensor,
-    keys: &Tensor,
+    scores: &Tensor,
 ) -> Result<Dims, KernelError> {
     let (tokens, d_model) = matrix("hidden states", h, "[T, d_model]")?;
     if h_norm.dims() != h.dims() {
@@ -383,33 +388,30 @@ pub(crate) fn check_activations(
             h_norm.dims(),
         ));
     }
-    let (qt, key_dim) = matrix("queries", q, "[T, key_dim]")?;
-    if qt != tokens {
+    let (st, candidates) = matrix("scores", scores, "[T, K]")?;
+    if st != tokens {
         return Err(KernelError::shape(
             "hidden states",
             h.dims(),
-            "queries",
-            q.dims(),
+            "scores",
+            scores.dims(),
         ));
-    }
-    let (candidates, kd) = matrix("keys", keys, "[K, key_dim]")?;
-    if kd != key_dim {
-        return Err(KernelError::shape("queries", q.dims(), "keys", keys.dims()));
-    }
-    if key_dim == 0 {
-        return Err(SelectError::ZeroKeyDim.into());
     }
     float_dtype("hidden states", h)?;
     same_dtype("hidden states", h, "h_norm", h_norm)?;
-    float_dtype("queries", q)?;
-    float_dtype("keys", keys)?;
+    if scores.dtype() != DType::F32 {
+        return Err(KernelError::UnsupportedDtype {
+            name: "scores",
+            dtype: scores.dtype(),
+            shape: scores.dims().to_vec(),
+            expected: "f32",
+        });
+    }
     same_device("hidden states", h, "h_norm", h_norm)?;
-    same_device("hidden states", h, "queries", q)?;
-    same_device("hidden states", h, "keys", keys)?;
+    same_device("hidden states", h, "scores", scores)?;
     Ok(Dims {
         tokens,
         d_model,
-        key_dim,
         candidates,
     })
 }
@@ -418,7 +420,7 @@ pub(crate) fn check_activations(
 /// every candidate's slice lengths (so the kernel can index without checks failing).
 pub(crate) fn check_weights(
     dims: &Dims,
-    keys_shape: &[usize],
+    scores_shape: &[usize],
     h_shape: &[usize],
     w: &dyn AdapterWeights,
 ) -> Result<(), KernelError> {
@@ -426,8 +428,8 @@ pub(crate) fn check_weights(
     let wshape = [k, rank, d];
     if k != dims.candidates {
         return Err(KernelError::shape(
-            "keys",
-            keys_shape,
+            "scores [T, K]",
+            scores_shape,
             "adapter weights [K, rank, d_model]",
             &wshape,
         ));
@@ -458,39 +460,28 @@ pub(crate) fn check_weights(
     Ok(())
 }
 
-/// Runs the fused operator: selection and adapter apply in one pass, no autograd.
+/// Runs the fused operator: gate and adapter apply in one pass, no autograd.
 ///
-/// `h`, `h_norm`: `[T, d_model]` (f32 or f16, same dtype); `q`: `[T, key_dim]`;
-/// `keys`: `[K, key_dim]` (each f32 or f16); `weights`: the K candidates'
-/// borrowed fp16 adapters. Returns the updated hidden states (`h`'s shape and dtype).
-/// Every shape, dtype, device and parameter problem is reported as a typed error
-/// before any work is done; a NaN query or key is reported from the kernel.
+/// `h`, `h_norm`: `[T, d_model]` (f32 or f16, same dtype); `scores`: `[T, K]` f32;
+/// `weights`: the K candidates' borrowed fp16 adapters. Returns the updated hidden
+/// states (`h`'s shape and dtype). Every shape, dtype, device and parameter problem is
+/// reported as a typed error before any work is done; a NaN score is reported from
+/// the kernel.
 pub fn fused_apply(
     h: &Tensor,
     h_norm: &Tensor,
-    q: &Tensor,
-    keys: &Tensor,
+    scores: &Tensor,
     weights: Arc<dyn AdapterWeights>,
     params: &SelectionParams,
 ) -> Result<Tensor, KernelError> {
-    fused_apply_with(
-        h,
-        h_norm,
-        q,
-        keys,
-        weights,
-        params,
-        &FusedOptions::default(),
-    )
-    .map(|(t, _)| t)
+    fused_apply_with(h, h_norm, scores, weights, params, &FusedOptions::default()).map(|(t, _)| t)
 }
 
 /// [`fused_apply`] that also returns the per-token selection (for `--explain`).
 pub fn fused_apply_explain(
     h: &Tensor,
     h_norm: &Tensor,
-    q: &Tensor,
-    keys: &Tensor,
+    scores: &Tensor,
     weights: Arc<dyn AdapterWeights>,
     params: &SelectionParams,
 ) -> Result<(Tensor, TokenAssignments), KernelError> {
@@ -498,7 +489,7 @@ pub fn fused_apply_explain(
         record: true,
         ..FusedOptions::default()
     };
-    let (t, a) = fused_apply_with(h, h_norm, q, keys, weights, params, &opts)?;
+    let (t, a) = fused_apply_with(h, h_norm, scores, weights, params, &opts)?;
     Ok((t, a.unwrap_or_default()))
 }
 
@@ -507,36 +498,35 @@ pub fn fused_apply_explain(
 pub fn fused_apply_with(
     h: &Tensor,
     h_norm: &Tensor,
-    q: &Tensor,
-    keys: &Tensor,
+    scores: &Tensor,
     weights: Arc<dyn AdapterWeights>,
     params: &SelectionParams,
     options: &FusedOptions,
 ) -> Result<(Tensor, Option<TokenAssignments>), KernelError> {
-    let dims = check_activations(h, h_norm, q, keys)?;
-    check_weights(&dims, keys.dims(), h.dims(), weights.as_ref())?;
+    let dims = check_activations(h, h_norm, scores)?;
+    check_weights(&dims, scores.dims(), h.dims(), weights.as_ref())?;
     params.validate(dims.candidates)?;
     // CUDA path (feature `cuda`): taken when a GPU was found at run time, else the CPU
     // kernel below. `portable` asks for a specific CPU kernel, so it stays on the CPU.
     #[cfg(feature = "cuda")]
     if !options.portable {
         if let Some(r) =
-            cuda::runtime::try_apply(h, h_norm, q, keys, weights.as_ref(), params, options.record)
+            cuda::runtime::try_apply(h, h_norm, scores, weights.as_ref(), params, options.record)
         {
             return r;
         }
     }
     if !matches!(h.device(), Device::Cpu) {
-        // Tensors on a candle GPU device: candle's CUDA backend is not built (it needs
-        // nvcc); the CUDA path above takes CPU tensors. See docs/CUDA.md.
+        // Tensors on a candle GPU device: candle's CUDA backend is not built; the CUDA
+        // path above takes CPU tensors. See docs/CUDA.md.
         return Err(KernelError::UnsupportedDevice(format!(
             "{:?}",
             h.device().location()
         )));
     }
-    let (h, h_norm, q) = (h.contiguous()?, h_norm.contiguous()?, q.contiguous()?);
-    let op = FusedApplyOp::new(keys.contiguous()?, weights, params.clone()).with_options(*options);
-    match h.apply_op3_no_bwd(&h_norm, &q, &op) {
+    let (h, h_norm, scores) = (h.contiguous()?, h_norm.contiguous()?, scores.contiguous()?);
+    let op = FusedApplyOp::new(weights, params.clone()).with_options(*options);
+    match h.apply_op3_no_bwd(&h_norm, &scores, &op) {
         Ok(out) => Ok((out, op.take_assignments())),
         // Prefer the typed error the kernel left behind over candle's string.
         Err(e) => Err(op.take_error().unwrap_or(KernelError::Candle(e))),

@@ -1,19 +1,17 @@
 //! The candle [`CustomOp3`] wrapper of the fused apply operator.
 //!
-//! candle's custom ops take at most three tensors, so the op runs over
-//! `(h, h_norm, q)` and carries the rest: the candidate keys as a [`Tensor`] (on the
-//! same device, so a device kernel can read them in place), the borrowed adapter
-//! weights, and the selection parameters.
+//! The op runs over `(h, h_norm, scores)` and carries the borrowed adapter weights and
+//! the gate parameters.
 
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
 use parking_lot::Mutex;
 
 use super::cpu::{self, CpuArgs, Elem, Isa};
+use super::gate::{SelectionParams, TokenAssignments};
 use super::{AdapterWeights, KernelError};
-use crate::select::{SelectionParams, TokenAssignments};
 
 /// Knobs of the fused operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,14 +26,13 @@ pub struct FusedOptions {
     pub record: bool,
 }
 
-/// Fused selection + adapter apply as a candle custom op over `(h, h_norm, q)`.
+/// Fused gate + adapter apply as a candle custom op over `(h, h_norm, scores)`.
 ///
 /// Prefer [`super::fused_apply`], which validates everything with typed errors
-/// first. Applied directly (`h.apply_op3_no_bwd(&h_norm, &q, &op)`), problems come
+/// first. Applied directly (`h.apply_op3_no_bwd(&h_norm, &scores, &op)`), problems come
 /// back as candle errors carrying the same message, and the typed error can be
 /// retrieved with [`FusedApplyOp::take_error`]. Inference only: no backward.
 pub struct FusedApplyOp {
-    keys: Tensor,
     weights: Arc<dyn AdapterWeights>,
     params: SelectionParams,
     options: FusedOptions,
@@ -46,7 +43,6 @@ pub struct FusedApplyOp {
 impl std::fmt::Debug for FusedApplyOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FusedApplyOp")
-            .field("keys", &self.keys.dims())
             .field("candidates", &self.weights.num_candidates())
             .field("rank", &self.weights.rank())
             .field("params", &self.params)
@@ -56,10 +52,9 @@ impl std::fmt::Debug for FusedApplyOp {
 }
 
 impl FusedApplyOp {
-    /// An op for candidate `keys` (`[K, key_dim]`) with their adapter `weights`.
-    pub fn new(keys: Tensor, weights: Arc<dyn AdapterWeights>, params: SelectionParams) -> Self {
+    /// An op over the K candidates' adapter `weights`.
+    pub fn new(weights: Arc<dyn AdapterWeights>, params: SelectionParams) -> Self {
         Self {
-            keys,
             weights,
             params,
             options: FusedOptions::default(),
@@ -94,15 +89,13 @@ impl FusedApplyOp {
         &self,
         h: (&CpuStorage, &Layout),
         h_norm: (&CpuStorage, &Layout),
-        q: (&CpuStorage, &Layout),
+        scores: (&CpuStorage, &Layout),
     ) -> Result<(CpuStorage, Shape), KernelError> {
         let (tokens, d_model) = h.1.shape().dims2()?;
-        let (q_tokens, key_dim) = q.1.shape().dims2()?;
-        let (candidates, keys_dim) = self.keys.dims2()?;
+        let (s_tokens, candidates) = scores.1.shape().dims2()?;
         let dims = super::Dims {
             tokens,
             d_model,
-            key_dim,
             candidates,
         };
         if h_norm.1.dims() != h.1.dims() {
@@ -113,25 +106,19 @@ impl FusedApplyOp {
                 h_norm.1.dims(),
             ));
         }
-        if q_tokens != tokens || keys_dim != key_dim {
+        if s_tokens != tokens {
             return Err(KernelError::shape(
-                "queries",
-                q.1.dims(),
-                "keys",
-                self.keys.dims(),
+                "hidden states",
+                h.1.dims(),
+                "scores",
+                scores.1.dims(),
             ));
         }
-        super::check_weights(&dims, self.keys.dims(), h.1.dims(), self.weights.as_ref())?;
-        let (keys_storage, keys_layout) = self.keys.storage_and_layout();
-        let Storage::Cpu(keys) = &*keys_storage else {
-            return Err(KernelError::DeviceMismatch {
-                left_name: "hidden states",
-                left: "cpu".into(),
-                right_name: "keys",
-                right: format!("{:?}", self.keys.device().location()),
-            });
+        super::check_weights(&dims, scores.1.dims(), h.1.dims(), self.weights.as_ref())?;
+        let CpuStorage::F32(s) = scores.0 else {
+            return Err(unsupported("scores", scores.0.dtype(), scores.1.dims()));
         };
-        let keys = (keys, keys_layout);
+        let s = contiguous("scores", s, scores.1)?;
         let isa = if self.options.portable {
             Isa::Portable
         } else {
@@ -150,41 +137,14 @@ impl FusedApplyOp {
             isa,
             threads,
         };
-        let keys = match keys.0 {
-            CpuStorage::F32(k) => cpu::Keys::F32(contiguous("keys", k, keys.1)?),
-            CpuStorage::F16(k) => cpu::Keys::F16(contiguous("keys", k, keys.1)?),
-            other => return Err(unsupported("keys", other.dtype(), self.keys.dims())),
-        };
-        let out = match (h.0, h_norm.0, q.0) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                (c, q.1),
-                keys,
-                record.as_mut(),
-            )?),
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F16(c)) => CpuStorage::F32(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                (c, q.1),
-                keys,
-                record.as_mut(),
-            )?),
-            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F32(c)) => CpuStorage::F16(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                (c, q.1),
-                keys,
-                record.as_mut(),
-            )?),
-            (CpuStorage::F16(a), CpuStorage::F16(b), CpuStorage::F16(c)) => CpuStorage::F16(run(
-                &ctx,
-                [(a, h.1), (b, h_norm.1)],
-                (c, q.1),
-                keys,
-                record.as_mut(),
-            )?),
-            (a, b, _) if a.dtype() != b.dtype() => {
+        let out = match (h.0, h_norm.0) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(run(&ctx, [(a, h.1), (b, h_norm.1)], s, record.as_mut())?)
+            }
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => {
+                CpuStorage::F16(run(&ctx, [(a, h.1), (b, h_norm.1)], s, record.as_mut())?)
+            }
+            (a, b) if a.dtype() != b.dtype() => {
                 return Err(KernelError::DtypeMismatch {
                     left_name: "hidden states",
                     left: a.dtype(),
@@ -194,13 +154,7 @@ impl FusedApplyOp {
                     right_shape: h_norm.1.dims().to_vec(),
                 })
             }
-            (a, _, c) => {
-                let (name, dtype, dims) = match a {
-                    CpuStorage::F32(_) | CpuStorage::F16(_) => ("queries", c.dtype(), q.1.dims()),
-                    _ => ("hidden states", a.dtype(), h.1.dims()),
-                };
-                return Err(unsupported(name, dtype, dims));
-            }
+            (a, _) => return Err(unsupported("hidden states", a.dtype(), h.1.dims())),
         };
         *self.recorded.lock() = record;
         Ok((out, h.1.shape().clone()))
@@ -236,21 +190,18 @@ fn contiguous<'a, T>(
     data.get(start..end).ok_or(KernelError::NotContiguous(name))
 }
 
-fn run<H: Elem + Default + Clone, Q: Elem>(
+fn run<H: Elem + Default + Clone>(
     ctx: &Ctx<'_>,
     [(h, hl), (hn, hnl)]: [(&Vec<H>, &Layout); 2],
-    (q, ql): (&Vec<Q>, &Layout),
-    keys: cpu::Keys<'_>,
+    scores: &[f32],
     record: Option<&mut TokenAssignments>,
 ) -> Result<Vec<H>, KernelError> {
     let args = CpuArgs {
         h: contiguous("hidden states", h, hl)?,
         h_norm: contiguous("h_norm", hn, hnl)?,
-        q: contiguous("queries", q, ql)?,
-        keys,
+        scores,
         tokens: ctx.dims.tokens,
         d_model: ctx.dims.d_model,
-        key_dim: ctx.dims.key_dim,
         candidates: ctx.dims.candidates,
         weights: ctx.weights,
         params: ctx.params,
@@ -282,7 +233,8 @@ impl CustomOp3 for FusedApplyOp {
     }
 
     // `cuda_fwd` is left to candle's default: candle's CUDA backend is not built (it
-    // needs nvcc), so no tensor can reach it. The CUDA path is dispatched in
+    // forces cudarc's dynamic linking and its kernels take 15 min a build here; measured
+    // in docs/CUDA.md), so no tensor can reach it. The CUDA path is dispatched in
     // `fused_apply_with` instead (src/kernels/cuda/runtime.rs); docs/CUDA.md says how it
     // would plug in here.
 }

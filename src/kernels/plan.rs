@@ -39,8 +39,6 @@ pub struct PlanInput {
     pub d_model: usize,
     /// Adapter rank.
     pub rank: usize,
-    /// Query/key width.
-    pub key_dim: usize,
     /// Candidates K.
     pub candidates: usize,
     /// Most experts per token, `min(top_k, K)`.
@@ -60,12 +58,10 @@ pub struct TokenPlan {
     pub parallel: bool,
 }
 
-/// Upper bound of the call's multiply-adds: scoring plus shrink and expand.
+/// Upper bound of the call's multiply-adds: the gate (one pass over each token's
+/// scores) plus shrink and expand.
 pub fn work_macs(p: &PlanInput) -> usize {
-    let score = p
-        .tokens
-        .saturating_mul(p.candidates)
-        .saturating_mul(p.key_dim);
+    let score = p.tokens.saturating_mul(p.candidates);
     let apply = p
         .tokens
         .saturating_mul(p.slots)
@@ -176,7 +172,6 @@ mod tests {
             tokens,
             d_model,
             rank: 8,
-            key_dim: d_model,
             candidates: 64,
             slots,
             threads,

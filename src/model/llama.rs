@@ -450,7 +450,7 @@ impl Llama {
                             sites.query_layer()
                         ))
                     })?;
-                    hook.apply(layer, &out, &h_norm, q)
+                    hook.apply(layer, pos, &out, &h_norm, q)
                         .map_err(|source| ModelError::Hook { layer, source })?
                 }
                 _ => out,

@@ -22,6 +22,8 @@ use super::error::{ModelError, ModelResult};
 pub trait AdapterHook {
     /// Applies the adapters of `layer`.
     ///
+    /// * `pos` — absolute position of the first of these positions (every batch row
+    ///   starts at the same position).
     /// * `h` — residual stream after the layer's block.
     /// * `h_norm` — the layer's normalised input (`input_layernorm(h_ℓ)`).
     /// * `queries` — per-token queries of the same positions from the query layer.
@@ -30,6 +32,7 @@ pub trait AdapterHook {
     fn apply(
         &self,
         layer: usize,
+        pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         queries: &Tensor,
@@ -40,11 +43,12 @@ impl<T: AdapterHook + ?Sized> AdapterHook for &T {
     fn apply(
         &self,
         layer: usize,
+        pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         queries: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        (**self).apply(layer, h, h_norm, queries)
+        (**self).apply(layer, pos, h, h_norm, queries)
     }
 }
 
@@ -161,7 +165,14 @@ impl std::fmt::Debug for Adapters<'_> {
 pub struct NoopHook;
 
 impl AdapterHook for NoopHook {
-    fn apply(&self, _: usize, h: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Tensor> {
+    fn apply(
+        &self,
+        _: usize,
+        _: usize,
+        h: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         Ok(h.clone())
     }
 }

@@ -1,4 +1,6 @@
-//! The tokenizer, built from GGUF metadata, and the ChatML chat template.
+//! The tokenizer, built from GGUF metadata, and the chat template: the GGUF's own Jinja
+//! `tokenizer.chat_template` rendered with `minijinja`, ChatML when it is absent or
+//! fails to render.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,7 +44,7 @@ impl ChatMessage {
     }
 }
 
-/// Byte-level BPE tokenizer plus the model's ChatML chat template.
+/// Byte-level BPE tokenizer plus the model's chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
     /// Control tokens in the text are matched (used for templates we build).
@@ -54,6 +56,11 @@ pub struct Tokenizer {
     im_end: Option<u32>,
     eos: Option<u32>,
     default_system: Option<String>,
+    /// The model's Jinja chat template (`tokenizer.chat_template`), when it has one.
+    template: Option<String>,
+    /// Control-token strings and ids, longest first: the splits of a rendered template.
+    controls: Vec<(String, u32)>,
+    bos: Option<u32>,
     vocab_size: usize,
 }
 
@@ -151,6 +158,7 @@ impl Tokenizer {
             }
         };
         let eos = id("tokenizer.ggml.eos_token_id")?;
+        let bos = id("tokenizer.ggml.bos_token_id")?;
         let template = md
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
@@ -206,7 +214,7 @@ impl Tokenizer {
         let special: tokenizers::Tokenizer = text
             .parse()
             .map_err(|e| ModelError::Tokenizer(format!("building from {}: {e}", path.display())))?;
-        Ok(Self::from_parts(special, eos, template.as_deref()))
+        Ok(Self::from_parts(special, bos, eos, template))
     }
 
     /// Loads a Hugging Face `tokenizer.json` (for safetensors checkpoints).
@@ -222,26 +230,37 @@ impl Tokenizer {
         let eos = special
             .token_to_id("<|im_end|>")
             .or_else(|| special.token_to_id("</s>"));
-        Ok(Self::from_parts(special, eos, None))
+        Ok(Self::from_parts(special, None, eos, None))
     }
 
     fn from_parts(
         special: tokenizers::Tokenizer,
+        bos: Option<u32>,
         eos: Option<u32>,
-        template: Option<&str>,
+        template: Option<String>,
     ) -> Self {
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
         let im_start = special.token_to_id("<|im_start|>");
         let im_end = special.token_to_id("<|im_end|>");
         let vocab_size = special.get_vocab_size(true);
+        let mut controls: Vec<(String, u32)> = special
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        controls.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         Self {
             special,
             plain,
             im_start,
             im_end,
             eos,
-            default_system: template.and_then(default_system_prompt),
+            default_system: template.as_deref().and_then(default_system_prompt),
+            template,
+            controls,
+            bos,
             vocab_size,
         }
     }
@@ -308,11 +327,26 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(format!("decoding: {e}")))
     }
 
-    /// The ChatML text of a conversation (what the GGUF's template renders):
-    /// the default system prompt first when the conversation has none, each
-    /// message as `<|im_start|>{role}\n{content}<|im_end|>\n`, then
-    /// `<|im_start|>assistant\n` when `add_generation_prompt`.
+    /// The model's Jinja chat template, when the GGUF carries one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.template.as_deref()
+    }
+
+    /// The text of a conversation: the GGUF's chat template rendered with `minijinja`
+    /// (`messages`, `add_generation_prompt`, `bos_token`, `eos_token`), or
+    /// [`Tokenizer::chatml_text`] when there is no template, it fails to render, or the
+    /// conversation is empty. An empty conversation stands for the default system prefix
+    /// (what the engine centres its queries on), which templates do not render.
     pub fn chat_text(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        self.render(messages, add_generation_prompt, |c| c.to_string())
+            .unwrap_or_else(|| self.chatml_text(messages, add_generation_prompt))
+    }
+
+    /// The ChatML text of a conversation (SmolLM2's template renders exactly this):
+    /// the default system prompt first when the conversation has none, each message as
+    /// `<|im_start|>{role}\n{content}<|im_end|>\n`, then `<|im_start|>assistant\n`
+    /// when `add_generation_prompt`.
+    pub fn chatml_text(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
         let mut s = String::new();
         for (role, content) in self.chat_turns(messages) {
             s.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
@@ -323,9 +357,24 @@ impl Tokenizer {
         s
     }
 
-    /// Token ids of [`Tokenizer::chat_text`], with message contents encoded as
-    /// plain text (they cannot inject control tokens).
+    /// Token ids of [`Tokenizer::chat_text`]. Only the template's own control tokens are
+    /// control tokens: message contents are encoded as plain text (they cannot inject
+    /// `<|im_end|>`), and the text between two control tokens is encoded as one piece,
+    /// exactly as [`Tokenizer::encode_chatml`] does.
     pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> ModelResult<Vec<u32>> {
+        match self.render(messages, add_generation_prompt, |c| self.escape(c)) {
+            Some(text) => self.encode_rendered(&text),
+            None => self.encode_chatml(messages, add_generation_prompt),
+        }
+    }
+
+    /// Token ids of [`Tokenizer::chatml_text`], with message contents encoded as plain
+    /// text (the fallback of [`Tokenizer::encode_chat`]).
+    pub fn encode_chatml(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -356,6 +405,92 @@ impl Tokenizer {
         self.encode_chat(&[ChatMessage::user(user)], true)
     }
 
+    /// The chat template rendered over `messages` (each content passed through
+    /// `content`); `None` when there is no template, no message, or rendering fails.
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        content: impl Fn(&str) -> String,
+    ) -> Option<String> {
+        let template = self.template.as_deref()?;
+        if messages.is_empty() {
+            return None;
+        }
+        let token = |id: Option<u32>| id.and_then(|i| self.special.id_to_token(i));
+        let msgs: Vec<HashMap<&str, String>> = messages
+            .iter()
+            .map(|m| HashMap::from([("role", m.role.clone()), ("content", content(&m.content))]))
+            .collect();
+        match render_template(
+            template,
+            &msgs,
+            add_generation_prompt,
+            token(self.bos),
+            token(self.eos),
+        ) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                tracing::debug!(error = %e, "chat template failed to render; using ChatML");
+                None
+            }
+        }
+    }
+
+    /// `content` with every control-token string broken by an escape, so that only the
+    /// template's own control tokens remain in a rendered text ([`unescape`] undoes it).
+    fn escape(&self, content: &str) -> String {
+        let mut out = String::with_capacity(content.len());
+        let mut rest = content;
+        while let Some(c) = rest.chars().next() {
+            if c == ESC {
+                out.push(ESC);
+                out.push(ESC_SELF);
+            } else if self
+                .controls
+                .iter()
+                .any(|(t, _)| rest.starts_with(t.as_str()))
+            {
+                out.push(c);
+                out.push(ESC);
+                out.push(ESC_BREAK);
+            } else {
+                out.push(c);
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+        out
+    }
+
+    /// Ids of a rendered template whose contents were escaped: split at control tokens
+    /// (longest first), the text between them unescaped and encoded as plain text.
+    fn encode_rendered(&self, text: &str) -> ModelResult<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut plain_start = 0;
+        let mut i = 0;
+        while i < text.len() {
+            let rest = &text[i..];
+            if let Some((tok, id)) = self
+                .controls
+                .iter()
+                .find(|(t, _)| rest.starts_with(t.as_str()))
+            {
+                if plain_start < i {
+                    ids.extend(self.encode(&unescape(&text[plain_start..i]))?);
+                }
+                ids.push(*id);
+                i += tok.len();
+                plain_start = i;
+            } else {
+                i += rest.chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        if plain_start < text.len() {
+            ids.extend(self.encode(&unescape(&text[plain_start..]))?);
+        }
+        Ok(ids)
+    }
+
     fn chat_turns<'a>(&'a self, messages: &'a [ChatMessage]) -> Vec<(&'a str, &'a str)> {
         let mut turns = Vec::with_capacity(messages.len() + 1);
         let has_system = messages.first().is_some_and(|m| m.role == "system");
@@ -374,6 +509,63 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.special
     }
+}
+
+/// Escape character of message contents inside a rendered template (a private-use
+/// code point), followed by [`ESC_SELF`] (an escaped `ESC`) or [`ESC_BREAK`] (nothing:
+/// it only breaks a control-token string).
+const ESC: char = '\u{E000}';
+const ESC_SELF: char = '0';
+const ESC_BREAK: char = '1';
+
+/// Undoes [`Tokenizer::escape`].
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != ESC {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(ESC_SELF) => out.push(ESC),
+            Some(ESC_BREAK) => {}
+            // Not produced by `escape`: keep the text as it was.
+            Some(other) => {
+                out.push(ESC);
+                out.push(other);
+            }
+            None => out.push(ESC),
+        }
+    }
+    out
+}
+
+/// Renders a Hugging Face-style Jinja chat template with `minijinja`.
+fn render_template(
+    template: &str,
+    messages: &[HashMap<&str, String>],
+    add_generation_prompt: bool,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+) -> Result<String, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    let tmpl = env.template_from_str(template)?;
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token.unwrap_or_default(),
+        eos_token => eos_token.unwrap_or_default(),
+    })
 }
 
 /// The default system prompt of a ChatML Jinja template like SmolLM2's:
@@ -409,6 +601,44 @@ mod tests {
         assert_eq!(a[b'A' as usize], 'A');
         assert_eq!(a[b' ' as usize], 'Ġ');
         assert_eq!(a[b'\n' as usize], 'Ċ');
+    }
+
+    const SMOLLM_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn smollm_template_renders_chatml() {
+        let msgs = |v: &[(&str, &str)]| -> Vec<HashMap<&'static str, String>> {
+            v.iter()
+                .map(|(r, c)| HashMap::from([("role", r.to_string()), ("content", c.to_string())]))
+                .collect()
+        };
+        let text = render_template(SMOLLM_TEMPLATE, &msgs(&[("user", "Hi")]), true, None, None)
+            .expect("render");
+        assert_eq!(
+            text,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let text = render_template(
+            SMOLLM_TEMPLATE,
+            &msgs(&[("system", "S"), ("user", "U")]),
+            false,
+            None,
+            None,
+        )
+        .expect("render");
+        assert_eq!(
+            text,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+        );
+        assert!(render_template("{{ raise_exception('no') }}", &[], false, None, None).is_err());
+        assert!(render_template("{% for %}", &[], false, None, None).is_err());
+    }
+
+    #[test]
+    fn unescape_undoes_only_escapes() {
+        let e = format!("a{ESC}{ESC_SELF}b<{ESC}{ESC_BREAK}|im_end|>");
+        assert_eq!(unescape(&e), format!("a{ESC}b<|im_end|>"));
+        assert_eq!(unescape("plain"), "plain");
     }
 
     #[test]

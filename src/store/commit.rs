@@ -7,12 +7,18 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::error::StoreResult as Result;
 use super::expert::NewExpert;
-use crate::error::Result;
 
 pub(crate) enum Op {
     Insert(Vec<NewExpert>),
     Delete(Vec<u64>),
+    /// Inserts and deletes in one commit: a replaced fact's new expert and the
+    /// tombstones of the experts it replaces become visible together.
+    Replace {
+        insert: Vec<NewExpert>,
+        delete: Vec<u64>,
+    },
 }
 
 pub(crate) type Slot = Arc<Mutex<Option<Result<Vec<u64>>>>>;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use super::error::{StoreError, StoreResult as Result};
 
 /// Storage type of adapter weights and keys. Only fp16 exists today; the field is
 /// persisted so that a later format can add others without guessing.
@@ -86,7 +86,7 @@ impl StoreConfig {
     /// Checks that the config can describe a store.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, reason: &str| {
-            Err(Error::InvalidConfig {
+            Err(StoreError::InvalidConfig {
                 field,
                 reason: reason.to_string(),
             })
@@ -124,7 +124,7 @@ impl StoreConfig {
     pub(crate) fn check_matches(&self, given: &StoreConfig) -> Result<()> {
         match self.first_difference(given, true) {
             None => Ok(()),
-            Some((field, stored, given)) => Err(Error::ConfigMismatch {
+            Some((field, stored, given)) => Err(StoreError::ConfigMismatch {
                 field,
                 stored,
                 given,
@@ -202,7 +202,7 @@ mod tests {
         let b = a.clone().with_backbone_digest("abc");
         let e = a.check_matches(&b).unwrap_err();
         match e {
-            Error::ConfigMismatch { field, .. } => assert_eq!(field, "backbone_digest"),
+            StoreError::ConfigMismatch { field, .. } => assert_eq!(field, "backbone_digest"),
             other => panic!("unexpected {other}"),
         }
         assert!(a.check_matches(&a.clone()).is_ok());

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use super::error::{StoreError, StoreResult as Result};
 use super::layout::RecordLayout;
 use super::shard::{as_f16, Shard};
-use crate::error::{Error, Result};
 
 /// One adapted layer's low-rank pair, owned.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +40,9 @@ pub struct Provenance {
     /// Digest of the backbone it was trained against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_digest: Option<String>,
+    /// Experts this one replaced (the same prompt memorized with another answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaces: Vec<u64>,
 }
 
 impl Provenance {
@@ -70,6 +73,12 @@ impl Provenance {
     /// Adds the backbone digest.
     pub fn with_backbone_digest(mut self, digest: impl Into<String>) -> Self {
         self.backbone_digest = Some(digest.into());
+        self
+    }
+
+    /// Records the experts this one replaces.
+    pub fn with_replaces(mut self, ids: Vec<u64>) -> Self {
+        self.replaces = ids;
         self
     }
 }
@@ -113,7 +122,7 @@ impl NewExpert {
         check_len(&self.key, layout.key_dim, || what("key".into()))?;
         check_finite(&self.key, || what("key".into()))?;
         if self.layers.len() != layout.n_layers {
-            return Err(Error::DimMismatch {
+            return Err(StoreError::DimMismatch {
                 what: what("number of adapted layers".into()),
                 expected: layout.n_layers,
                 found: self.layers.len(),
@@ -133,7 +142,7 @@ fn check_len(v: &[f16], expected: usize, what: impl Fn() -> String) -> Result<()
     if v.len() == expected {
         Ok(())
     } else {
-        Err(Error::DimMismatch {
+        Err(StoreError::DimMismatch {
             what: what(),
             expected,
             found: v.len(),
@@ -144,7 +153,7 @@ fn check_len(v: &[f16], expected: usize, what: impl Fn() -> String) -> Result<()
 fn check_finite(v: &[f16], what: impl Fn() -> String) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
-        Some(index) => Err(Error::NonFinite {
+        Some(index) => Err(StoreError::NonFinite {
             what: what(),
             index,
         }),

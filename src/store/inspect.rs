@@ -1,12 +1,17 @@
-//! Read-only views for operators: one shard's records, one record's checksum, usage
-//! counters. The admin tool's `inspect` and `stats` are built on these.
+//! Read-only views for operators: store-wide and per-shard figures, one shard's records,
+//! one record's checksum, usage counters, tombstones. The admin tool's `inspect` and
+//! `stats`, and the compaction policy's inputs, are built on these.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use super::meta::{decode_id_key, decode_u64, id_key, DeadValue, CF_DEAD, CF_USAGE};
+use super::error::{StoreError, StoreResult as Result};
+use super::meta::{
+    cf, decode_id_key, decode_u64, id_key, read_shard_metas, DeadValue, ShardMeta, ShardState,
+    CF_DEAD, CF_USAGE,
+};
 use super::shard::{check_record, RecordHeader};
-use super::{cf, Store};
-use crate::error::{Error, Result};
+use super::Store;
 
 /// What the metadata says a committed record slot holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,18 +52,151 @@ impl RecordInfo {
     }
 }
 
+/// Per-shard figures for stats and the compaction policy.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ShardStats {
+    /// Shard id.
+    pub id: u32,
+    /// Active or sealed.
+    pub state: ShardState,
+    /// Committed record slots.
+    pub used_slots: u32,
+    /// Slots the shard can hold.
+    pub capacity_slots: u32,
+    /// Slots holding live experts.
+    pub live: u32,
+    /// Slots holding deleted (tombstoned) experts.
+    pub dead: u32,
+    /// File bytes committed.
+    pub bytes: u64,
+}
+
+impl ShardStats {
+    /// Fraction of committed slots that are live (1.0 for an empty shard).
+    pub fn live_fraction(&self) -> f64 {
+        if self.used_slots == 0 {
+            1.0
+        } else {
+            self.live as f64 / self.used_slots as f64
+        }
+    }
+}
+
+/// A shard file on disk that no committed metadata references (left by a crash during
+/// roll-over, compaction or import); compaction deletes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrphanFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Store-wide figures.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Live experts.
+    pub live: u64,
+    /// Deleted experts whose bytes are not reclaimed yet.
+    pub deleted: u64,
+    /// Tombstones whose bytes compaction already reclaimed, kept because a saved index
+    /// may not have seen the delete yet.
+    pub reclaimed_tombstones: u64,
+    /// Bytes per record.
+    pub record_size: usize,
+    /// Each shard.
+    pub shards: Vec<ShardStats>,
+    /// Committed slots holding neither a live nor a deleted expert.
+    pub orphan_slots: u64,
+    /// Unreferenced shard files.
+    pub orphan_files: Vec<OrphanFile>,
+    /// Latest commit sequence.
+    pub seq: u64,
+}
+
 impl Store {
+    /// Store-wide figures: live and deleted experts, per-shard occupancy, orphans.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let snap = self.snapshot();
+        let metas = self.shard_metas()?;
+        let dead = self.tombstones()?;
+        let mut live_per: BTreeMap<u32, u32> = BTreeMap::new();
+        for (_, loc) in snap.state.locs.iter() {
+            *live_per.entry(loc.shard).or_default() += 1;
+        }
+        let mut dead_per: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut reclaimed = 0u64;
+        for d in dead.values() {
+            if d.reclaimed() {
+                reclaimed += 1;
+            } else {
+                *dead_per.entry(d.loc.shard).or_default() += 1;
+            }
+        }
+        let mut shards = Vec::new();
+        let mut orphan_slots = 0u64;
+        for (&id, m) in &metas {
+            let live = live_per.get(&id).copied().unwrap_or(0);
+            let dead = dead_per.get(&id).copied().unwrap_or(0);
+            orphan_slots += m.used_slots.saturating_sub(live + dead) as u64;
+            let capacity_slots = snap.state.shards.get(&id).map_or(0, |s| s.capacity_slots);
+            shards.push(ShardStats {
+                id,
+                state: m.state,
+                used_slots: m.used_slots,
+                capacity_slots,
+                live,
+                dead,
+                bytes: self.layout.shard_len(m.used_slots),
+            });
+        }
+        Ok(StoreStats {
+            live: snap.len(),
+            deleted: dead.len() as u64 - reclaimed,
+            reclaimed_tombstones: reclaimed,
+            record_size: self.layout.record_size,
+            shards,
+            orphan_slots,
+            orphan_files: self.orphans.lock().clone(),
+            seq: snap.seq(),
+        })
+    }
+
+    /// Committed slot counts and states of every shard, from RocksDB.
+    pub(crate) fn shard_metas(&self) -> Result<BTreeMap<u32, ShardMeta>> {
+        read_shard_metas(&self.db)
+    }
+
+    /// Tombstones: deleted id → where its bytes lie (or that they were reclaimed) and
+    /// the deleting sequence.
+    pub(crate) fn tombstones(&self) -> Result<BTreeMap<u64, DeadValue>> {
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_DEAD)?, rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| StoreError::db("scanning tombstones", e))?;
+            let id = decode_id_key(&k)?;
+            out.insert(id, DeadValue::decode(id, &v)?);
+        }
+        Ok(out)
+    }
+
     /// Every committed record of shard `shard`, with its checksum recomputed (not taken
     /// from the per-mapping cache) and what the metadata says it holds.
     pub fn shard_records(&self, shard: u32) -> Result<Vec<RecordInfo>> {
         let snap = self.snapshot();
         let metas = self.shard_metas()?;
-        let meta = metas.get(&shard).ok_or(Error::UnknownShard { shard })?;
+        let meta = metas
+            .get(&shard)
+            .ok_or(StoreError::UnknownShard { shard })?;
         let mapped = snap
             .state
             .shards
             .get(&shard)
-            .ok_or(Error::UnknownShard { shard })?;
+            .ok_or(StoreError::UnknownShard { shard })?;
         let mut owner: BTreeMap<u32, RecordState> = BTreeMap::new();
         for (id, loc) in snap.state.locs.iter() {
             if loc.shard == shard {
@@ -101,7 +239,7 @@ impl Store {
             .db
             .iterator_cf(cf(&self.db, CF_USAGE)?, rocksdb::IteratorMode::Start)
         {
-            let (k, v) = item.map_err(|e| Error::rocks("scanning usage", e))?;
+            let (k, v) = item.map_err(|e| StoreError::db("scanning usage", e))?;
             let id = decode_id_key(&k)?;
             f(id, decode_u64(&v).unwrap_or(0));
         }
@@ -114,7 +252,7 @@ impl Store {
         let raw = self
             .db
             .get_pinned_cf(cf(&self.db, CF_DEAD)?, id_key(id))
-            .map_err(|e| Error::rocks("reading a tombstone", e))?;
+            .map_err(|e| StoreError::db("reading a tombstone", e))?;
         raw.map(|v| DeadValue::decode(id, &v).map(|d| (d.deleted_seq, d.reclaimed())))
             .transpose()
     }

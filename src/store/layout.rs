@@ -35,7 +35,7 @@ pub struct RecordLayout {
     pub n_layers: usize,
     key_span: usize,
     mat_span: usize,
-    /// Total bytes of one record (a multiple of [`ALIGN`]).
+    /// Total bytes of one record (a multiple of `ALIGN`, 64).
     pub record_size: usize,
 }
 

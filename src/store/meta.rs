@@ -10,10 +10,12 @@
 //! - `dead`: expert id → location and sequences of a deleted expert (a tombstone), which
 //!   tells compaction how many dead bytes a shard holds and the index what to remove.
 
-use rocksdb::{ColumnFamilyDescriptor, MergeOperands, Options};
+use std::collections::BTreeMap;
 
+use rocksdb::{ColumnFamilyDescriptor, MergeOperands, Options, WriteOptions, DB};
+
+use super::error::{StoreError, StoreResult as Result};
 use super::loc_table::Loc;
-use crate::error::{Error, Result};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOC: &str = "loc";
@@ -74,7 +76,7 @@ pub(crate) fn id_key(id: u64) -> [u8; 8] {
 }
 
 pub(crate) fn decode_id_key(k: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = k.try_into().map_err(|_| Error::CorruptMetadata {
+    let arr: [u8; 8] = k.try_into().map_err(|_| StoreError::CorruptMetadata {
         what: format!("expert id key of {} bytes", k.len()),
     })?;
     Ok(u64::from_be_bytes(arr))
@@ -111,7 +113,7 @@ impl LocValue {
 
     pub(crate) fn decode(id: u64, v: &[u8]) -> Result<Self> {
         if v.len() != 17 || v[0] != VALUE_VERSION {
-            return Err(Error::CorruptMetadata {
+            return Err(StoreError::CorruptMetadata {
                 what: format!(
                     "location of expert {id}: {} bytes, version {:?}",
                     v.len(),
@@ -197,7 +199,7 @@ impl ShardMeta {
     }
 
     pub(crate) fn decode(shard: u32, v: &[u8]) -> Result<Self> {
-        let bad = || Error::CorruptMetadata {
+        let bad = || StoreError::CorruptMetadata {
             what: format!("metadata of shard {shard}: {v:?}"),
         };
         if v.len() != 6 || v[0] != VALUE_VERSION {
@@ -213,6 +215,46 @@ impl ShardMeta {
             state,
         })
     }
+}
+
+/// Write options of every commit: the WAL is synced before the write returns.
+pub(crate) fn synced() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+/// The handle of column family `name`.
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| StoreError::corrupt(format!("column family `{name}` missing")))
+}
+
+/// Committed slot counts and states of every shard.
+pub(crate) fn read_shard_metas(db: &DB) -> Result<BTreeMap<u32, ShardMeta>> {
+    let mut out = BTreeMap::new();
+    for item in db.iterator_cf(cf(db, CF_SHARDS)?, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| StoreError::db("scanning shard metadata", e))?;
+        let arr: [u8; 4] = k[..]
+            .try_into()
+            .map_err(|_| StoreError::corrupt(format!("shard key of {} bytes", k.len())))?;
+        let id = u32::from_be_bytes(arr);
+        out.insert(id, ShardMeta::decode(id, &v)?);
+    }
+    Ok(out)
+}
+
+/// A u64 value of the `meta` column family.
+pub(crate) fn meta_u64(db: &DB, key: &[u8]) -> Result<u64> {
+    db.get_pinned_cf(cf(db, CF_META)?, key)
+        .map_err(|e| StoreError::db("reading store metadata", e))?
+        .and_then(|v| decode_u64(&v))
+        .ok_or_else(|| {
+            StoreError::corrupt(format!(
+                "meta key `{}` missing or malformed",
+                String::from_utf8_lossy(key)
+            ))
+        })
 }
 
 #[cfg(test)]

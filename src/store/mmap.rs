@@ -5,12 +5,15 @@
 //! the page cache, so bytes written with `pwrite` are visible through the mapping. Readers
 //! only ever touch records the metadata has committed, which lie inside the file.
 
+// One of the named modules allowed `unsafe` (workspace lints): the one `mmap` call.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
-use crate::error::{Error, Result};
+use super::error::{StoreError, StoreResult as Result};
 
 /// A read-only mapping of `capacity` bytes of a shard file.
 pub(crate) struct ShardMap {
@@ -30,7 +33,7 @@ impl ShardMap {
         // bytes were written and fsynced — i.e. inside the file. Mapping past the current
         // end of file is permitted by mmap(2); those pages are never read until appended.
         let map = unsafe { MmapOptions::new().len(capacity).map(file) }
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| StoreError::io(path, e))?;
         Ok(ShardMap { map })
     }
 

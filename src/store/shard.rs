@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use half::f16;
 
+use super::error::{StoreError, StoreResult as Result};
 use super::layout::{RecordLayout, HEADER_SIZE, RECORD_HEADER_SIZE};
 use super::mmap::ShardMap;
-use crate::error::{Error, Result};
 
 /// Magic bytes at the start of every shard file.
 pub const SHARD_MAGIC: &[u8; 8] = b"MOMESHRD";
@@ -66,7 +66,7 @@ impl ShardHeader {
 
     /// Decodes and checks a header read from `path`.
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self> {
-        let not = |reason: String| Error::NotAShard {
+        let not = |reason: String| StoreError::NotAShard {
             path: path.to_path_buf(),
             reason,
         };
@@ -87,7 +87,7 @@ impl ShardHeader {
         }
         let version = u32_at(8);
         if version > SHARD_FORMAT_VERSION || version == 0 {
-            return Err(Error::UnsupportedVersion {
+            return Err(StoreError::UnsupportedVersion {
                 what: format!("shard file {}", path.display()),
                 found: version,
                 supported: SHARD_FORMAT_VERSION,
@@ -123,13 +123,13 @@ impl ShardHeader {
 
 /// Reads and decodes the header of the shard file at `path`.
 pub fn read_header(path: &Path) -> Result<(File, ShardHeader)> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
     let mut buf = vec![0u8; HEADER_SIZE];
     let mut got = 0;
     while got < HEADER_SIZE {
         let n = file
             .read_at(&mut buf[got..], got as u64)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| StoreError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -147,10 +147,10 @@ pub fn create_shard_file(path: &Path, header: &ShardHeader) -> Result<File> {
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| Error::io(path, e))?;
+        .map_err(|e| StoreError::io(path, e))?;
     file.write_all_at(&header.encode(), 0)
-        .map_err(|e| Error::io(path, e))?;
-    file.sync_all().map_err(|e| Error::io(path, e))?;
+        .map_err(|e| StoreError::io(path, e))?;
+    file.sync_all().map_err(|e| StoreError::io(path, e))?;
     Ok(file)
 }
 
@@ -280,7 +280,7 @@ impl Shard {
     /// Checks slot `slot` against expert `id` now, bypassing the verified cache.
     pub(crate) fn check_slot(&self, slot: u32, id: u64) -> Result<RecordHeader> {
         let offset = self.layout.slot_offset(slot);
-        let corrupt = |reason: String| Error::CorruptRecord {
+        let corrupt = |reason: String| StoreError::CorruptRecord {
             id,
             shard: self.id,
             offset,
@@ -337,23 +337,23 @@ mod tests {
         bad[0] ^= 1;
         assert!(matches!(
             ShardHeader::decode(&bad, p),
-            Err(Error::NotAShard { .. })
+            Err(StoreError::NotAShard { .. })
         ));
         let mut bad = bytes.clone();
         bad[30] ^= 1;
         assert!(matches!(
             ShardHeader::decode(&bad, p),
-            Err(Error::NotAShard { .. })
+            Err(StoreError::NotAShard { .. })
         ));
         assert!(matches!(
             ShardHeader::decode(&bytes[..100], p),
-            Err(Error::NotAShard { .. })
+            Err(StoreError::NotAShard { .. })
         ));
         let mut newer = h;
         newer.version = 9;
         assert!(matches!(
             ShardHeader::decode(&newer.encode(), p),
-            Err(Error::UnsupportedVersion { found: 9, .. })
+            Err(StoreError::UnsupportedVersion { found: 9, .. })
         ));
     }
 

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
+use super::error::StoreResult as Result;
 use super::Store;
-use crate::error::Result;
 
 const SHARDS: usize = 16;
 

@@ -73,12 +73,12 @@ pub fn run_and_kill(
 /// acknowledged (the batch in flight) whole — they are added to `acked` —, the live
 /// count equal to `acked`, `verify` clean and no orphan slot. Returns the stats.
 pub fn check_recovered(
-    store: &mome::store::Store,
-    cfg: &mome::store::StoreConfig,
+    store: &mome::Store,
+    cfg: &mome::StoreConfig,
     acked: &mut std::collections::BTreeMap<u64, u64>,
     deleted: &std::collections::BTreeSet<u64>,
     cycle: u64,
-) -> mome::store::StoreStats {
+) -> mome::StoreStats {
     use crate::common::{assert_expert, seed_of};
     for (&id, &seed) in acked.iter() {
         let e = store

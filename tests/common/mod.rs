@@ -4,8 +4,8 @@
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor, D};
-use mome::model::{byte_level_alphabet, AdapterHook, Llama, LlamaConfig};
-use mome::store::{ExpertRef, StoreConfig};
+use mome::{byte_level_alphabet, AdapterHook, Llama, LlamaConfig};
+use mome::{ExpertRef, StoreConfig};
 use std::path::PathBuf;
 
 /// A small shape with tiny shards so that tests cross many roll-overs quickly.
@@ -71,7 +71,8 @@ pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
         (
             "tokenizer.chat_template".into(),
             Value::String(
-                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{% endfor %}".into(),
+                // SmolLM2's template with a shorter default system prompt.
+                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}".into(),
             ),
         ),
     ]
@@ -115,7 +116,7 @@ pub fn bits(t: &Tensor) -> Vec<u32> {
 /// The real model, or `None` to skip — except under CI, where a missing
 /// model fails the test (CI fetches it first).
 pub fn real_model_path() -> Option<PathBuf> {
-    match mome::model::locate_model(None) {
+    match mome::locate_model(None) {
         Ok(p) => Some(p),
         Err(e) => {
             if std::env::var_os("CI").is_some() {
@@ -177,6 +178,7 @@ impl AdapterHook for GatedHook {
     fn apply(
         &self,
         layer: usize,
+        _pos: usize,
         h: &Tensor,
         h_norm: &Tensor,
         queries: &Tensor,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use mome::index::ExpertIndex;
+use mome::ExpertIndex;
 use serde_json::json;
 
 /// Long help of the subcommand.
@@ -50,7 +50,7 @@ pub struct ImportArgs {
 
 pub fn export(args: ExportArgs) -> Result<ExitCode> {
     let store = crate::open_store(&args.db)?;
-    let r = mome::archive::export(&store, &args.out)
+    let r = mome::export_archive(&store, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     if args.json {
         println!(
@@ -72,7 +72,7 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
 pub fn import(args: ImportArgs) -> Result<ExitCode> {
     let store = Arc::new(crate::open_store(&args.db)?);
     let index = ExpertIndex::open(store).context("opening the index")?;
-    let r = mome::archive::import(&index, &args.input)
+    let r = mome::import_archive(&index, &args.input)
         .with_context(|| format!("importing {}", args.input.display()))?;
     index.save().context("saving the index")?;
     let (first, last) = (r.ids.first().copied(), r.ids.last().copied());

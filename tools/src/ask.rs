@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use mome::engine::{AskOptions, Engine};
+use mome::{AskOptions, Engine};
 
 /// Arguments of `mome ask`.
 #[derive(clap::Args)]
@@ -57,7 +57,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let sel: Vec<_> = answer
             .selected
             .iter()
-            .map(|(id, w)| serde_json::json!({"id": id, "weight": w, "fact": describe(*id)}))
+            .map(|(id, w)| serde_json::json!({"id": id, "score": w, "fact": describe(*id)}))
             .collect();
         let cands: Vec<_> = answer
             .candidates
@@ -74,8 +74,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if a.explain {
             let p = engine.params();
             eprintln!(
-                "selection: tau {} top_k {} temperature {} K {}",
-                p.selection.tau, p.selection.top_k, p.selection.temperature, p.k_candidates
+                "selection: stored names word for word and content words above {} (coverage above {}), K {}",
+                p.rule.match_threshold, p.rule.coverage_threshold, p.k_candidates
             );
             for h in answer.candidates.iter().take(5) {
                 eprintln!(
@@ -86,13 +86,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 );
             }
             if answer.selected.is_empty() {
-                eprintln!("  selected: none (no candidate above tau: bare backbone output)");
+                eprintln!(
+                    "  selected: none (no stored fact answers this question: bare backbone output)"
+                );
             }
             for (id, w) in &answer.selected {
-                eprintln!(
-                    "  selected {id:>6}  weight {w:.4} at every token  {}",
-                    describe(*id)
-                );
+                eprintln!("  selected {id:>6}  score {w:.4}  {}", describe(*id));
             }
         }
     }

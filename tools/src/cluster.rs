@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use mome::index::IndexKind;
-use mome::store::StoreConfig;
+use mome::IndexKind;
+use mome::StoreConfig;
 use mome_cluster::{Client, ClusterConfig};
 use serde_json::json;
 

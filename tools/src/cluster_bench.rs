@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use half::f16;
-use mome::index::{ExpertIndex, FlatIndex, IndexKind, IndexParams, KeyIndex};
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{ExpertIndex, FlatIndex, IndexKind, IndexParams, KeyIndex};
 use mome_cluster::testbed::{Testbed, TestbedOptions};
 use mome_cluster::{Client, ClusterConfig};
 use serde_json::json;
@@ -147,7 +147,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
                 .search(data.query(j), a.k)
                 .map(|h| h.iter().map(|x| x.id).collect())
         })
-        .collect::<mome::Result<_>>()?;
+        .collect::<mome::IndexResult<_>>()?;
     drop(exact);
     eprintln!(
         "data and exact top-{} in {:.1}s",

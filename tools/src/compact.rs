@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use mome::store::{CompactionPlan, CompactionPolicy};
+use mome::{CompactionPlan, CompactionPolicy};
 use serde_json::json;
 
 /// Long help of the subcommand.
@@ -91,7 +91,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let r = store.compact(&policy)?;
+    // The store does not read the index's files: the horizon of tombstones the saved
+    // index has seen comes from the index layer.
+    let r = store.compact(&policy, mome::tombstone_horizon(&args.db))?;
     if args.json {
         println!(
             "{}",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use mome::index::ExpertIndex;
+use mome::ExpertIndex;
 use serde_json::json;
 
 /// Long help of the subcommand.

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use half::f16;
-use mome::store::{RecordState, Store};
-use mome::Error;
+use mome::StoreError;
+use mome::{RecordState, Store};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -67,7 +67,7 @@ fn expert(store: &Store, id: u64, json_out: bool) -> Result<ExitCode> {
     let checked = store.check_record(id);
     let (checksum, seq) = match &checked {
         Ok(h) => ("ok".to_string(), Some(h.seq)),
-        Err(Error::CorruptRecord { reason, .. }) => (format!("BAD: {reason}"), None),
+        Err(StoreError::CorruptRecord { reason, .. }) => (format!("BAD: {reason}"), None),
         Err(e) => (format!("BAD: {e}"), None),
     };
     // Norms only from a record whose checksum holds: a corrupt one is never used.

@@ -19,6 +19,7 @@ mod delete;
 mod eval;
 mod inspect;
 mod memorize;
+mod progress;
 mod search;
 mod smoke;
 mod stats;
@@ -29,7 +30,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mome::store::Store;
+use mome::Store;
 
 #[derive(Parser)]
 #[command(
@@ -120,9 +121,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens an existing store, saying which directory failed.
+/// Opens an existing store, saying which directory failed; its long operations draw
+/// progress bars on a terminal.
 fn open_store(db: &Path) -> Result<Store> {
-    Store::open(db).with_context(|| format!("opening store {}", db.display()))
+    let store = Store::open(db).with_context(|| format!("opening store {}", db.display()))?;
+    store.set_progress(progress::terminal());
+    Ok(store)
 }
 
 /// Success unless `problems` is non-zero.

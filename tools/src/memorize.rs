@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use mome::engine::{Engine, Fact, FactStatus, MemorizeEvent};
-use mome::tune::TuneOptions;
+use mome::TuneOptions;
+use mome::{Engine, Fact, FactStatus, MemorizeEvent};
 
 /// Arguments of `mome memorize`.
 #[derive(clap::Args)]
@@ -44,9 +44,51 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
         .collect()
 }
 
+/// Reads a facts file: every line a {"prompt", "answer"} with neither blank and no
+/// prompt twice. Returns the facts and their line numbers; every problem names its
+/// line, and nothing is memorized when there is one.
+pub fn read_facts(path: &Path) -> Result<(Vec<Fact>, Vec<usize>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut facts = Vec::new();
+    let mut lines = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let n = i + 1;
+        if l.trim().is_empty() {
+            continue;
+        }
+        let f: Fact = match serde_json::from_str(l) {
+            Ok(f) => f,
+            Err(e) => {
+                problems.push(format!("{}:{n}: bad JSON: {e}", path.display()));
+                continue;
+            }
+        };
+        if f.prompt.trim().is_empty() {
+            problems.push(format!("{}:{n}: the prompt is empty", path.display()));
+        } else if f.answer.trim().is_empty() {
+            problems.push(format!("{}:{n}: the answer is empty", path.display()));
+        } else if let Some(first) = seen.insert(f.prompt.trim().to_string(), n) {
+            problems.push(format!(
+                "{}:{n}: the same prompt as line {first} ({:?})",
+                path.display(),
+                f.prompt
+            ));
+        }
+        facts.push(f);
+        lines.push(n);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}\nnothing was memorized", problems.join("\n"));
+    }
+    anyhow::ensure!(!facts.is_empty(), "{} holds no facts", path.display());
+    Ok((facts, lines))
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let facts: Vec<Fact> = read_jsonl(&a.facts)?;
-    anyhow::ensure!(!facts.is_empty(), "{} holds no facts", a.facts.display());
+    let (facts, lines) = read_facts(&a.facts)?;
     let mut engine = Engine::open_or_create(&a.db, a.model.as_deref())
         .with_context(|| format!("opening {}", a.db.display()))?;
     let opts = TuneOptions {
@@ -54,22 +96,33 @@ pub fn run(a: Args) -> Result<ExitCode> {
         max_steps: a.max_steps,
         ..TuneOptions::default()
     };
-    let pb = mome::progress::bar(facts.len() as u64, "memorize");
-    let report = engine.memorize(&facts, &opts, &mut |ev| match ev {
+    let pb = crate::progress::bar(facts.len() as u64, "memorize");
+    let report = match engine.memorize(&facts, &opts, &mut |ev| match ev {
         MemorizeEvent::Step {
             step,
             converged,
             rows,
         } => pb.set_message(format!("step {step}: {converged}/{rows}")),
         MemorizeEvent::Done(n) => pb.inc(n as u64),
-    })?;
+    }) {
+        Ok(r) => r,
+        Err(mome::Error::InvalidFact { index, reason, .. }) => {
+            pb.finish_and_clear();
+            anyhow::bail!(
+                "{}:{}: {reason}\nnothing was memorized",
+                a.facts.display(),
+                lines.get(index).copied().unwrap_or(0)
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
     pb.finish_and_clear();
     engine.flush()?;
     if a.json {
         let failures: Vec<_> = report
             .outcomes
             .iter()
-            .filter(|o| !matches!(o.status, FactStatus::Memorized { .. }))
+            .filter(|o| !o.status.is_stored())
             .map(|o| {
                 serde_json::json!({"prompt": o.fact.prompt, "answer": o.fact.answer,
                     "status": format!("{:?}", o.status), "loss": o.loss, "steps": o.steps})
@@ -79,7 +132,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({
-                "memorized": report.memorized, "failed": report.failed,
+                "memorized": report.memorized, "unchanged": report.unchanged,
+                "failed": report.failed,
                 "seconds": report.seconds, "broken": report.broken,
                 "steps": steps, "failures": failures,
             })
@@ -87,7 +141,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         for o in &report.outcomes {
             let what = match &o.status {
-                FactStatus::Memorized { id } => format!("memorized as expert {id}"),
+                FactStatus::Memorized { id, replaced } if replaced.is_empty() => {
+                    format!("memorized as expert {id}")
+                }
+                FactStatus::Memorized { id, replaced } => {
+                    format!("memorized as expert {id}, replacing {replaced:?}")
+                }
+                FactStatus::AlreadyStored { id } => {
+                    format!("already stored as expert {id} (unchanged)")
+                }
                 FactStatus::NotConverged => "NOT converged".to_string(),
                 FactStatus::VerifyFailed { got } => format!("FAILED verification (got {got:?})"),
                 FactStatus::Shadowed => "SHADOWED by a stored expert".to_string(),

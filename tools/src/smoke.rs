@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use half::f16;
-use mome::store::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 
 #[derive(clap::Args)]
@@ -46,7 +46,7 @@ pub fn run(Args { db, experts }: Args) -> Result<ExitCode> {
         .with_context(|| format!("creating store in {}", db.display()))?;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let t = std::time::Instant::now();
-    let pb = mome::progress::bar(experts, "insert");
+    let pb = crate::progress::bar(experts, "insert");
     let mut keys = Vec::new();
     let mut done = 0;
     while done < experts {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use mome::store::{ShardState, Store};
+use mome::{ShardState, Store};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let s = store.stats()?;
     let orphan_bytes: u64 = s.orphan_files.iter().map(|o| o.bytes).sum();
     let shard_bytes: u64 = s.shards.iter().map(|sh| sh.bytes).sum();
-    let index = mome::index::saved_index_info(&args.db);
+    let index = mome::saved_index_info(&args.db);
     let usage = usage(&store, args.top)?;
     if args.json {
         let shards: Vec<_> = s

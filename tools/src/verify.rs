@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
-use mome::engine::{AskOptions, Engine};
-use mome::index::ExpertIndex;
-use mome::model::{Backbone, WeightFormat};
+use mome::ExpertIndex;
+use mome::{AskOptions, Engine};
+use mome::{Backbone, WeightFormat};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 tracing::info!(?relinked, ?lost, "relinked facts retrieval no longer found");
                 repaired = Some(relinked.len());
             }
-            let pb = mome::progress::bar(facts.len() as u64, "recall");
+            let pb = crate::progress::bar(facts.len() as u64, "recall");
             let opts = AskOptions::default();
             for (id, prompt, answer) in &facts {
                 let got = engine.ask(prompt, &opts)?;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{expert, fails, ok, s, small_config};
-use mome::index::{ExpertIndex, IndexParams};
-use mome::store::Store;
+use mome::Store;
+use mome::{ExpertIndex, IndexParams};
 
 #[test]
 fn every_subcommand_has_help() {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{expert, fails, ok, s, small_config};
-use mome::store::{Provenance, Store, StoreConfig};
+use mome::{Provenance, Store, StoreConfig};
 
 /// Weights (key, A, B of each layer, as fp16 bits) and provenance of every live expert,
 /// keyed by the seed in its provenance.

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use common::{expert, fails, ok, s, small_config};
-use mome::index::{ExpertIndex, IndexParams};
-use mome::store::Store;
+use mome::Store;
+use mome::{ExpertIndex, IndexParams};
 
 #[test]
 fn verify_names_a_corrupt_record_and_index_problems() {

@@ -6,12 +6,12 @@ mod common;
 
 use common::{mome, s};
 use half::f16;
-use mome::engine::{AskOptions, Engine};
-use mome::store::{AdapterPair, NewExpert, Provenance};
+use mome::{AdapterPair, NewExpert, Provenance};
+use mome::{AskOptions, Engine};
 
 #[test]
 fn verify_recall_names_facts_that_are_not_recalled() {
-    if let Err(e) = mome::model::locate_model(None) {
+    if let Err(e) = mome::locate_model(None) {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI without the model: {e}"
@@ -32,9 +32,7 @@ fn verify_recall_names_facts_that_are_not_recalled() {
         // records the bare answer (recalled), one a different answer (not recalled).
         let bare = engine.ask(good, &AskOptions::default()).unwrap().text;
         let mk = |prompt: &str, answer: &str| {
-            let q = engine
-                .request_query(&engine.prompt_tokens(prompt).unwrap())
-                .unwrap();
+            let q = engine.encode(prompt).unwrap().query.pooled_key();
             let mat = (cfg.rank * cfg.d_model) as usize;
             NewExpert {
                 key: q.iter().map(|&x| f16::from_f32(x)).collect(),

@@ -10,15 +10,15 @@ mod cluster;
 use std::time::Duration;
 
 use cluster::*;
-use mome::engine::{AskOptions, Engine, Fact};
-use mome::index::IndexKind;
-use mome::store::NewExpert;
-use mome::tune::TuneOptions;
+use mome::{
+    AdapterPair, AskOptions, Backbone, Engine, Fact, IndexKind, NewExpert, TuneOptions,
+    WeightFormat,
+};
 use mome_cluster::ClusterConfig;
 
 #[test]
 fn cluster_ask_answers_like_the_embedded_engine() {
-    let model = match mome::model::locate_model(None) {
+    let model = match mome::locate_model(None) {
         Ok(p) => p,
         Err(e) => {
             assert!(
@@ -60,7 +60,7 @@ fn cluster_ask_answers_like_the_embedded_engine() {
             experts.push(NewExpert {
                 key: e.key().to_vec(),
                 layers: (0..e.n_layers())
-                    .map(|l| mome::store::AdapterPair {
+                    .map(|l| AdapterPair {
                         a: e.a(l).to_vec(),
                         b: e.b(l).to_vec(),
                     })
@@ -73,9 +73,9 @@ fn cluster_ask_answers_like_the_embedded_engine() {
         let remote = c
             .local_engine(
                 &dir.path().join("empty"),
-                mome::model::Backbone::locate_and_load(
+                Backbone::locate_and_load(
                     Some(&model),
-                    mome::model::WeightFormat::F32,
+                    WeightFormat::F32,
                     &candle_core::Device::Cpu,
                 )
                 .expect("model"),

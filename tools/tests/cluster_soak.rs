@@ -25,11 +25,11 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[derive(Default)]
 struct Log {
-    acked: Vec<(Vec<u64>, Vec<mome::store::NewExpert>)>,
+    acked: Vec<(Vec<u64>, Vec<mome::NewExpert>)>,
     deleted: Vec<u64>,
     /// Writes whose outcome is not known (in flight, or failed): checked at the end,
     /// where each must be wholly present or absent per shard.
-    unsure_inserts: Vec<(Vec<u64>, Vec<mome::store::NewExpert>)>,
+    unsure_inserts: Vec<(Vec<u64>, Vec<mome::NewExpert>)>,
     unsure_deletes: Vec<u64>,
     failed: Vec<String>,
     latencies: Vec<Duration>,

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use half::f16;
-use mome::store::{AdapterPair, Provenance, StoreConfig};
+use mome::{AdapterPair, Provenance, StoreConfig};
 use mome_cluster::segment::{ClusterExpert, SegmentBuilder, SegmentKind};
 
 /// d_model 4, key_dim 4, rank 1, adapters on layer 0 and 2.

@@ -87,49 +87,6 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// Defines `(q · k, k · k)` in one pass over `k` for one key element type: a
-/// query's dot with a key and the key's squared norm.
-macro_rules! dot_and_sq {
-    ($name:ident, $elem:ty, $load:ident, $to_f32:expr) => {
-        #[target_feature(enable = "avx2,fma,f16c")]
-        #[inline]
-        pub(super) fn $name(q: &[f32], k: &[$elem]) -> (f32, f32) {
-            let n = q.len().min(k.len());
-            let (q, k) = (&q[..n], &k[..n]);
-            let mut qk = [_mm256_setzero_ps(); 2];
-            let mut kk = [_mm256_setzero_ps(); 2];
-            let mut cq = q.chunks_exact(16);
-            let mut ck = k.chunks_exact(16);
-            for (pq, pk) in (&mut cq).zip(&mut ck) {
-                for l in 0..2 {
-                    let kv = $load(&pk[l * 8..l * 8 + 8]);
-                    qk[l] = _mm256_fmadd_ps(ld8(&pq[l * 8..l * 8 + 8]), kv, qk[l]);
-                    kk[l] = _mm256_fmadd_ps(kv, kv, kk[l]);
-                }
-            }
-            let mut tq = cq.remainder().chunks_exact(8);
-            let mut tk = ck.remainder().chunks_exact(8);
-            for (pq, pk) in (&mut tq).zip(&mut tk) {
-                let kv = $load(pk);
-                qk[0] = _mm256_fmadd_ps(ld8(pq), kv, qk[0]);
-                kk[0] = _mm256_fmadd_ps(kv, kv, kk[0]);
-            }
-            let mut a = hsum(_mm256_add_ps(qk[0], qk[1]));
-            let mut b = hsum(_mm256_add_ps(kk[0], kk[1]));
-            let to_f32: fn(&$elem) -> f32 = $to_f32;
-            for (x, y) in tq.remainder().iter().zip(tk.remainder()) {
-                let y = to_f32(y);
-                a = x.mul_add(y, a);
-                b = y.mul_add(y, b);
-            }
-            (a, b)
-        }
-    };
-}
-
-dot_and_sq!(dot_and_sq_f32, f32, ld8, |v| *v);
-dot_and_sq!(dot_and_sq_f16, f16, cvt8, |v| v.to_f32());
-
 /// `a · x` with `a` in fp16, converted on the fly (no buffer round trip).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

@@ -1,9 +1,9 @@
 //! CUDA path of the fused selection + adapter operator.
 //!
-//! * [`super::cuda_plan`] — pure launch plan (tile, grid, shared memory), everywhere.
+//! * `cuda_plan.rs` (private) — pure launch plan (tile, grid, shared memory), everywhere.
 //! * [`slots`] — pure bookkeeping of the device expert cache (LRU, pins), everywhere.
-//! * With the `cuda` feature: [`runtime`] (probe, NVRTC compile of
-//!   `kernels/fused_apply.cu`, uploads, launch, download) and [`cache`] (device slots
+//! * With the `cuda` feature: `runtime` (probe, NVRTC compile of
+//!   `kernels/fused_apply.cu`, uploads, launch, download) and `cache` (device slots
 //!   filled through a pinned staging buffer on a copy stream). Every `unsafe` block of
 //!   the CUDA path lives in these two files.
 //!
@@ -18,6 +18,8 @@ pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod runtime;
 
+#[cfg(feature = "cuda")]
+pub use super::cuda_plan::expert_bytes;
 pub use super::cuda_plan::PlanError;
 pub use slots::{Lookup, SlotCounters, SlotTable};
 

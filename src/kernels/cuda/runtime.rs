@@ -2,11 +2,14 @@
 //! (once per dtype variant and process), uploads inputs, launches per
 //! [`cuda_plan`](super::super::cuda_plan), downloads.
 //!
-//! candle's own CUDA backend is not used (it needs `nvcc` at build time, which the CUDA
-//! wheels on PyPI do not ship), so the inputs arrive as CPU tensors and the launcher
-//! moves them: `h` (as f32, the kernel's in/out buffer), `h̃`, `q` and the keys (each in
-//! its own dtype), and — unless the weights come from the [device expert
-//! cache](super::cache) — the K candidates' `A`/`B` of this layer.
+//! candle's own CUDA backend is not used (docs/CUDA.md, "candle's CUDA backend"), so the
+//! inputs arrive as CPU tensors and the launcher moves them: `h` (as f32, the kernel's
+//! in/out buffer), `h̃` (in its dtype), the `T × K` f32 scores, and — unless the weights
+//! come from the [device expert cache](super::cache) — the K candidates' `A`/`B` of this
+//! layer.
+
+// One of the named modules allowed `unsafe` (workspace lints): driver calls, kernel launches.
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,8 +29,8 @@ use super::super::cuda_plan::{
     self, CudaPlan, CudaPlanInput, DeviceLimits, KernelParams, FUSED_APPLY_SRC,
 };
 use super::super::{check_activations, check_weights, AdapterWeights, KernelError};
+use super::super::{SelectError, Selected, SelectionParams, TokenAssignments};
 use super::CudaError;
-use crate::select::{SelectError, Selected, SelectionParams, TokenAssignments};
 
 /// NVRTC options of the run-time compile, besides `--gpu-architecture` and the variant
 /// defines. `tools/check-kernels.sh` compiles with the same ones (a test checks).
@@ -140,19 +143,17 @@ impl DevBuf {
 }
 
 /// Activations of one call on the device: the f32 in/out rows (`h` on entry, the result
-/// after a launch), `h̃`, the queries, the keys, the optional penalty and the kernel's
-/// error word.
+/// after a launch), `h̃`, the `T × K` scores, the optional penalty and the kernel's error
+/// word (the row-major index of the first NaN/+inf score, `i32::MAX` if none).
 #[derive(Debug)]
 pub struct DeviceInputs {
     out: CudaSlice<f32>,
     hn: DevBuf,
-    q: DevBuf,
-    keys: DevBuf,
+    scores: CudaSlice<f32>,
     penalty: Option<CudaSlice<f32>>,
     err: CudaSlice<i32>,
     tokens: usize,
     d_model: usize,
-    key_dim: usize,
     candidates: usize,
 }
 
@@ -162,29 +163,28 @@ impl DeviceInputs {
         rt: &CudaFusedApply,
         h: &Tensor,
         h_norm: &Tensor,
-        q: &Tensor,
-        keys: &Tensor,
+        scores: &Tensor,
         penalty: Option<&[f32]>,
     ) -> Result<Self, KernelError> {
-        let dims = check_activations(h, h_norm, q, keys)?;
+        let dims = check_activations(h, h_norm, scores)?;
         let s = &rt.stream;
         let dev = |during| move |e| KernelError::from(drv(during)(e));
         let h32 = h.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let sc = scores.flatten_all()?.to_vec1::<f32>()?;
+        let nonempty = |v: Vec<f32>| if v.is_empty() { vec![0.0] } else { v };
         Ok(Self {
-            out: s.clone_htod(&h32).map_err(dev("upload h"))?,
+            out: s.clone_htod(&nonempty(h32)).map_err(dev("upload h"))?,
             hn: DevBuf::upload(s, h_norm)?,
-            q: DevBuf::upload(s, q)?,
-            keys: DevBuf::upload(s, keys)?,
+            scores: s.clone_htod(&nonempty(sc)).map_err(dev("upload scores"))?,
             penalty: match penalty {
                 Some(p) => Some(s.clone_htod(p).map_err(dev("upload penalty"))?),
                 None => None,
             },
             err: s
-                .clone_htod(&[i32::MAX, i32::MAX])
+                .clone_htod(&[i32::MAX])
                 .map_err(dev("upload error word"))?,
             tokens: dims.tokens,
             d_model: dims.d_model,
-            key_dim: dims.key_dim,
             candidates: dims.candidates,
         })
     }
@@ -196,25 +196,43 @@ impl DeviceInputs {
 
     /// The f32 output rows, `T × d_model` (waits for the stream).
     pub fn download(&self, rt: &CudaFusedApply) -> Result<Vec<f32>, CudaError> {
-        rt.stream
+        let mut v = rt
+            .stream
             .clone_dtoh(&self.out)
-            .map_err(drv("download output"))
+            .map_err(drv("download output"))?;
+        v.truncate(self.tokens * self.d_model);
+        Ok(v)
     }
 
-    /// The kernel's report of non-finite inputs (waits for the stream).
+    /// The kernel's report of a NaN/+inf score (waits for the stream): the first one in
+    /// row-major order, as the CPU kernel reports it.
     pub fn check(&self, rt: &CudaFusedApply) -> Result<(), KernelError> {
         let e = rt
             .stream
             .clone_dtoh(&self.err)
             .map_err(drv("download error word"))?;
-        let bad = |v: i32| (v != i32::MAX).then(|| usize::try_from(v).unwrap_or(0));
-        if let Some(token) = e.first().copied().and_then(bad) {
-            return Err(SelectError::NonFiniteQuery { token }.into());
+        let Some(idx) = e
+            .first()
+            .copied()
+            .filter(|&v| v != i32::MAX)
+            .and_then(|v| usize::try_from(v).ok())
+        else {
+            return Ok(());
+        };
+        let value = rt
+            .stream
+            .clone_dtoh(&self.scores.slice(idx..idx + 1))
+            .map_err(drv("download bad score"))?
+            .first()
+            .copied()
+            .unwrap_or(f32::NAN);
+        let k = self.candidates.max(1);
+        Err(SelectError::NonFiniteScore {
+            token: idx / k,
+            candidate: idx % k,
+            value,
         }
-        if let Some(candidate) = e.get(1).copied().and_then(bad) {
-            return Err(SelectError::NonFiniteKey { candidate }.into());
-        }
-        Ok(())
+        .into())
     }
 }
 
@@ -472,8 +490,7 @@ impl CudaFusedApply {
             .map_err(drv("cuStreamSynchronize"))
     }
 
-    /// The kernel entry for a (h̃, q, keys) dtype variant ("fff" … "hhh"), compiled on
-    /// first use.
+    /// The kernel entry for an h̃ dtype variant ("f" or "h"), compiled on first use.
     fn function(&self, variant: &str) -> Result<CudaFunction, CudaError> {
         let mut map = self.functions.lock();
         if let Some(f) = map.get(variant) {
@@ -558,21 +575,13 @@ impl CudaFusedApply {
         let pin = CudaPlanInput {
             tokens: inputs.tokens,
             d_model: inputs.d_model,
-            key_dim: inputs.key_dim,
             candidates: inputs.candidates,
             rank: adapters.rank,
             slots,
-            key_elem_bytes: match inputs.keys {
-                DevBuf::F32(_) => 4,
-                DevBuf::F16(_) => 2,
-            },
         };
         let plan = self.plan(&pin)?;
         let kp = plan.params(&pin, params.tau, params.temperature);
-        let variant: String = [inputs.hn.letter(), inputs.q.letter(), inputs.keys.letter()]
-            .iter()
-            .collect();
-        let f = self.function(&variant)?;
+        let f = self.function(&inputs.hn.letter().to_string())?;
         let s = &self.stream;
         if let Some(r) = &record {
             if r.tokens != inputs.tokens || r.stride != slots {
@@ -595,8 +604,6 @@ impl CudaFusedApply {
             None => (0, 0, 0, 0),
         };
         let hn = inputs.hn.ptr(s);
-        let q = inputs.q.ptr(s);
-        let keys = inputs.keys.ptr(s);
         let cfg = LaunchConfig {
             grid_dim: plan.grid(),
             block_dim: (cuda_plan::BLOCK, 1, 1),
@@ -606,8 +613,7 @@ impl CudaFusedApply {
         b.arg(&kp)
             .arg(&mut inputs.out)
             .arg(&hn)
-            .arg(&q)
-            .arg(&keys)
+            .arg(&inputs.scores)
             .arg(&penalty)
             .arg(&adapters.a_ptrs)
             .arg(&adapters.b_ptrs)
@@ -617,12 +623,12 @@ impl CudaFusedApply {
             .arg(&rs)
             .arg(&rw);
         // SAFETY: the arguments match the kernel's signature in order and type
-        // (`Params` by value, then 12 pointers: device slices, raw device addresses of
+        // (`Params` by value, then 11 pointers: device slices, raw device addresses of
         // live slices on this stream, or 0 where the kernel accepts null). The plan sized
         // the grid and the dynamic shared memory for these dims (within the opt-in limit
         // set on the function); every buffer holds what the kernel indexes: out/h̃ T×d,
-        // q T×key_dim, keys K×key_dim, penalty K, the pointer arrays K entries of
-        // validated rank×d fp16 matrices, err 2, the record T and T×slots. All buffers
+        // scores T×K, penalty K, the pointer arrays K entries of validated rank×d fp16
+        // matrices, err 1, the record T and T×slots. All buffers
         // outlive the launch: they are owned by the caller's `inputs`, `adapters` and
         // `record`, whose drops are ordered after the launch on this stream.
         unsafe { b.launch(cfg) }.map_err(|e| KernelError::from(drv("cuLaunchKernel")(e)))?;
@@ -638,14 +644,13 @@ impl CudaFusedApply {
         &self,
         h: &Tensor,
         h_norm: &Tensor,
-        q: &Tensor,
-        keys: &Tensor,
+        scores: &Tensor,
         weights: &dyn AdapterWeights,
         params: &SelectionParams,
         record: bool,
     ) -> Result<(Tensor, Option<TokenAssignments>), KernelError> {
-        let dims = check_activations(h, h_norm, q, keys)?;
-        check_weights(&dims, keys.dims(), h.dims(), weights)?;
+        let dims = check_activations(h, h_norm, scores)?;
+        check_weights(&dims, scores.dims(), h.dims(), weights)?;
         params.validate(dims.candidates)?;
         if dims.tokens == 0 || dims.d_model == 0 || params.slots(dims.candidates) == 0 {
             return Err(CudaError::Invalid(format!(
@@ -655,7 +660,7 @@ impl CudaFusedApply {
             ))
             .into());
         }
-        let mut inputs = DeviceInputs::upload(self, h, h_norm, q, keys, params.penalty.as_deref())?;
+        let mut inputs = DeviceInputs::upload(self, h, h_norm, scores, params.penalty.as_deref())?;
         let adapters = DeviceAdapters::upload(self, weights)?;
         let slots = params.slots(dims.candidates);
         let mut rec = if record {
@@ -683,6 +688,87 @@ impl CudaFusedApply {
     }
 }
 
+/// The source of the floor kernels (`kernels/floor.cu`).
+pub const FLOOR_SRC: &str = include_str!("../../../kernels/floor.cu");
+
+/// The floor the fused kernel is measured against: an empty launch and one plain read of
+/// a device buffer (for benchmarks; compiled with NVRTC for the launcher's device).
+pub struct FloorKernels {
+    empty: CudaFunction,
+    read: CudaFunction,
+}
+
+impl fmt::Debug for FloorKernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FloorKernels")
+    }
+}
+
+impl FloorKernels {
+    /// Compiles and loads the floor kernels on `rt`'s device.
+    pub fn new(rt: &CudaFusedApply) -> Result<Self, CudaError> {
+        let cc = rt.info.compute_capability;
+        let opts = cudarc::nvrtc::CompileOptions {
+            options: vec![format!("--gpu-architecture=compute_{}{}", cc.0, cc.1)],
+            name: Some("floor.cu".into()),
+            ..Default::default()
+        };
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(FLOOR_SRC, opts).map_err(|e| {
+            CudaError::Compile {
+                kernel: "mome_floor_*".into(),
+                log: e.to_string(),
+            }
+        })?;
+        let m = rt.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
+        let get = |n| m.load_function(n).map_err(drv("cuModuleGetFunction"));
+        Ok(Self {
+            empty: get("mome_floor_empty")?,
+            read: get("mome_floor_read")?,
+        })
+    }
+
+    /// Enqueues an empty kernel (one CTA of one thread) on the launcher's stream.
+    pub fn launch_empty(&self, rt: &CudaFusedApply) -> Result<(), CudaError> {
+        let mut b = rt.stream.launch_builder(&self.empty);
+        // SAFETY: the kernel takes no parameters and touches no memory.
+        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }.map_err(drv("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    /// Enqueues one read of every 16-byte word of `buf` (its length rounded down to a
+    /// multiple of 4 values), `4 ×` SMs CTAs of 256 threads at most; `sink` (≥ 1 value)
+    /// may be written.
+    pub fn launch_read(
+        &self,
+        rt: &CudaFusedApply,
+        buf: &CudaSlice<u32>,
+        sink: &mut CudaSlice<u32>,
+    ) -> Result<(), CudaError> {
+        if sink.is_empty() {
+            return Err(CudaError::Invalid("floor read: empty sink".into()));
+        }
+        let words = buf.len() / 4;
+        let n = i64::try_from(words).unwrap_or(i64::MAX);
+        let sms = u32::try_from(rt.info.limits.sm_count).unwrap_or(1).max(1);
+        let blocks = u32::try_from(words.div_ceil(256))
+            .unwrap_or(u32::MAX)
+            .clamp(1, sms * 4);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = rt.stream.launch_builder(&self.read);
+        b.arg(buf).arg(&n).arg(sink);
+        // SAFETY: the arguments match `mome_floor_read(const uint4*, long long, unsigned
+        // int*)`: `buf` holds at least `n` 16-byte words (its allocation is 256-byte
+        // aligned), `sink` at least one value; both are device slices of this stream's
+        // context that outlive the launch (their drops are ordered after it).
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel"))?;
+        Ok(())
+    }
+}
+
 /// Versions of the loaded libraries: (driver API version, e.g. 13000 for 13.0; NVRTC
 /// (major, minor)). `None` where the library is missing.
 pub fn library_versions() -> (Option<i32>, Option<(i32, i32)>) {
@@ -707,8 +793,9 @@ pub fn library_versions() -> (Option<i32>, Option<(i32, i32)>) {
     }
 }
 
-/// Dtype variants of the kernel: letters for (h̃, queries, keys), `f` = f32, `h` = f16.
-pub const VARIANTS: [&str; 8] = ["fff", "ffh", "fhf", "fhh", "hff", "hfh", "hhf", "hhh"];
+/// Dtype variants of the kernel: the letter of h̃'s dtype, `f` = f32, `h` = f16 (the
+/// scores are always f32).
+pub const VARIANTS: [&str; 2] = ["f", "h"];
 
 /// Compiles one dtype variant of `kernels/fused_apply.cu` to PTX for compute capability
 /// `cc` with NVRTC (needs libnvrtc, no GPU).
@@ -747,8 +834,7 @@ pub fn compile_variant(variant: &str, cc: (i32, i32)) -> Result<cudarc::nvrtc::P
 pub(crate) fn try_apply(
     h: &Tensor,
     h_norm: &Tensor,
-    q: &Tensor,
-    keys: &Tensor,
+    scores: &Tensor,
     weights: &dyn AdapterWeights,
     params: &SelectionParams,
     record: bool,
@@ -757,7 +843,7 @@ pub(crate) fn try_apply(
         return None;
     }
     let (tokens, d_model) = h.dims2().ok()?;
-    let (candidates, key_dim) = keys.dims2().ok()?;
+    let (_, candidates) = scores.dims2().ok()?;
     let slots = params.slots(candidates);
     if tokens == 0 || d_model == 0 || slots == 0 {
         return None;
@@ -766,14 +852,12 @@ pub(crate) fn try_apply(
     let input = CudaPlanInput {
         tokens,
         d_model,
-        key_dim,
         candidates,
         rank: weights.rank(),
         slots,
-        key_elem_bytes: if keys.dtype() == DType::F16 { 2 } else { 4 },
     };
     rt.plan(&input).ok()?;
-    Some(rt.apply_host(h, h_norm, q, keys, weights, params, record))
+    Some(rt.apply_host(h, h_norm, scores, weights, params, record))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Bookkeeping of the device expert cache: which expert sits in which slot, pins, LRU.
-//! Pure (no GPU); the device side is [`super::cache`].
+//! Pure (no GPU); the device side is `cache` (feature `cuda`).
 
 use std::collections::HashMap;
 

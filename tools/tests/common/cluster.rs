@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use half::f16;
-use mome::index::{FlatIndex, IndexKind, KeyIndex};
-use mome::store::{AdapterPair, NewExpert, Provenance, StoreConfig};
+use mome::{AdapterPair, NewExpert, Provenance, StoreConfig};
+use mome::{FlatIndex, IndexKind, KeyIndex};
 use mome_cluster::testbed::{Testbed, TestbedOptions};
 use mome_cluster::{Client, ClientOptions, ClusterConfig};
 use rand::{Rng, SeedableRng};

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use mome::store::{NewExpert, Provenance, StoreConfig};
+use mome::{NewExpert, Provenance, StoreConfig};
 
 /// What a finished `mome` process left.
 pub struct Out {

@@ -1,0 +1,276 @@
+//! Creating a store, and opening one: recovery from whatever a crash left.
+//!
+//! On open: take the lock, open RocksDB, refuse a newer format, check the config; for
+//! each shard in the metadata check its header, refuse a file shorter than its committed
+//! length and truncate bytes past it (a batch whose metadata never committed); report
+//! shard files no metadata references as orphans (their numbers are never reused); load
+//! the location table and check every location lies inside committed records.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+use rocksdb::{WriteBatch, DB};
+
+use super::commit::GroupCommit;
+use super::config::StoreConfig;
+use super::dir::{DirLock, StoreDir};
+use super::error::{StoreError, StoreResult as Result};
+use super::inspect::OrphanFile;
+use super::layout::RecordLayout;
+use super::loc_table::LocTable;
+use super::meta::*;
+use super::read::State;
+use super::shard::{self, parse_shard_file_name, Shard};
+use super::write::{ActiveShard, Writer};
+use super::Store;
+use crate::fs::sync_dir;
+use crate::progress::NoProgress;
+
+/// Creates a new store in `dir` (which must not exist or be empty) and opens it.
+pub(crate) fn create_store(dir: &Path, config: StoreConfig) -> Result<Store> {
+    let layout = StoreDir::new(dir);
+    config.validate()?;
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+        if entries.next().is_some() {
+            return Err(StoreError::AlreadyExists {
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    std::fs::create_dir_all(layout.shards()).map_err(|e| StoreError::io(dir, e))?;
+    let lock = layout.lock()?;
+    let db = DB::open_cf_descriptors(&db_options(), layout.meta(), cf_descriptors())
+        .map_err(|e| StoreError::db("creating the metadata database", e))?;
+    let cfg_json = serde_json::to_vec(&config).map_err(|e| StoreError::encode("config", e))?;
+    let cf = cf(&db, CF_META)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(cf, K_CONFIG, cfg_json);
+    batch.put_cf(cf, K_NEXT_ID, 1u64.to_le_bytes());
+    batch.put_cf(cf, K_SEQ, 0u64.to_le_bytes());
+    batch.put_cf(cf, K_NEXT_SHARD, 1u32.to_le_bytes());
+    // The format version goes last in the same atomic batch: a directory with a
+    // version key is a complete store.
+    batch.put_cf(cf, K_FORMAT, STORE_FORMAT_VERSION.to_le_bytes());
+    db.write_opt(batch, &synced())
+        .map_err(|e| StoreError::db("writing the initial metadata", e))?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            sync_dir(parent)?;
+        }
+    }
+    tracing::info!(dir = %dir.display(), ?config, "created store");
+    drop(db);
+    // The lock is handed on, not dropped and taken again: a fork by another thread
+    // in between (spawning a child process) would hold a copy of it until that
+    // child's exec, and the second take would fail with `Locked`.
+    open_store(dir, None, Some(lock))
+}
+
+/// Opens the store in `dir`, recovering from a crash; checks its config against
+/// `expected` when given. `lock` is the writer lock when the caller already holds it.
+pub(crate) fn open_store(
+    dir: &Path,
+    expected: Option<&StoreConfig>,
+    lock: Option<DirLock>,
+) -> Result<Store> {
+    let layout_dir = StoreDir::new(dir);
+    let meta_dir = layout_dir.meta();
+    if !meta_dir.join("CURRENT").exists() {
+        return Err(StoreError::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "no metadata database (meta/CURRENT)".into(),
+        });
+    }
+    let lock = match lock {
+        Some(l) => l,
+        None => layout_dir.lock()?,
+    };
+    let mut opts = db_options();
+    opts.create_if_missing(false);
+    let db = DB::open_cf_descriptors(&opts, &meta_dir, cf_descriptors())
+        .map_err(|e| StoreError::db("opening the metadata database", e))?;
+
+    let cf_meta = cf(&db, CF_META)?;
+    let version = db
+        .get_pinned_cf(cf_meta, K_FORMAT)
+        .map_err(|e| StoreError::db("reading the format version", e))?
+        .and_then(|v| decode_u32(&v))
+        .ok_or_else(|| StoreError::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "no format version (creation never completed)".into(),
+        })?;
+    if version > STORE_FORMAT_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            what: format!("store {}", dir.display()),
+            found: version,
+            supported: STORE_FORMAT_VERSION,
+        });
+    }
+    let config: StoreConfig = {
+        let raw = db
+            .get_pinned_cf(cf_meta, K_CONFIG)
+            .map_err(|e| StoreError::db("reading the config", e))?
+            .ok_or_else(|| StoreError::CorruptMetadata {
+                what: "config missing".into(),
+            })?;
+        serde_json::from_slice(&raw).map_err(|e| StoreError::CorruptMetadata {
+            what: format!("config: {e}"),
+        })?
+    };
+    config.validate()?;
+    if let Some(given) = expected {
+        config.check_matches(given)?;
+    }
+    let layout = RecordLayout::for_config(&config);
+    let next_id = meta_u64(&db, K_NEXT_ID)?;
+    let seq = meta_u64(&db, K_SEQ)?;
+    let mut next_shard = db
+        .get_pinned_cf(cf_meta, K_NEXT_SHARD)
+        .map_err(|e| StoreError::db("reading store metadata", e))?
+        .and_then(|v| decode_u32(&v))
+        .ok_or_else(|| StoreError::CorruptMetadata {
+            what: "meta key `next_shard` missing or malformed".into(),
+        })?;
+
+    let shards_dir = layout_dir.shards();
+    let metas = read_shard_metas(&db)?;
+    let mut shards = BTreeMap::new();
+    let mut active = None;
+    for (&id, m) in &metas {
+        let path = layout_dir.shard_file(id);
+        let (file, header) = shard::read_header(&path)?;
+        if header.shard_id != id || header.layout != layout {
+            return Err(StoreError::NotAShard {
+                path,
+                reason: format!(
+                    "header describes shard {} with {:?}, metadata expects shard {id} with {:?}",
+                    header.shard_id, header.layout, layout
+                ),
+            });
+        }
+        if m.used_slots > header.capacity_slots {
+            return Err(StoreError::CorruptMetadata {
+                what: format!(
+                    "shard {id} commits {} records but holds at most {}",
+                    m.used_slots, header.capacity_slots
+                ),
+            });
+        }
+        let committed = layout.shard_len(m.used_slots);
+        let found = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+        if found < committed {
+            return Err(StoreError::TruncatedShard {
+                shard: id,
+                path,
+                expected: committed,
+                found,
+            });
+        }
+        if found > committed {
+            // Bytes past the committed length belong to a batch whose metadata never
+            // committed: the insert was not acknowledged, so it must vanish whole.
+            tracing::warn!(
+                shard = id,
+                committed,
+                found,
+                "truncating uncommitted shard tail"
+            );
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(&path, e))?;
+            f.set_len(committed).map_err(|e| StoreError::io(&path, e))?;
+            f.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        }
+        let shard = Shard::map(&file, path.clone(), &header)?;
+        shards.insert(id, Arc::new(shard));
+        if m.state == ShardState::Active {
+            if active.is_some() {
+                return Err(StoreError::CorruptMetadata {
+                    what: format!("more than one active shard (shard {id})"),
+                });
+            }
+            let wfile = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(&path, e))?;
+            active = Some(ActiveShard {
+                id,
+                file: wfile,
+                used: m.used_slots,
+                capacity: header.capacity_slots,
+            });
+        }
+        next_shard = next_shard.max(id + 1);
+    }
+
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(parse_shard_file_name) else {
+            continue;
+        };
+        next_shard = next_shard.max(id.saturating_add(1));
+        if !metas.contains_key(&id) {
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            tracing::warn!(path = %entry.path().display(), bytes, "orphan shard file");
+            orphans.push(OrphanFile {
+                path: entry.path(),
+                bytes,
+            });
+        }
+    }
+
+    let mut locs = LocTable::default();
+    for item in db.iterator_cf(cf(&db, CF_LOC)?, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| StoreError::db("loading expert locations", e))?;
+        let id = decode_id_key(&k)?;
+        let lv = LocValue::decode(id, &v)?;
+        let in_range = metas
+            .get(&lv.loc.shard)
+            .is_some_and(|m| lv.loc.slot < m.used_slots);
+        if !in_range || id >= next_id {
+            return Err(StoreError::CorruptMetadata {
+                what: format!(
+                    "expert {id} points at shard {} slot {} outside committed records",
+                    lv.loc.shard, lv.loc.slot
+                ),
+            });
+        }
+        locs.set(id, Some(lv.loc));
+    }
+    tracing::info!(dir = %dir.display(), live = locs.len(), shards = shards.len(), seq, "opened store");
+
+    Ok(Store {
+        dir: layout_dir,
+        config,
+        layout,
+        db,
+        state: ArcSwap::from_pointee(State {
+            locs,
+            shards: Arc::new(shards),
+            seq,
+        }),
+        writer: Mutex::new(Writer {
+            active,
+            next_id,
+            seq,
+            next_shard,
+            buf: Vec::new(),
+            poisoned: None,
+        }),
+        group: GroupCommit::default(),
+        orphans: Mutex::new(orphans),
+        compacting: Mutex::new(()),
+        progress: RwLock::new(Arc::new(NoProgress)),
+        _lock: lock,
+    })
+}

@@ -1,0 +1,536 @@
+//! The benchmark's phases: setup, exact answers, raw usearch, ingest, index build and
+//! the engine's timed paths.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use half::f16;
+use mome::{AdapterPair, NewExpert, Provenance, Store, StoreConfig};
+use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use super::peers::{export, peer_row, run_peers, PeerExport};
+use super::report::{machine, print_table, report};
+use super::{say, Lat, LookupArgs, Row};
+
+/// The benchmark's fixed inputs, derived from the arguments.
+pub(super) struct Setup {
+    pub(super) dim: usize,
+    pub(super) d_model: u32,
+    pub(super) layer_ids: Vec<u32>,
+    pub(super) cfg: StoreConfig,
+    pub(super) params: IndexParams,
+    pub(super) db: PathBuf,
+    pub(super) temp_db: bool,
+    pub(super) threads: usize,
+    pub(super) machine: Value,
+}
+
+/// The sample of queries with their exact answers, and how to time a path over them.
+pub(super) struct Timer<'a> {
+    pub(super) queries: &'a [f32],
+    pub(super) qs: Vec<&'a [f32]>,
+    pub(super) truth: &'a [Vec<u64>],
+    pub(super) sample: usize,
+    pub(super) dim: usize,
+    pub(super) batch: usize,
+}
+
+impl Timer<'_> {
+    /// Latency of single queries through `f` (which returns ids, best first), and its
+    /// recall@10 over the sample with exact answers.
+    fn single(&self, f: &dyn Fn(&[f32]) -> Result<Vec<u64>>) -> Result<(Lat, f64)> {
+        for q in self.qs.iter().take(200) {
+            std::hint::black_box(f(q)?);
+        }
+        let mut lat = Vec::with_capacity(self.qs.len());
+        let mut hit = 0usize;
+        for (i, q) in self.qs.iter().enumerate() {
+            let t = Instant::now();
+            let ids = f(q)?;
+            lat.push(t.elapsed());
+            if let Some(truth) = self.truth.get(i) {
+                let truth: HashSet<u64> = truth.iter().copied().collect();
+                hit += ids.iter().take(10).filter(|id| truth.contains(id)).count();
+            }
+        }
+        Ok((Lat::of(lat), hit as f64 / (self.sample.max(1) * 10) as f64))
+    }
+
+    /// Per-query latency of batches of queries through `f` (which returns the batch size).
+    fn batched(&self, f: &dyn Fn(&[f32]) -> Result<usize>) -> Result<Lat> {
+        let chunks: Vec<&[f32]> = self.queries.chunks(self.dim * self.batch).collect();
+        for c in chunks.iter().take(4) {
+            std::hint::black_box(f(c)?);
+        }
+        let mut lat = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let t = Instant::now();
+            let n = f(c)?;
+            lat.push(t.elapsed() / n.max(1) as u32);
+        }
+        Ok(Lat::of(lat))
+    }
+}
+
+/// Raw usearch's figures: the in-process peer.
+pub(super) struct RawFigures {
+    pub(super) build_s: f64,
+    pub(super) single: Lat,
+    pub(super) recall: f64,
+    pub(super) batch: Lat,
+}
+
+/// Durable ingest and index build.
+pub(super) struct BuildFigures {
+    pub(super) ingest_s: f64,
+    pub(super) insert_per_s: f64,
+    pub(super) index_build_s: f64,
+}
+
+/// The engine's figures on every timed path.
+pub(super) struct EngineFigures {
+    pub(super) ids: Lat,
+    pub(super) first_touch: Lat,
+    pub(super) recall: f64,
+    pub(super) verified: Lat,
+    pub(super) touch: Lat,
+    pub(super) batch: Lat,
+}
+
+pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
+    let t_all = Instant::now();
+    let s = setup(&a)?;
+    let dim = s.dim;
+
+    let t = Instant::now();
+    let keys = round_f16(mome::synth::clustered_keys(a.experts, dim, a.clusters, 1));
+    let queries = round_f16(mome::synth::clustered_keys(a.queries, dim, a.clusters, 2));
+    say(format_args!(
+        "generated keys in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+
+    let t = Instant::now();
+    let sample = a.recall_sample.min(a.queries);
+    let truth = exact_top10(&keys, &queries, dim, sample)?;
+    say(format_args!(
+        "exact top-10 of {sample} queries in {:.1}s",
+        t.elapsed().as_secs_f64()
+    ));
+    let timer = Timer {
+        queries: &queries,
+        qs: queries.chunks_exact(dim).collect(),
+        truth: &truth,
+        sample,
+        dim,
+        batch: a.batch,
+    };
+
+    let mut rows: Vec<Row> = Vec::new();
+    let raw = time_raw_usearch(&a, &s, &keys, &timer, &mut rows)?;
+
+    // The peers' data, written while the keys are still in memory.
+    let peer_data = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| s.db.with_extension("peers-data"));
+    if a.peers {
+        let record_bytes = mome::RecordLayout::for_config(&s.cfg).record_size;
+        let peer = PeerExport {
+            params: &s.params,
+            threads: s.threads,
+            payload_bytes: record_bytes,
+        };
+        export(&peer_data, &a, &peer, &keys, &queries, &truth)?;
+    }
+
+    let (store, ingest_s, insert_per_s) = ingest(&a, &s, &keys)?;
+    drop(keys);
+    let (index, index_build_s) = build_index(&a, &s, &store)?;
+    let build = BuildFigures {
+        ingest_s,
+        insert_per_s,
+        index_build_s,
+    };
+    let engine = time_engine(&a, &store, &index, &timer, &mut rows)?;
+
+    let mut out = report(&a, &s, (&store, &index), sample, &build, &raw, &engine);
+    if a.peers {
+        let peers = run_peers(&a, &peer_data, s.threads)?;
+        for p in peers.as_array().into_iter().flatten() {
+            rows.push(peer_row(p));
+        }
+        out["peers"] = peers;
+        if a.data_dir.is_none() {
+            let _ = std::fs::remove_dir_all(&peer_data);
+        }
+    }
+    out["seconds"] = json!(t_all.elapsed().as_secs_f64());
+
+    drop(index);
+    drop(store);
+    if !a.keep {
+        std::fs::remove_dir_all(&s.db).with_context(|| format!("removing {}", s.db.display()))?;
+    } else if s.temp_db {
+        say(format_args!("store kept at {}", s.db.display()));
+    }
+
+    if let Some(path) = &a.out {
+        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if a.json {
+        println!("{out}");
+    } else {
+        print_table(&out, &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the arguments and derives the store config, index parameters and store path.
+pub(super) fn setup(a: &LookupArgs) -> Result<Setup> {
+    ensure!(a.experts > 0, "--experts must be at least 1");
+    ensure!(
+        a.key_dim > 0 && a.rank > 0,
+        "--key-dim and --rank must be positive"
+    );
+    ensure!(
+        a.candidates >= 10,
+        "--candidates must be at least 10 (recall@10)"
+    );
+    ensure!(
+        a.queries > 0 && a.batch > 0,
+        "--queries and --batch must be positive"
+    );
+    let dim = a.key_dim as usize;
+    let d_model = a.d_model.unwrap_or(a.key_dim);
+    let layer_ids: Vec<u32> = if a.layer_ids.is_empty() {
+        (0..a.layers.max(1)).collect()
+    } else {
+        a.layer_ids.clone()
+    };
+    let mut cfg = StoreConfig::new(d_model, a.key_dim, a.rank, layer_ids.clone());
+    if let Some(q) = a.query_layer {
+        cfg = cfg.with_query_layer(q);
+    }
+    let mut params = IndexParams::default();
+    if let Some(m) = a.connectivity {
+        params.connectivity = m;
+    }
+    if let Some(e) = a.expansion_add {
+        params.expansion_add = e;
+    }
+    if let Some(e) = a.expansion_search {
+        params.expansion_search = e;
+    }
+    let (db, temp_db) = match &a.db {
+        Some(p) => (p.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("mome-bench-lookup-{}", std::process::id())),
+            true,
+        ),
+    };
+    if db.exists() && std::fs::read_dir(&db)?.next().is_some() {
+        bail!(
+            "{} exists and is not empty; the benchmark creates a new store",
+            db.display()
+        );
+    }
+    let threads = rayon::current_num_threads();
+    let machine = machine();
+    say(format_args!(
+            "mome bench lookup: {} experts, key_dim {dim}, d_model {d_model}, rank {}, layers {layer_ids:?}, \
+             top-K {}, M {} efC {} ef {}, {threads} threads; usearch {}; {}",
+            a.experts,
+            a.rank,
+            a.candidates,
+            params.connectivity,
+            params.expansion_add,
+            params.expansion_search,
+            usearch::version(),
+            machine["cpu"].as_str().unwrap_or("?")
+        ),
+    );
+    Ok(Setup {
+        dim,
+        d_model,
+        layer_ids,
+        cfg,
+        params,
+        db,
+        temp_db,
+        threads,
+        machine,
+    })
+}
+
+/// Exact top-10 ids of the first `sample` queries (ids are row numbers + 1).
+pub(super) fn exact_top10(
+    keys: &[f32],
+    queries: &[f32],
+    dim: usize,
+    sample: usize,
+) -> Result<Vec<Vec<u64>>> {
+    let flat = FlatIndex::new(dim);
+    for (i, k) in keys.chunks_exact(dim).enumerate() {
+        flat.add(i as u64 + 1, k)?;
+    }
+    Ok(queries
+        .par_chunks_exact(dim)
+        .take(sample)
+        .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
+        .collect::<mome::IndexResult<_>>()?)
+}
+
+/// Builds raw usearch with the engine's parameters on the same keys and times it.
+///
+/// It is built, timed and dropped before the engine's store and index exist, so the
+/// engine's measurements run with one index in memory (as a deployment would) and the
+/// page cache left to its shards.
+pub(super) fn time_raw_usearch(
+    a: &LookupArgs,
+    s: &Setup,
+    keys: &[f32],
+    timer: &Timer,
+    rows: &mut Vec<Row>,
+) -> Result<RawFigures> {
+    let (dim, k) = (s.dim, a.candidates);
+    let raw = usearch::Index::new(&usearch::IndexOptions {
+        dimensions: dim,
+        metric: usearch::MetricKind::Cos,
+        quantization: usearch::ScalarKind::F16,
+        connectivity: s.params.connectivity,
+        expansion_add: s.params.expansion_add,
+        expansion_search: s.params.expansion_search,
+        multi: false,
+    })
+    .map_err(|e| anyhow::anyhow!("usearch: {e}"))?;
+    raw.reserve_capacity_and_threads(a.experts, s.threads.max(1))
+        .map_err(|e| anyhow::anyhow!("usearch reserve: {e}"))?;
+    let t = Instant::now();
+    let pb = crate::progress::bar(a.experts as u64, "usearch");
+    keys.par_chunks_exact(dim)
+        .enumerate()
+        .try_for_each(|(i, k)| {
+            pb.inc(1);
+            raw.add(i as u64 + 1, k)
+        })
+        .map_err(|e| anyhow::anyhow!("usearch add: {e}"))?;
+    pb.finish_and_clear();
+    let build_s = t.elapsed().as_secs_f64();
+    say(format_args!("raw usearch built in {build_s:.1}s"));
+
+    let (single, recall) = timer.single(&|q| {
+        Ok(raw
+            .search(q, k)
+            .map_err(|e| anyhow::anyhow!("usearch search: {e}"))?
+            .keys)
+    })?;
+    rows.push(Row {
+        system: format!("usearch {} (raw)", usearch::version()),
+        path: "search top-K",
+        lat: single,
+        recall: Some(recall),
+    });
+    let batch = timer.batched(&|c| {
+        let n = c
+            .par_chunks_exact(dim)
+            .map(|q| raw.search(q, k).map(|m| m.keys.len()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| anyhow::anyhow!("usearch search: {e}"))?;
+        Ok(n.len())
+    })?;
+    rows.push(Row {
+        system: format!("usearch {} (raw)", usearch::version()),
+        path: "batched search, per query",
+        lat: batch,
+        recall: None,
+    });
+    Ok(RawFigures {
+        build_s,
+        single,
+        recall,
+        batch,
+    })
+}
+
+/// Ingests the experts durably into a new store (group commits of `--ingest-batch`).
+/// Returns the store, the ingest's wall time and the insert rate.
+pub(super) fn ingest(a: &LookupArgs, s: &Setup, keys: &[f32]) -> Result<(Arc<Store>, f64, f64)> {
+    let store = Arc::new(
+        Store::create(&s.db, s.cfg.clone())
+            .with_context(|| format!("creating {}", s.db.display()))?,
+    );
+    store.set_progress(crate::progress::terminal());
+    let per_matrix = (a.rank * s.d_model) as usize;
+    let pool = weight_pool(per_matrix * 2 * s.layer_ids.len() + (1 << 22));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let pb = crate::progress::bar(a.experts as u64, "ingest");
+    let mut insert_time = Duration::ZERO;
+    let t_ingest = Instant::now();
+    for chunk in keys.chunks(s.dim * a.ingest_batch.max(1)) {
+        let batch: Vec<NewExpert> = chunk
+            .chunks_exact(s.dim)
+            .map(|k| NewExpert {
+                key: k.iter().map(|&x| f16::from_f32(x)).collect(),
+                layers: s
+                    .layer_ids
+                    .iter()
+                    .map(|_| AdapterPair {
+                        a: slice_of(&pool, per_matrix, &mut rng),
+                        b: slice_of(&pool, per_matrix, &mut rng),
+                    })
+                    .collect(),
+                provenance: Provenance::text("bench lookup"),
+            })
+            .collect();
+        let n = batch.len() as u64;
+        let t = Instant::now();
+        store.insert_batch(batch)?;
+        insert_time += t.elapsed();
+        pb.inc(n);
+    }
+    pb.finish_and_clear();
+    let ingest_s = t_ingest.elapsed().as_secs_f64();
+    let insert_per_s = a.experts as f64 / insert_time.as_secs_f64();
+    say(format_args!(
+            "ingested {} experts durably in {ingest_s:.1}s ({insert_per_s:.0} experts/s in insert_batch)",
+            a.experts
+        ),
+    );
+    Ok((store, ingest_s, insert_per_s))
+}
+
+/// Builds the index from the store (the rebuild path an operator gets) and saves it.
+pub(super) fn build_index(
+    a: &LookupArgs,
+    s: &Setup,
+    store: &Arc<Store>,
+) -> Result<(ExpertIndex, f64)> {
+    let t = Instant::now();
+    let index = ExpertIndex::open_with(store.clone(), s.params)?;
+    let index_build_s = t.elapsed().as_secs_f64();
+    ensure!(
+        index.len() == a.experts,
+        "index holds {} keys, store {}",
+        index.len(),
+        a.experts
+    );
+    say(format_args!(
+        "index built from the store and saved in {index_build_s:.1}s"
+    ));
+    Ok((index, index_build_s))
+}
+
+/// Times the engine's lookup paths: ids only; ids + resolved zero-copy views (first
+/// touch verifies each record's checksum, so once on mostly unverified records and once
+/// on verified ones); the same reading every weight byte; batched search + resolve.
+pub(super) fn time_engine(
+    a: &LookupArgs,
+    store: &Store,
+    index: &ExpertIndex,
+    timer: &Timer,
+    rows: &mut Vec<Row>,
+) -> Result<EngineFigures> {
+    let k = a.candidates;
+    let resolve = |q: &[f32]| -> Result<(Vec<u64>, Vec<mome::ExpertRef>)> {
+        let ids: Vec<u64> = index.search(q, k)?.iter().map(|h| h.id).collect();
+        let views = store.get_many(&ids)?;
+        Ok((ids, views))
+    };
+    let mut row = |path: &'static str, lat: Lat, recall: Option<f64>| {
+        rows.push(Row {
+            system: "mome".into(),
+            path,
+            lat,
+            recall,
+        })
+    };
+    let (ids, _) = timer.single(&|q| Ok(index.search(q, k)?.iter().map(|h| h.id).collect()))?;
+    row("index search top-K (ids only)", ids, None);
+    let views_only = |q: &[f32]| -> Result<Vec<u64>> {
+        let (ids, views) = resolve(q)?;
+        std::hint::black_box(&views);
+        Ok(ids)
+    };
+    let (first_touch, recall) = timer.single(&views_only)?;
+    row(
+        "search top-K + resolve weight views (first touch: checksums verified)",
+        first_touch,
+        Some(recall),
+    );
+    let (verified, _) = timer.single(&views_only)?;
+    row(
+        "search top-K + resolve weight views (records already verified)",
+        verified,
+        None,
+    );
+    let (touch_lat, _) = timer.single(&|q| {
+        let (ids, views) = resolve(q)?;
+        std::hint::black_box(touch(&views));
+        Ok(ids)
+    })?;
+    row("… + read every weight byte", touch_lat, None);
+    let batch = timer.batched(&|c| {
+        let hits = index.search_batch(c, k)?;
+        for h in &hits {
+            let ids: Vec<u64> = h.iter().map(|h| h.id).collect();
+            std::hint::black_box(store.get_many(&ids)?);
+        }
+        Ok(hits.len())
+    })?;
+    row("batched search + resolve, per query", batch, None);
+    Ok(EngineFigures {
+        ids,
+        first_touch,
+        recall,
+        verified,
+        touch: touch_lat,
+        batch,
+    })
+}
+
+/// Every value rounded to f16 and back: the store keeps f16 keys, and the peers read the
+/// f16 export, so all systems index exactly these vectors.
+pub(super) fn round_f16(mut v: Vec<f32>) -> Vec<f32> {
+    v.par_iter_mut()
+        .for_each(|x| *x = f16::from_f32(*x).to_f32());
+    v
+}
+
+/// Random fp16 values (N(0, 0.02²)-like) that experts' matrices are sliced from: copying
+/// from a pool keeps generation far below the cost of the durable writes.
+pub(super) fn weight_pool(len: usize) -> Vec<f16> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    (0..len)
+        .map(|_| f16::from_f32((rng.random::<f32>() - 0.5) * 0.07))
+        .collect()
+}
+
+pub(super) fn slice_of(pool: &[f16], len: usize, rng: &mut impl Rng) -> Vec<f16> {
+    let start = rng.random_range(0..=pool.len() - len);
+    pool[start..start + len].to_vec()
+}
+
+/// Reads every key and weight byte of the views.
+pub(super) fn touch(views: &[mome::ExpertRef]) -> u64 {
+    let mut s = 0u64;
+    for v in views {
+        for &x in v.key() {
+            s = s.wrapping_add(u64::from(x.to_bits()));
+        }
+        for l in 0..v.n_layers() {
+            for &x in v.a(l).iter().chain(v.b(l)) {
+                s = s.wrapping_add(u64::from(x.to_bits()));
+            }
+        }
+    }
+    s
+}

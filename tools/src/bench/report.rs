@@ -1,0 +1,176 @@
+//! The run's JSON object, its table, and the figures of the machine and the process.
+
+use std::path::Path;
+
+use mome::{ExpertIndex, Store};
+use serde_json::{json, Value};
+
+use super::lookup::{BuildFigures, EngineFigures, RawFigures, Setup};
+use super::{LookupArgs, Row};
+
+/// The run's JSON object (footprint measured now).
+pub(super) fn report(
+    a: &LookupArgs,
+    s: &Setup,
+    (store, index): (&Store, &ExpertIndex),
+    sample: usize,
+    b: &BuildFigures,
+    u: &RawFigures,
+    m: &EngineFigures,
+) -> Value {
+    let store_bytes = dir_bytes(&s.db);
+    let index_bytes = dir_bytes(&store.store_dir().index());
+    let bytes_per_expert = store_bytes as f64 / a.experts as f64;
+    let rss_mib = proc_status_kib("VmRSS").map(|k| k as f64 / 1024.0);
+    let hwm_mib = proc_status_kib("VmHWM").map(|k| k as f64 / 1024.0);
+    let index_mib = index.memory_bytes() as f64 / (1 << 20) as f64;
+    json!({
+        "experts": a.experts,
+        "key_dim": s.dim,
+        "d_model": s.d_model,
+        "rank": a.rank,
+        "layers": s.layer_ids.len(),
+        "candidates": a.candidates,
+        "queries": a.queries,
+        "batch": a.batch,
+        "recall_sample": sample,
+        "threads": s.threads,
+        "params": {
+            "connectivity": s.params.connectivity,
+            "expansion_add": s.params.expansion_add,
+            "expansion_search": s.params.expansion_search,
+            "quantization": "f16",
+            "metric": "cos",
+        },
+        "insert_per_s": b.insert_per_s,
+        "ingest_s": b.ingest_s,
+        "index_build_s": b.index_build_s,
+        "p50_us": m.first_touch.p50,
+        "p99_us": m.first_touch.p99,
+        "p999_us": m.first_touch.p999,
+        "search_p50_us": m.ids.p50,
+        "search_p99_us": m.ids.p99,
+        "warm_p50_us": m.verified.p50,
+        "warm_p99_us": m.verified.p99,
+        "warm_p999_us": m.verified.p999,
+        "batch_p50_us": m.batch.p50,
+        "batch_p99_us": m.batch.p99,
+        "touch_p50_us": m.touch.p50,
+        "touch_p99_us": m.touch.p99,
+        "touch_p999_us": m.touch.p999,
+        "recall_at_10": m.recall,
+        "usearch_version": usearch::version(),
+        "usearch_build_s": u.build_s,
+        "usearch_p50_us": u.single.p50,
+        "usearch_p99_us": u.single.p99,
+        "usearch_p999_us": u.single.p999,
+        "usearch_batch_p50_us": u.batch.p50,
+        "usearch_batch_p99_us": u.batch.p99,
+        "usearch_recall_at_10": u.recall,
+        "overhead_p50": m.first_touch.p50 / u.single.p50,
+        "overhead_p99": m.first_touch.p99 / u.single.p99,
+        "warm_overhead_p50": m.verified.p50 / u.single.p50,
+        "warm_overhead_p99": m.verified.p99 / u.single.p99,
+        "bytes_per_expert": bytes_per_expert,
+        "record_bytes": store.layout().record_size,
+        "store_bytes": store_bytes,
+        "index_bytes": index_bytes,
+        "index_mib": index_mib,
+        "rss_mib": rss_mib,
+        "peak_rss_mib": hwm_mib,
+        "rss_note": "whole benchmark process: includes its own copy of the keys (experts × key_dim × 4 bytes) and the raw usearch index",
+        "machine": s.machine.clone(),
+        "db": if a.keep { Some(s.db.display().to_string()) } else { None },
+    })
+}
+
+pub(super) fn print_table(out: &Value, rows: &[Row]) {
+    let f = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "experts {}: ingest {:.0} experts/s durable ({:.1}s), index build {:.1}s, raw usearch build {:.1}s; \
+         {:.0} bytes/expert on disk (record {} B); index {:.0} MiB; process RSS {:.0} MiB",
+        out["experts"],
+        f("insert_per_s"),
+        f("ingest_s"),
+        f("index_build_s"),
+        f("usearch_build_s"),
+        f("bytes_per_expert"),
+        out["record_bytes"],
+        f("index_mib"),
+        f("rss_mib"),
+    );
+    println!();
+    println!("| experts | system | path | p50 µs | p99 µs | p999 µs | recall@10 |");
+    println!("|---:|---|---|---:|---:|---:|---:|");
+    for r in rows {
+        let recall = r.recall.map_or_else(|| "".into(), |x| format!("{x:.4}"));
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {recall} |",
+            out["experts"], r.system, r.path, r.lat.p50, r.lat.p99, r.lat.p999
+        );
+    }
+    println!();
+    println!(
+        "engine full path vs raw usearch search: p50 {:.2}×, p99 {:.2}× (first touch); \
+         p50 {:.2}×, p99 {:.2}× (verified records)",
+        f("overhead_p50"),
+        f("overhead_p99"),
+        f("warm_overhead_p50"),
+        f("warm_overhead_p99")
+    );
+}
+
+/// Bytes allocated on disk under `dir` (sparse and preallocated files counted as the
+/// filesystem does).
+pub(super) fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            total += dir_bytes(&e.path());
+        } else {
+            total += m.blocks() * 512;
+        }
+    }
+    total
+}
+
+pub(super) fn proc_status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub(super) fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib as f64 / (1u64 << 20) as f64);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "mem_gib": mem,
+    })
+}
