@@ -185,7 +185,8 @@ fn soak() {
         stop.store(true, Ordering::SeqCst);
         writer.await.expect("writer");
         wait_owned(&c, Duration::from_secs(90)).await;
-        let l = log.lock();
+        // The writer is done: take the log out of its lock (the checks below await).
+        let l = std::mem::take(&mut *log.lock());
         let mut oracle = Oracle::new();
         for (ids, batch) in &l.acked {
             oracle.add(ids, batch);
