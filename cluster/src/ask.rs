@@ -283,3 +283,46 @@ impl Client {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mome::Provenance;
+
+    fn expert(id: u64, prompt: Option<&str>) -> ClusterExpert {
+        let mut provenance = Provenance::default();
+        provenance.prompt = prompt.map(str::to_string);
+        ClusterExpert {
+            id,
+            key: Vec::new(),
+            layers: Vec::new(),
+            provenance,
+            created_at_ms: 0,
+        }
+    }
+
+    /// Whether the cache answers for `e` (a hit holding no query: `put` with `None`).
+    fn hit(c: &mut FactCache, backbone: &str, e: &ClusterExpert) -> bool {
+        c.get(backbone, e).is_some()
+    }
+
+    #[test]
+    fn fact_cache_is_bounded_and_keyed_by_prompt_and_backbone() {
+        let mut c = FactCache::default();
+        assert!(!hit(&mut c, "b1", &expert(1, Some("p"))));
+        c.put(&expert(1, Some("p")), None);
+        assert!(hit(&mut c, "b1", &expert(1, Some("p"))));
+        // Another prompt under the same id (deleted and re-inserted): not a hit.
+        assert!(!hit(&mut c, "b1", &expert(1, Some("q"))));
+        // Another backbone: everything goes.
+        assert!(!hit(&mut c, "b2", &expert(1, Some("p"))));
+        assert_eq!(c.len(), 0);
+        for id in 0..(FACT_CACHE as u64 + 10) {
+            c.put(&expert(id, None), None);
+        }
+        assert_eq!(c.len(), FACT_CACHE);
+        // Oldest out first.
+        assert!(!hit(&mut c, "b2", &expert(0, None)));
+        assert!(hit(&mut c, "b2", &expert(FACT_CACHE as u64 + 9, None)));
+    }
+}
