@@ -1,7 +1,8 @@
 //! `Client::ask` through a local backbone: facts memorized by an embedded engine are
 //! inserted into a cluster; a fresh engine with an empty local store answers them from
-//! the cluster's experts exactly as the embedded engine does, and an unrelated prompt
-//! gets the bare backbone's tokens. Needs the real model: skipped when it is missing,
+//! the cluster's experts exactly as the embedded engine does; an unrelated prompt and a
+//! near miss (the same question about an entity that is not stored) select nothing and
+//! get the bare backbone's tokens. Needs the real model: skipped when it is missing,
 //! except under CI.
 
 #[path = "common/cluster.rs"]
@@ -89,25 +90,42 @@ fn cluster_ask_answers_like_the_embedded_engine() {
             assert_eq!(got.text, f.answer, "{:?}", f.prompt);
             assert_eq!(got.tokens, want.tokens);
             assert_eq!(got.selected.len(), 1);
+            let scores = |s: &[(u64, f32)]| s.iter().map(|x| x.1).collect::<Vec<_>>();
+            assert_eq!(scores(&got.selected), scores(&want.selected), "rule scores");
         }
-        let p = "What is the capital of France?";
-        let bare = local
-            .ask(
-                p,
-                &AskOptions {
-                    use_experts: false,
-                    ..AskOptions::default()
-                },
-            )
-            .expect("bare");
-        let got = c.ask(&remote, p, &opts).await.expect("cluster ask");
-        assert!(
-            got.selected.is_empty(),
-            "an expert was selected for an unrelated prompt"
-        );
-        assert_eq!(
-            got.tokens, bare.tokens,
-            "unrelated prompt differs from the bare backbone"
-        );
+        let facts_cached = c.cached_fact_queries();
+        assert!(facts_cached >= 1, "no prompt query cached");
+        let bare_opts = AskOptions {
+            use_experts: false,
+            ..AskOptions::default()
+        };
+        for p in [
+            "What is the capital of France?",
+            "What is the secret code of Morvath?",
+        ] {
+            let bare = local.ask(p, &bare_opts).expect("bare");
+            let embedded = local.ask(p, &opts).expect("local ask");
+            assert!(
+                embedded.selected.is_empty(),
+                "embedded engine selected for {p:?}"
+            );
+            let got = c.ask(&remote, p, &opts).await.expect("cluster ask");
+            assert!(
+                got.selected.is_empty(),
+                "an expert was selected for {p:?}: {:?}",
+                got.selected
+            );
+            assert_eq!(
+                got.tokens, bare.tokens,
+                "{p:?} through the cluster differs from the bare backbone"
+            );
+        }
+        // Asked again: the prompts' queries come from the client's cache.
+        let again = c
+            .ask(&remote, &facts[0].prompt, &opts)
+            .await
+            .expect("cluster ask");
+        assert_eq!(again.text, facts[0].answer);
+        assert!(c.cached_fact_queries() >= facts_cached);
     });
 }
