@@ -171,7 +171,16 @@ fn soak() {
                     continue;
                 }
                 let r = c.search(key, 1).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
-                assert_eq!(r.hits[0].id, *id, "round {round} ({fault}): acknowledged {id} not found");
+                let found = r.hits.first().map(|h| h.id) == Some(*id);
+                if !found {
+                    // The writer may have picked it for deletion since the snapshot (it
+                    // marks a victim unsure before deleting it).
+                    let l = log.lock();
+                    if l.deleted.contains(id) || l.unsure_deletes.contains(id) {
+                        continue;
+                    }
+                }
+                assert!(found, "round {round} ({fault}): acknowledged {id} not found: {:?}", r.hits);
             }
             let l = log.lock();
             eprintln!(
