@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use mome::{legacy_rule, Engine, Fact, FactStatus, MemorizeEvent, NewExpert, Provenance};
+use mome::{legacy_rule, Engine, Fact, FactStatus, NewExpert, Provenance};
 use mome::{AdapterPair, Store, StoreDir, TuneOptions};
 
 pub const LONG_ABOUT: &str = "\
@@ -140,13 +140,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
     let facts: Vec<Fact> = plan.facts.iter().map(|(_, f)| f.clone()).collect();
     let pb = crate::progress::bar(facts.len() as u64, "migrate");
-    let report = engine.memorize(&facts, &TuneOptions::default(), &mut |ev| match ev {
-        MemorizeEvent::Step {
-            step,
-            converged,
-            rows,
-        } => pb.set_message(format!("step {step}: {converged}/{rows}")),
-        MemorizeEvent::Done(n) => pb.inc(n as u64),
+    let report = engine.memorize(&facts, &TuneOptions::default(), &mut |ev| {
+        crate::progress::memorize_event(&pb, ev)
     })?;
     pb.finish_and_clear();
     engine.flush()?;
