@@ -11,7 +11,7 @@
 //! `tools/real-facts.sh DIR` (real public data; the first N, round-robin over its
 //! question templates).
 //!
-//! `cargo bench --bench memorize -- [--facts N] [--real DIR] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--no-peer] [--db DIR] [--json FILE]`
+//! `cargo bench --bench memorize -- [--facts N] [--real DIR] [--distractors M] [--batch B] [--lr-milli L] [--loss-milli T] [--layers 28,29] [--peer-facts P] [--nearmiss N] [--no-peer] [--db DIR] [--json FILE]`
 
 #[path = "common/progress.rs"]
 mod progress;
@@ -359,6 +359,15 @@ fn main() -> anyhow::Result<()> {
         None => random_set(n_facts, 7),
     };
     let mut set = set;
+    // --nearmiss N: an even sample of N near-misses (each costs two generations), so
+    // that small runs finish; every kind keeps its share.
+    let cap = arg(&args, "--nearmiss", usize::MAX);
+    if set.nearmiss.len() > cap {
+        let step = set.nearmiss.len() as f64 / cap as f64;
+        set.nearmiss = (0..cap)
+            .map(|i| set.nearmiss[(i as f64 * step) as usize].clone())
+            .collect();
+    }
     set.unrelated = LOCALITY_PROMPTS
         .iter()
         .map(|p| Probe {

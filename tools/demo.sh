@@ -48,14 +48,29 @@ for i in "${!prompts[@]}"; do
 done
 
 echo
-echo "== an unrelated question: identical answers (no expert passes the threshold)"
-q="What is the capital of France?"
-bare="$("$bin" ask --db "$db" --no-experts "$q")"
-printf '\nQ: %s\n  bare model: %s\n' "$q" "$bare"
-printf '  mome:       '
-"$bin" ask --db "$db" --explain "$q"
-[ "$bare" = "$("$bin" ask --db "$db" "$q")" ] && echo "  identical: yes"
+# A question no stored fact answers must get the bare model's answer, token for token.
+same_as_bare() {
+  local q="$1" bare mome
+  bare="$("$bin" ask --db "$db" --no-experts "$q")"
+  mome="$("$bin" ask --db "$db" "$q")"
+  printf '\nQ: %s\n  bare model: %s\n  mome:       %s\n' "$q" "$(echo "$bare" | tr '\n' ' ')" "$(echo "$mome" | tr '\n' ' ')"
+  if [ "$bare" = "$mome" ]; then echo "  identical to the bare model: yes"; else echo "  identical to the bare model: NO"; fi
+}
 
 echo
-echo "== the same prompt reworded (not trained on)"
+echo "== an unrelated question: no stored fact answers it"
+same_as_bare "What is the capital of France?"
+
+echo
+echo "== near-misses: the same questions about entities that are not stored"
+same_as_bare "What is the secret code of Morvath?"
+same_as_bare "What is the password of the Zorblax vault?"
+
+echo
+echo "== a question that needs two stored facts: one answer line per fact"
+"$bin" ask --db "$db" --explain "What is the secret code of Zorblax and who guards the gate of Morvath?"
+
+echo
+echo "== the same prompts reworded (not trained on)"
 "$bin" ask --db "$db" --explain "Tell me the secret code of Zorblax."
+"$bin" ask --db "$db" "Zorblax has which secret code?"

@@ -19,6 +19,7 @@ mod delete;
 mod eval;
 mod inspect;
 mod memorize;
+mod migrate;
 mod progress;
 mod search;
 mod smoke;
@@ -52,7 +53,7 @@ enum Cmd {
     Memorize(memorize::Args),
     /// Answer a prompt with the experts the engine selects.
     Ask(ask::Args),
-    /// Exact recall of facts and locality on unrelated prompts (JSON).
+    /// Evaluate selection: exact recall, rewordings, near-misses, leaks, two-fact questions, locality.
     Eval(eval::Args),
     /// Store smoke demo: create a store, insert random experts durably, reopen, read them back.
     Smoke(smoke::Args),
@@ -71,12 +72,15 @@ enum Cmd {
     /// Insert the experts of an archive (new ids); the index follows.
     #[command(long_about = archive::IMPORT_LONG_ABOUT)]
     Import(archive::ImportArgs),
-    /// The experts retrieval selects for a prompt, with cosine scores (stage 1 only).
+    /// Both selection stages for a prompt: retrieval hits with cosines, and the facts the rule chose.
     #[command(long_about = search::LONG_ABOUT)]
     Search(search::Args),
     /// Delete experts: tombstone in the store, removal from the index.
     #[command(long_about = delete::LONG_ABOUT)]
     Delete(delete::Args),
+    /// Carry a store written for an earlier selection rule over to this build's rule.
+    #[command(long_about = migrate::LONG_ABOUT)]
+    Migrate(migrate::Args),
     /// Benchmarks: `mome bench lookup --experts N` (latency, recall, ingest; peers).
     Bench(bench::Args),
     /// Run a node of a scale-out cluster (etcd + S3 object storage).
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Cmd::Import(a) => archive::import(a),
         Cmd::Search(a) => search::run(a),
         Cmd::Delete(a) => delete::run(a),
+        Cmd::Migrate(a) => migrate::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Node(a) => node::run(a),
         Cmd::Cluster(a) => cluster::run(a),

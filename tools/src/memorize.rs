@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use mome::TuneOptions;
-use mome::{Engine, Fact, FactStatus, MemorizeEvent};
+use mome::{Engine, Fact, FactStatus};
 
 /// Arguments of `mome memorize`.
 #[derive(clap::Args)]
@@ -97,13 +97,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ..TuneOptions::default()
     };
     let pb = crate::progress::bar(facts.len() as u64, "memorize");
-    let report = match engine.memorize(&facts, &opts, &mut |ev| match ev {
-        MemorizeEvent::Step {
-            step,
-            converged,
-            rows,
-        } => pb.set_message(format!("step {step}: {converged}/{rows}")),
-        MemorizeEvent::Done(n) => pb.inc(n as u64),
+    let report = match engine.memorize(&facts, &opts, &mut |ev| {
+        crate::progress::memorize_event(&pb, ev)
     }) {
         Ok(r) => r,
         Err(mome::Error::InvalidFact { index, reason, .. }) => {

@@ -23,6 +23,19 @@ pub fn bar(len: u64, msg: &'static str) -> ProgressBar {
     pb
 }
 
+/// Shows a memorizing event on `pb`: the batch's step and converged rows, and the
+/// facts finished (`mome memorize` and `mome migrate`).
+pub fn memorize_event(pb: &ProgressBar, ev: mome::MemorizeEvent) {
+    match ev {
+        mome::MemorizeEvent::Step {
+            step,
+            converged,
+            rows,
+        } => pb.set_message(format!("step {step}: {converged}/{rows}")),
+        mome::MemorizeEvent::Done(n) => pb.inc(n as u64),
+    }
+}
+
 /// Draws the library's long tasks (index rebuild, verify, compaction, export, import)
 /// as terminal bars.
 #[derive(Default)]
