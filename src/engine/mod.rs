@@ -178,6 +178,30 @@ impl Engine {
         Self::from_parts(store, backbone)
     }
 
+    /// Opens a store for reading while another process may be writing it (serving
+    /// processes, `mome ask/stats/inspect/search/verify/export` during an ingest): no
+    /// lock is taken, the index is built or loaded in memory and never saved, and usage
+    /// counts are not recorded. The engine sees the store as of its last
+    /// [`Engine::refresh`]; writes ([`Engine::memorize`], [`Engine::forget`]) fail with
+    /// [`StoreError::ReadOnly`](crate::StoreError::ReadOnly).
+    pub fn open_read_only(dir: &Path, model: Option<&Path>) -> Result<Self> {
+        let backbone = Backbone::locate_and_load(model, WeightFormat::F32, &Device::Cpu)?;
+        let store = Arc::new(Store::open_read_only(dir)?);
+        Self::from_parts(store, backbone)
+    }
+
+    /// Follows the writer (a read-only engine): catches the store and the index up with
+    /// every commit made since the last refresh. Returns whether anything changed;
+    /// always `false` for the writer's own engine, which is always current. Questions
+    /// asked during a refresh see the view before it or after it, never a mix.
+    pub fn refresh(&self) -> Result<bool> {
+        if !self.store.refresh()? {
+            return Ok(false);
+        }
+        self.index.catch_up()?;
+        Ok(true)
+    }
+
     /// Opens the store, or creates it with [`default_store_config`] and the default
     /// [`EngineParams`] if the directory holds none.
     pub fn open_or_create(dir: &Path, model: Option<&Path>) -> Result<Self> {
@@ -398,6 +422,8 @@ impl Engine {
         opts: &TuneOptions,
         progress: &mut dyn FnMut(MemorizeEvent),
     ) -> Result<MemorizeReport> {
+        // Refused before any training, not after it at the commit.
+        self.check_writable("memorize")?;
         Memorizer {
             backbone: &self.backbone,
             sites: &self.sites,
@@ -410,6 +436,7 @@ impl Engine {
     /// Forgets the fact stored for `prompt` (every expert whose stored prompt is this
     /// prompt, in one commit); returns their ids (empty: nothing was stored for it).
     pub fn forget(&self, prompt: &str) -> Result<Vec<u64>> {
+        self.check_writable("forget")?;
         let enc = self.encode(prompt)?;
         let mut hits = self.retrieve(&enc.query.pooled_key())?;
         hits.retain(|h| h.score > 0.999);
@@ -430,15 +457,33 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Flushes usage counters and saves the index.
+    /// Flushes usage counters and saves the index (nothing for a read-only engine).
     pub fn flush(&self) -> Result<()> {
+        if self.store.is_read_only() {
+            return Ok(());
+        }
         self.usage.flush(&self.store)?;
         Ok(self.index.save()?)
+    }
+
+    fn check_writable(&self, operation: &'static str) -> Result<()> {
+        if self.store.is_read_only() {
+            return Err(crate::store::StoreError::ReadOnly {
+                path: self.store.dir().to_path_buf(),
+                operation,
+            }
+            .into());
+        }
+        Ok(())
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // Readers count no usage: the counters live in the writer's database.
+        if self.store.is_read_only() {
+            return;
+        }
         if let Err(e) = self.usage.flush(&self.store) {
             tracing::warn!(error = %e, "flushing usage counters");
         }

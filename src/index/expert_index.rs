@@ -48,6 +48,10 @@ pub struct ExpertIndex {
     opened_from: OpenedFrom,
     /// Number of the last save (names its data file).
     generation: AtomicU64,
+    /// Over a read-only store: the commit sequence whose changes the index holds
+    /// ([`ExpertIndex::catch_up`] replays those after it). The writer's index applies
+    /// its own writes instead.
+    followed: AtomicU64,
 }
 
 impl std::fmt::Debug for ExpertIndex {
@@ -88,6 +92,25 @@ fn to_f32(key: &[half::f16]) -> Vec<f32> {
     key.iter().map(|x| x.to_f32()).collect()
 }
 
+/// Applies to `index` the store's inserts and deletes committed after `since` (the one
+/// catch-up of an index loaded from disk and of a reader's index). Returns how many it
+/// applied and the sequence they bring the index to.
+fn replay(store: &Store, index: &dyn KeyIndex, since: u64) -> Result<(usize, u64)> {
+    let applied = std::cell::Cell::new(0usize);
+    let seq = store.changes_since(
+        since,
+        |id, key| {
+            applied.set(applied.get() + 1);
+            index.add(id, &to_f32(key))
+        },
+        |id| {
+            applied.set(applied.get() + 1);
+            index.remove(id).map(|_| ())
+        },
+    )?;
+    Ok((applied.get(), seq))
+}
+
 impl ExpertIndex {
     /// Opens the index of `store` with the default parameters (or those it was saved with).
     pub fn open(store: Arc<Store>) -> Result<Self> {
@@ -99,7 +122,10 @@ impl ExpertIndex {
     /// when it is missing, corrupt, or was built with other structural parameters.
     pub fn open_with(store: Arc<Store>, params: IndexParams) -> Result<Self> {
         let dir = store.store_dir().index();
-        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+        let read_only = store.is_read_only();
+        if !read_only {
+            std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+        }
         let dim = store.config().key_dim as usize;
         let loaded = match Self::try_load(&dir, dim, &params) {
             Ok(v) => v,
@@ -108,30 +134,21 @@ impl ExpertIndex {
                 None
             }
         };
-        let (index, opened_from) = match loaded {
+        let (index, opened_from, followed) = match loaded {
             Some((index, seq)) => {
-                let applied = std::cell::Cell::new(0usize);
-                store.changes_since(
-                    seq,
-                    |id, key| {
-                        applied.set(applied.get() + 1);
-                        index.add(id, &to_f32(key))
-                    },
-                    |id| {
-                        applied.set(applied.get() + 1);
-                        index.remove(id).map(|_| ())
-                    },
-                )?;
-                let applied = applied.get();
+                let (applied, followed) = replay(&store, index.as_ref(), seq)?;
                 tracing::info!(
                     seq,
                     applied,
                     len = index.len(),
                     "index loaded and caught up"
                 );
-                (index, OpenedFrom::Loaded { applied })
+                (index, OpenedFrom::Loaded { applied }, followed)
             }
-            None => (Self::rebuild(&store, dim, &params)?, OpenedFrom::Rebuilt),
+            None => {
+                let (index, seq) = Self::rebuild(&store, dim, &params)?;
+                (index, OpenedFrom::Rebuilt, seq)
+            }
         };
         let generation = read_meta(&dir).map_or(0, |m| m.generation);
         let me = ExpertIndex {
@@ -143,8 +160,12 @@ impl ExpertIndex {
             dirty: AtomicBool::new(true),
             opened_from,
             generation: AtomicU64::new(generation),
+            followed: AtomicU64::new(followed),
         };
-        if me.opened_from != (OpenedFrom::Loaded { applied: 0 }) {
+        if read_only {
+            // A reader never writes the writer's files; its index lives in memory.
+            me.dirty.store(false, Ordering::Release);
+        } else if me.opened_from != (OpenedFrom::Loaded { applied: 0 }) {
             me.save()?;
         } else {
             me.dirty.store(false, Ordering::Release);
@@ -190,7 +211,33 @@ impl ExpertIndex {
         Ok(Some((index, meta.seq)))
     }
 
-    fn rebuild(store: &Store, dim: usize, params: &IndexParams) -> Result<Box<dyn KeyIndex>> {
+    /// Over a read-only store, after [`Store::refresh`]: replays the inserts and deletes
+    /// committed since the index last caught up. Returns how many it applied (0 over a
+    /// writer's store, whose index applies its own writes).
+    ///
+    /// A delete whose tombstone the writer's compaction purged before this reader saw it
+    /// leaves its id in this index; searches still never return it, because every
+    /// search keeps only experts live in the store's snapshot.
+    pub fn catch_up(&self) -> Result<usize> {
+        if !self.store.is_read_only() {
+            return Ok(0);
+        }
+        let _g = self.apply.write();
+        let since = self.followed.load(Ordering::Acquire);
+        if self.store.seq() == since {
+            return Ok(0);
+        }
+        let (applied, seq) = replay(&self.store, self.index.as_ref(), since)?;
+        self.followed.store(seq, Ordering::Release);
+        tracing::debug!(since, seq, applied, "reader index caught up");
+        Ok(applied)
+    }
+
+    fn rebuild(
+        store: &Store,
+        dim: usize,
+        params: &IndexParams,
+    ) -> Result<(Box<dyn KeyIndex>, u64)> {
         let t = std::time::Instant::now();
         let index = new_index(dim, params)?;
         let progress = store.progress();
@@ -204,7 +251,7 @@ impl ExpertIndex {
             chunk.clear();
             Ok(())
         };
-        store.scan_keys::<IndexError>(|id, key| {
+        let seq = store.scan_keys::<IndexError>(|id, key| {
             chunk.push((id, to_f32(key)));
             if chunk.len() == chunk.capacity() {
                 flush(&mut chunk)?;
@@ -218,7 +265,7 @@ impl ExpertIndex {
             seconds = t.elapsed().as_secs_f64(),
             "index rebuilt from the store"
         );
-        Ok(index)
+        Ok((index, seq))
     }
 
     /// Loads the saved index of `store` into memory, replays the store's changes after
@@ -427,7 +474,12 @@ impl ExpertIndex {
     /// crate's one atomic write (temp file, fsync, rename, fsync of the directory), and
     /// only then are older data files removed. A crash at any point leaves a consistent
     /// pair: the old one or the new one.
+    ///
+    /// Over a read-only store this does nothing: the saved index is the writer's.
     pub fn save(&self) -> Result<()> {
+        if self.store.is_read_only() {
+            return Ok(());
+        }
         let _g = self.apply.write();
         let seq = self.store.seq();
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;

@@ -7,6 +7,7 @@
 //!   shards/       NNNNNNNN.shard: append-only weight records, memory-mapped
 //!   index/        derived: the saved vector index (its files are the index's own)
 //!   engine.json   the engine's selection parameters
+//!   commit.hint   the writer's last (seq, next shard): tells readers whether to reload
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,7 @@ const SHARDS_DIR: &str = "shards";
 const INDEX_DIR: &str = "index";
 const LOCK_FILE: &str = "mome.lock";
 const ENGINE_FILE: &str = "engine.json";
+const HINT_FILE: &str = "commit.hint";
 
 /// How long a busy store lock is retried before [`StoreError::Locked`] (see [`StoreDir::lock`]).
 const LOCK_WAIT: Duration = Duration::from_millis(500);
@@ -73,6 +75,11 @@ impl StoreDir {
         self.root.join(ENGINE_FILE)
     }
 
+    /// The writer's commit hint for readers ([`CommitHint`]).
+    pub fn hint_file(&self) -> PathBuf {
+        self.root.join(HINT_FILE)
+    }
+
     /// The advisory lock file.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join(LOCK_FILE)
@@ -110,5 +117,68 @@ impl StoreDir {
                 Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
             }
         }
+    }
+}
+
+/// The writer's last commit as readers compare it with their view: the commit sequence
+/// and the next shard number (compaction moves the latter, not the former). Written
+/// after every commit and compaction, before either is acknowledged, and on open; never
+/// synced (a hint: RocksDB is the truth). A reader reloads when the hint differs from
+/// its view or cannot be read, so a stale or torn hint costs a reload, never a missed
+/// commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CommitHint {
+    pub(crate) seq: u64,
+    pub(crate) next_shard: u32,
+}
+
+const HINT_LEN: usize = 16;
+
+impl CommitHint {
+    fn encode(&self) -> [u8; HINT_LEN] {
+        let mut b = [0u8; HINT_LEN];
+        b[..8].copy_from_slice(&self.seq.to_le_bytes());
+        b[8..12].copy_from_slice(&self.next_shard.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..12]);
+        b[12..].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Writes the hint over `file` (opened by the writer). On failure the file is
+    /// emptied, so that readers reload on every refresh rather than trust it.
+    pub(crate) fn write(&self, file: &File) {
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = file.write_all_at(&self.encode(), 0) {
+            tracing::warn!(error = %e, "could not write the commit hint; readers will reload on every refresh");
+            let _ = file.set_len(0);
+        }
+    }
+
+    /// The hint in `path`, or `None` when it is missing, short or fails its checksum.
+    pub(crate) fn read(path: &Path) -> Option<CommitHint> {
+        let b = std::fs::read(path).ok()?;
+        if b.len() != HINT_LEN {
+            return None;
+        }
+        let crc = u32::from_le_bytes(b[12..16].try_into().ok()?);
+        if crc32c::crc32c(&b[..12]) != crc {
+            return None;
+        }
+        Some(CommitHint {
+            seq: u64::from_le_bytes(b[..8].try_into().ok()?),
+            next_shard: u32::from_le_bytes(b[8..12].try_into().ok()?),
+        })
+    }
+
+    /// Opens (creating) the hint file for the writer.
+    pub(crate) fn open_for_writer(dir: &StoreDir) -> StoreResult<File> {
+        let path = dir.hint_file();
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))
     }
 }

@@ -180,6 +180,30 @@ pub enum StoreError {
         /// The failure that poisoned the writer.
         reason: String,
     },
+    /// A write (insert, delete, compaction, usage counts) through a store opened with
+    /// [`Store::open_read_only`](super::Store::open_read_only).
+    #[error(
+        "store {path} is open read-only: {operation} needs the writer (open it with Store::open)"
+    )]
+    ReadOnly {
+        /// The store directory.
+        path: PathBuf,
+        /// The refused operation.
+        operation: &'static str,
+    },
+    /// A reader could not load a consistent view: the writer kept changing the files
+    /// the metadata named (compaction removing shards) through every retry.
+    #[error(
+        "store {path}: no consistent view after {tries} tries while the writer changed it: {last}"
+    )]
+    NoConsistentView {
+        /// The store directory.
+        path: PathBuf,
+        /// How many times the reader caught up and tried.
+        tries: u32,
+        /// The last failure.
+        last: Box<StoreError>,
+    },
     /// An argument outside its valid range (compaction policy, plan).
     #[error("invalid argument `{name}`: {reason}")]
     InvalidArgument {

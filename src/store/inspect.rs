@@ -166,17 +166,16 @@ impl Store {
 
     /// Committed slot counts and states of every shard, from RocksDB.
     pub(crate) fn shard_metas(&self) -> Result<BTreeMap<u32, ShardMeta>> {
-        read_shard_metas(&self.db)
+        let db = self.db();
+        read_shard_metas(&db)
     }
 
     /// Tombstones: deleted id → where its bytes lie (or that they were reclaimed) and
     /// the deleting sequence.
     pub(crate) fn tombstones(&self) -> Result<BTreeMap<u64, DeadValue>> {
+        let db = self.db();
         let mut out = BTreeMap::new();
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_DEAD)?, rocksdb::IteratorMode::Start)
-        {
+        for item in db.iterator_cf(cf(&db, CF_DEAD)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| StoreError::db("scanning tombstones", e))?;
             let id = decode_id_key(&k)?;
             out.insert(id, DeadValue::decode(id, &v)?);
@@ -235,10 +234,8 @@ impl Store {
     /// Calls `f(id, count)` for every expert with a recorded selection count, in id
     /// order (experts never selected have no entry).
     pub fn scan_usage(&self, mut f: impl FnMut(u64, u64)) -> Result<()> {
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_USAGE)?, rocksdb::IteratorMode::Start)
-        {
+        let db = self.db();
+        for item in db.iterator_cf(cf(&db, CF_USAGE)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| StoreError::db("scanning usage", e))?;
             let id = decode_id_key(&k)?;
             f(id, decode_u64(&v).unwrap_or(0));
@@ -249,9 +246,9 @@ impl Store {
     /// The tombstone of a deleted expert: its deleting sequence, and whether its bytes
     /// were reclaimed. `None` for an id that is not (or no longer) recorded as deleted.
     pub fn tombstone(&self, id: u64) -> Result<Option<(u64, bool)>> {
-        let raw = self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_DEAD)?, id_key(id))
+        let db = self.db();
+        let raw = db
+            .get_pinned_cf(cf(&db, CF_DEAD)?, id_key(id))
             .map_err(|e| StoreError::db("reading a tombstone", e))?;
         raw.map(|v| DeadValue::decode(id, &v).map(|d| (d.deleted_seq, d.reclaimed())))
             .transpose()

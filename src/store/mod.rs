@@ -34,6 +34,7 @@ mod loc_table;
 mod meta;
 mod mmap;
 mod read;
+mod reader;
 mod recovery;
 mod shard;
 mod usage;
@@ -62,7 +63,7 @@ pub use usage::UsageAccumulator;
 pub use verify::{Problem, VerifyReport};
 
 use commit::{GroupCommit, Op};
-use dir::DirLock;
+use dir::{CommitHint, DirLock};
 use expert::StoredMeta;
 use meta::*;
 use read::State;
@@ -77,7 +78,9 @@ pub struct Store {
     dir: StoreDir,
     config: StoreConfig,
     layout: RecordLayout,
-    db: DB,
+    /// The metadata database. The writer's never changes; a reader's refresh opens a
+    /// newer one (read-only) and swaps it in before the view it loaded from it.
+    db: ArcSwap<DB>,
     state: ArcSwap<State>,
     writer: Mutex<Writer>,
     group: GroupCommit,
@@ -86,8 +89,25 @@ pub struct Store {
     compacting: Mutex<()>,
     /// Where long operations report progress (the caller's; silent by default).
     progress: RwLock<Arc<dyn Progress>>,
-    // Held for the lifetime of the store: the advisory lock that keeps a second writer out.
-    _lock: DirLock,
+    /// Declared last so that the writer's lock is released after the database closed.
+    access: Access,
+}
+
+/// How a [`Store`] handle reaches its directory.
+enum Access {
+    /// The one writer: the advisory lock that keeps a second writer out, held for the
+    /// lifetime of the store.
+    Writer {
+        _lock: DirLock,
+        /// `commit.hint`, rewritten after every commit for readers.
+        hint: std::fs::File,
+    },
+    /// A reader ([`Store::open_read_only`]): RocksDB opened read-only, a newer one on
+    /// each refresh that finds the writer moved.
+    Reader {
+        /// One refresh at a time.
+        refreshing: Mutex<()>,
+    },
 }
 
 impl std::fmt::Debug for Store {
@@ -113,6 +133,61 @@ impl Store {
     /// Opens an existing store, checking that its config equals `expected`.
     pub fn open_with(dir: impl AsRef<Path>, expected: &StoreConfig) -> Result<Store> {
         recovery::open_store(dir.as_ref(), Some(expected), None)
+    }
+
+    /// Opens an existing store for reading while another process (or none) writes it.
+    ///
+    /// Any number of readers may open a store the writer holds: no lock is taken, the
+    /// writer's files are never modified, and the reader sees the store as of its last
+    /// [`Store::refresh`] (a consistent commit: a group commit is one RocksDB batch).
+    /// Writes fail with [`StoreError::ReadOnly`]. Usage counts are not recorded.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store> {
+        reader::open_read_only(dir.as_ref())
+    }
+
+    /// Whether this handle was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.access, Access::Reader { .. })
+    }
+
+    /// Follows the writer: a read-only store loads the writer's latest commit (and the
+    /// result of any compaction since) and publishes it as the current snapshot; older
+    /// snapshots stay valid. Returns whether the view moved. Cheap when nothing changed
+    /// (one small file read); a change reopens the metadata read-only and reloads the
+    /// location table, O(live experts). A writer's handle is always current: `Ok(false)`.
+    pub fn refresh(&self) -> Result<bool> {
+        match &self.access {
+            Access::Writer { .. } => Ok(false),
+            Access::Reader { refreshing, .. } => {
+                let _one = refreshing.lock();
+                reader::refresh(self)
+            }
+        }
+    }
+
+    /// Tells readers in other processes that the writer has moved to (`seq`,
+    /// `next_shard`); before the commit is acknowledged, so that no acknowledged commit
+    /// hides behind a stale hint.
+    pub(crate) fn publish_hint(&self, seq: u64, next_shard: u32) {
+        if let Access::Writer { hint, .. } = &self.access {
+            CommitHint { seq, next_shard }.write(hint);
+        }
+    }
+
+    /// The current metadata database.
+    fn db(&self) -> Arc<DB> {
+        self.db.load_full()
+    }
+
+    /// Refuses `operation` on a read-only handle.
+    fn check_writable(&self, operation: &'static str) -> Result<()> {
+        if self.is_read_only() {
+            return Err(StoreError::ReadOnly {
+                path: self.dir.root().to_path_buf(),
+                operation,
+            });
+        }
+        Ok(())
     }
 
     /// Opens the store at `dir`, creating it with `config` if the directory does not
@@ -198,12 +273,12 @@ impl Store {
 
     /// Metadata (provenance, creation time, usage) of a live expert.
     pub fn meta(&self, id: u64) -> Result<ExpertMeta> {
+        let db = self.db();
         if self.state.load().locs.get(id).is_none() {
             return Err(StoreError::UnknownExpert { id });
         }
-        let raw = self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_PROV)?, id_key(id))
+        let raw = db
+            .get_pinned_cf(cf(&db, CF_PROV)?, id_key(id))
             .map_err(|e| StoreError::db("reading provenance", e))?
             .ok_or_else(|| StoreError::CorruptMetadata {
                 what: format!("expert {id} has no provenance record"),
@@ -220,26 +295,28 @@ impl Store {
 
     /// Persisted selection count of an expert (0 if never selected).
     pub fn usage(&self, id: u64) -> Result<u64> {
-        Ok(self
-            .db
-            .get_pinned_cf(cf(&self.db, CF_USAGE)?, id_key(id))
+        let db = self.db();
+        let count = db
+            .get_pinned_cf(cf(&db, CF_USAGE)?, id_key(id))
             .map_err(|e| StoreError::db("reading usage", e))?
             .and_then(|v| decode_u64(&v))
-            .unwrap_or(0))
+            .unwrap_or(0);
+        Ok(count)
     }
 
     /// Adds selection counts (not synced: counters are statistics, and losing the last
     /// few after a crash is acceptable where an fsync per lookup is not).
     pub fn add_usage(&self, counts: &[(u64, u64)]) -> Result<()> {
-        let cf = cf(&self.db, CF_USAGE)?;
+        self.check_writable("adding usage counts")?;
+        let db = self.db();
+        let cf = cf(&db, CF_USAGE)?;
         let mut batch = WriteBatch::default();
         for &(id, n) in counts {
             if n > 0 {
                 batch.merge_cf(cf, id_key(id), n.to_le_bytes());
             }
         }
-        self.db
-            .write(batch)
+        db.write(batch)
             .map_err(|e| StoreError::db("adding usage counts", e))
     }
 
@@ -253,6 +330,7 @@ impl Store {
 
     /// Inserts experts durably in one commit; returns their ids in order. All or none.
     pub fn insert_batch(&self, experts: Vec<NewExpert>) -> Result<Vec<u64>> {
+        self.check_writable("insert")?;
         if experts.is_empty() {
             return Err(StoreError::EmptyBatch {
                 what: "insert_batch",
@@ -269,6 +347,7 @@ impl Store {
     /// sees either the old experts or the new ones, never both or neither. Returns the
     /// new ids in order.
     pub fn replace_batch(&self, experts: Vec<NewExpert>, delete: &[u64]) -> Result<Vec<u64>> {
+        self.check_writable("replace")?;
         if experts.is_empty() {
             return Err(StoreError::EmptyBatch {
                 what: "replace_batch",
@@ -293,6 +372,7 @@ impl Store {
 
     /// Deletes several experts in one commit. All or none: an unknown id fails the call.
     pub fn delete_batch(&self, ids: &[u64]) -> Result<()> {
+        self.check_writable("delete")?;
         if ids.is_empty() {
             return Err(StoreError::EmptyBatch {
                 what: "delete_batch",
@@ -306,9 +386,13 @@ impl Store {
     /// Flushes RocksDB memtables so reopening replays little WAL. Acknowledged writes are
     /// already durable without this.
     pub fn flush(&self) -> Result<()> {
+        let db = self.db();
+        if self.is_read_only() {
+            // A reader has nothing of its own to flush.
+            return Ok(());
+        }
         for name in ALL_CFS {
-            self.db
-                .flush_cf(cf(&self.db, name)?)
+            db.flush_cf(cf(&db, name)?)
                 .map_err(|e| StoreError::db("flushing", e))?;
         }
         Ok(())

@@ -107,13 +107,18 @@ impl Store {
         &self,
         mut f: impl FnMut(u64, &[f16]) -> std::result::Result<(), E>,
     ) -> std::result::Result<u64, E> {
+        // The view first, then the database: a reader publishes a newer database before
+        // the view that matches it, so the database holds at least the view's commits.
         let snap = self.snapshot();
+        let db = self.db();
         let mut ro = rocksdb::ReadOptions::default();
-        let db_snap = self.db.snapshot();
-        ro.set_snapshot(&db_snap);
-        let iter =
-            self.db
-                .iterator_cf_opt(cf(&self.db, CF_KEYS)?, ro, rocksdb::IteratorMode::Start);
+        // A read-only database never moves (a refresh opens a new one), and RocksDB's
+        // read-only mode has no snapshots; the writer's moves, so it scans a snapshot.
+        let db_snap = (!self.is_read_only()).then(|| db.snapshot());
+        if let Some(s) = &db_snap {
+            ro.set_snapshot(s);
+        }
+        let iter = db.iterator_cf_opt(cf(&db, CF_KEYS)?, ro, rocksdb::IteratorMode::Start);
         let mut buf: Vec<f16> = Vec::with_capacity(self.layout.key_dim);
         for item in iter {
             let (k, v) = item.map_err(|e| StoreError::db("scanning keys", e))?;
@@ -138,12 +143,10 @@ impl Store {
         mut on_delete: impl FnMut(u64) -> std::result::Result<(), E>,
     ) -> std::result::Result<u64, E> {
         let snap = self.snapshot();
-        let cf_keys = cf(&self.db, CF_KEYS)?;
+        let db = self.db();
+        let cf_keys = cf(&db, CF_KEYS)?;
         let mut buf: Vec<f16> = Vec::with_capacity(self.layout.key_dim);
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_DEAD)?, rocksdb::IteratorMode::Start)
-        {
+        for item in db.iterator_cf(cf(&db, CF_DEAD)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| StoreError::db("scanning tombstones", e))?;
             let id = decode_id_key(&k)?;
             let dv = DeadValue::decode(id, &v)?;
@@ -151,16 +154,12 @@ impl Store {
                 on_delete(id)?;
             }
         }
-        for item in self
-            .db
-            .iterator_cf(cf(&self.db, CF_LOC)?, rocksdb::IteratorMode::Start)
-        {
+        for item in db.iterator_cf(cf(&db, CF_LOC)?, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| StoreError::db("scanning locations", e))?;
             let id = decode_id_key(&k)?;
             let lv = LocValue::decode(id, &v)?;
             if lv.seq > since && snap.contains(id) {
-                let key = self
-                    .db
+                let key = db
                     .get_pinned_cf(cf_keys, id_key(id))
                     .map_err(|e| StoreError::db("reading a key", e))?
                     .ok_or_else(|| StoreError::corrupt(format!("expert {id} has no key record")))?;

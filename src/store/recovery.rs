@@ -17,7 +17,7 @@ use rocksdb::{WriteBatch, DB};
 
 use super::commit::GroupCommit;
 use super::config::StoreConfig;
-use super::dir::{DirLock, StoreDir};
+use super::dir::{CommitHint, DirLock, StoreDir};
 use super::error::{StoreError, StoreResult as Result};
 use super::inspect::OrphanFile;
 use super::layout::RecordLayout;
@@ -26,7 +26,7 @@ use super::meta::*;
 use super::read::State;
 use super::shard::{self, parse_shard_file_name, Shard};
 use super::write::{ActiveShard, Writer};
-use super::Store;
+use super::{Access, Store};
 use crate::fs::sync_dir;
 use crate::progress::NoProgress;
 
@@ -96,42 +96,12 @@ pub(crate) fn open_store(
     let db = DB::open_cf_descriptors(&opts, &meta_dir, cf_descriptors())
         .map_err(|e| StoreError::db("opening the metadata database", e))?;
 
-    let cf_meta = cf(&db, CF_META)?;
-    let version = db
-        .get_pinned_cf(cf_meta, K_FORMAT)
-        .map_err(|e| StoreError::db("reading the format version", e))?
-        .and_then(|v| decode_u32(&v))
-        .ok_or_else(|| StoreError::NotAStore {
-            path: dir.to_path_buf(),
-            reason: "no format version (creation never completed)".into(),
-        })?;
-    if version > STORE_FORMAT_VERSION {
-        return Err(StoreError::UnsupportedVersion {
-            what: format!("store {}", dir.display()),
-            found: version,
-            supported: STORE_FORMAT_VERSION,
-        });
-    }
-    let config: StoreConfig = {
-        let raw = db
-            .get_pinned_cf(cf_meta, K_CONFIG)
-            .map_err(|e| StoreError::db("reading the config", e))?
-            .ok_or_else(|| StoreError::CorruptMetadata {
-                what: "config missing".into(),
-            })?;
-        serde_json::from_slice(&raw).map_err(|e| StoreError::CorruptMetadata {
-            what: format!("config: {e}"),
-        })?
-    };
-    config.validate()?;
-    if let Some(given) = expected {
-        config.check_matches(given)?;
-    }
+    let config = load_config(&db, dir, expected)?;
     let layout = RecordLayout::for_config(&config);
     let next_id = meta_u64(&db, K_NEXT_ID)?;
     let seq = meta_u64(&db, K_SEQ)?;
     let mut next_shard = db
-        .get_pinned_cf(cf_meta, K_NEXT_SHARD)
+        .get_pinned_cf(cf(&db, CF_META)?, K_NEXT_SHARD)
         .map_err(|e| StoreError::db("reading store metadata", e))?
         .and_then(|v| decode_u32(&v))
         .ok_or_else(|| StoreError::CorruptMetadata {
@@ -143,35 +113,8 @@ pub(crate) fn open_store(
     let mut shards = BTreeMap::new();
     let mut active = None;
     for (&id, m) in &metas {
+        let (file, header, committed, found) = check_shard(&layout_dir, layout, id, m)?;
         let path = layout_dir.shard_file(id);
-        let (file, header) = shard::read_header(&path)?;
-        if header.shard_id != id || header.layout != layout {
-            return Err(StoreError::NotAShard {
-                path,
-                reason: format!(
-                    "header describes shard {} with {:?}, metadata expects shard {id} with {:?}",
-                    header.shard_id, header.layout, layout
-                ),
-            });
-        }
-        if m.used_slots > header.capacity_slots {
-            return Err(StoreError::CorruptMetadata {
-                what: format!(
-                    "shard {id} commits {} records but holds at most {}",
-                    m.used_slots, header.capacity_slots
-                ),
-            });
-        }
-        let committed = layout.shard_len(m.used_slots);
-        let found = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
-        if found < committed {
-            return Err(StoreError::TruncatedShard {
-                shard: id,
-                path,
-                expected: committed,
-                found,
-            });
-        }
         if found > committed {
             // Bytes past the committed length belong to a batch whose metadata never
             // committed: the insert was not acknowledged, so it must vanish whole.
@@ -211,49 +154,23 @@ pub(crate) fn open_store(
         next_shard = next_shard.max(id + 1);
     }
 
-    let mut orphans = Vec::new();
-    for entry in std::fs::read_dir(&shards_dir).map_err(|e| StoreError::io(&shards_dir, e))? {
-        let entry = entry.map_err(|e| StoreError::io(&shards_dir, e))?;
-        let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(parse_shard_file_name) else {
-            continue;
-        };
+    let (orphans, max_file) = scan_orphans(&shards_dir, &metas)?;
+    for o in &orphans {
+        tracing::warn!(path = %o.path.display(), bytes = o.bytes, "orphan shard file");
+    }
+    if let Some(id) = max_file {
         next_shard = next_shard.max(id.saturating_add(1));
-        if !metas.contains_key(&id) {
-            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            tracing::warn!(path = %entry.path().display(), bytes, "orphan shard file");
-            orphans.push(OrphanFile {
-                path: entry.path(),
-                bytes,
-            });
-        }
     }
 
-    let mut locs = LocTable::default();
-    for item in db.iterator_cf(cf(&db, CF_LOC)?, rocksdb::IteratorMode::Start) {
-        let (k, v) = item.map_err(|e| StoreError::db("loading expert locations", e))?;
-        let id = decode_id_key(&k)?;
-        let lv = LocValue::decode(id, &v)?;
-        let in_range = metas
-            .get(&lv.loc.shard)
-            .is_some_and(|m| lv.loc.slot < m.used_slots);
-        if !in_range || id >= next_id {
-            return Err(StoreError::CorruptMetadata {
-                what: format!(
-                    "expert {id} points at shard {} slot {} outside committed records",
-                    lv.loc.shard, lv.loc.slot
-                ),
-            });
-        }
-        locs.set(id, Some(lv.loc));
-    }
+    let locs = load_locs(&db, &metas, next_id)?;
     tracing::info!(dir = %dir.display(), live = locs.len(), shards = shards.len(), seq, "opened store");
 
-    Ok(Store {
+    let hint = CommitHint::open_for_writer(&layout_dir)?;
+    let store = Store {
         dir: layout_dir,
         config,
         layout,
-        db,
+        db: ArcSwap::from_pointee(db),
         state: ArcSwap::from_pointee(State {
             locs,
             shards: Arc::new(shards),
@@ -271,6 +188,144 @@ pub(crate) fn open_store(
         orphans: Mutex::new(orphans),
         compacting: Mutex::new(()),
         progress: RwLock::new(Arc::new(NoProgress)),
-        _lock: lock,
-    })
+        access: Access::Writer { _lock: lock, hint },
+    };
+    store.publish_hint(seq, next_shard);
+    Ok(store)
+}
+
+/// Reads and checks the format version and the config of an open metadata database.
+pub(super) fn load_config(
+    db: &DB,
+    dir: &Path,
+    expected: Option<&StoreConfig>,
+) -> Result<StoreConfig> {
+    let cf_meta = cf(db, CF_META)?;
+    let version = db
+        .get_pinned_cf(cf_meta, K_FORMAT)
+        .map_err(|e| StoreError::db("reading the format version", e))?
+        .and_then(|v| decode_u32(&v))
+        .ok_or_else(|| StoreError::NotAStore {
+            path: dir.to_path_buf(),
+            reason: "no format version (creation never completed)".into(),
+        })?;
+    if version > STORE_FORMAT_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            what: format!("store {}", dir.display()),
+            found: version,
+            supported: STORE_FORMAT_VERSION,
+        });
+    }
+    let config: StoreConfig = {
+        let raw = db
+            .get_pinned_cf(cf_meta, K_CONFIG)
+            .map_err(|e| StoreError::db("reading the config", e))?
+            .ok_or_else(|| StoreError::CorruptMetadata {
+                what: "config missing".into(),
+            })?;
+        serde_json::from_slice(&raw).map_err(|e| StoreError::CorruptMetadata {
+            what: format!("config: {e}"),
+        })?
+    };
+    config.validate()?;
+    if let Some(given) = expected {
+        config.check_matches(given)?;
+    }
+    Ok(config)
+}
+
+/// Opens shard `id`'s file and checks its header against the metadata `m`: the same
+/// shard and layout, room for the committed records, and a file at least as long as
+/// them. Returns the file, its header, the committed length and the file's length
+/// (longer when a batch was appended but not committed, or is being committed now).
+pub(super) fn check_shard(
+    dir: &StoreDir,
+    layout: RecordLayout,
+    id: u32,
+    m: &ShardMeta,
+) -> Result<(std::fs::File, shard::ShardHeader, u64, u64)> {
+    let path = dir.shard_file(id);
+    let (file, header) = shard::read_header(&path)?;
+    if header.shard_id != id || header.layout != layout {
+        return Err(StoreError::NotAShard {
+            path,
+            reason: format!(
+                "header describes shard {} with {:?}, metadata expects shard {id} with {:?}",
+                header.shard_id, header.layout, layout
+            ),
+        });
+    }
+    if m.used_slots > header.capacity_slots {
+        return Err(StoreError::CorruptMetadata {
+            what: format!(
+                "shard {id} commits {} records but holds at most {}",
+                m.used_slots, header.capacity_slots
+            ),
+        });
+    }
+    let committed = layout.shard_len(m.used_slots);
+    let found = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+    if found < committed {
+        return Err(StoreError::TruncatedShard {
+            shard: id,
+            path,
+            expected: committed,
+            found,
+        });
+    }
+    Ok((file, header, committed, found))
+}
+
+/// Shard files in `shards_dir` that no metadata in `metas` references, and the highest
+/// shard number among all files there (numbers are never reused).
+pub(super) fn scan_orphans(
+    shards_dir: &Path,
+    metas: &BTreeMap<u32, ShardMeta>,
+) -> Result<(Vec<OrphanFile>, Option<u32>)> {
+    let mut orphans = Vec::new();
+    let mut max_id = None;
+    for entry in std::fs::read_dir(shards_dir).map_err(|e| StoreError::io(shards_dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io(shards_dir, e))?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(parse_shard_file_name) else {
+            continue;
+        };
+        max_id = max_id.max(Some(id));
+        if !metas.contains_key(&id) {
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            orphans.push(OrphanFile {
+                path: entry.path(),
+                bytes,
+            });
+        }
+    }
+    Ok((orphans, max_id))
+}
+
+/// Loads the location table, checking that every location lies inside the committed
+/// records of a shard the metadata knows and every id was assigned.
+pub(super) fn load_locs(
+    db: &DB,
+    metas: &BTreeMap<u32, ShardMeta>,
+    next_id: u64,
+) -> Result<LocTable> {
+    let mut locs = LocTable::default();
+    for item in db.iterator_cf(cf(db, CF_LOC)?, rocksdb::IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| StoreError::db("loading expert locations", e))?;
+        let id = decode_id_key(&k)?;
+        let lv = LocValue::decode(id, &v)?;
+        let in_range = metas
+            .get(&lv.loc.shard)
+            .is_some_and(|m| lv.loc.slot < m.used_slots);
+        if !in_range || id >= next_id {
+            return Err(StoreError::CorruptMetadata {
+                what: format!(
+                    "expert {id} points at shard {} slot {} outside committed records",
+                    lv.loc.shard, lv.loc.slot
+                ),
+            });
+        }
+        locs.set(id, Some(lv.loc));
+    }
+    Ok(locs)
 }

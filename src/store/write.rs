@@ -95,6 +95,7 @@ impl Store {
     /// Writes a group; per-operation validation failures are returned in the result
     /// list, I/O failures fail the whole group.
     fn write_group(&self, w: &mut Writer, group: &[(Op, Slot)]) -> Result<Vec<Result<Vec<u64>>>> {
+        let db = self.db();
         let cur = self.state.load_full();
         let mut locs = cur.locs.clone();
         let mut shards = (*cur.shards).clone();
@@ -107,11 +108,11 @@ impl Store {
         let mut results = Vec::with_capacity(group.len());
         let mut wrote_anything = false;
         let (cf_loc, cf_keys, cf_prov, cf_usage, cf_dead) = (
-            cf(&self.db, CF_LOC)?,
-            cf(&self.db, CF_KEYS)?,
-            cf(&self.db, CF_PROV)?,
-            cf(&self.db, CF_USAGE)?,
-            cf(&self.db, CF_DEAD)?,
+            cf(&db, CF_LOC)?,
+            cf(&db, CF_KEYS)?,
+            cf(&db, CF_PROV)?,
+            cf(&db, CF_USAGE)?,
+            cf(&db, CF_DEAD)?,
         );
 
         for (op, _) in group {
@@ -175,16 +176,15 @@ impl Store {
             file.sync_data()
                 .map_err(|e| StoreError::io(self.shard_path(*shard), e))?;
         }
-        let cf_shards = cf(&self.db, CF_SHARDS)?;
+        let cf_shards = cf(&db, CF_SHARDS)?;
         for (id, m) in &shard_updates {
             batch.put_cf(cf_shards, shard_key(*id), m.encode());
         }
-        let cf_meta = cf(&self.db, CF_META)?;
+        let cf_meta = cf(&db, CF_META)?;
         batch.put_cf(cf_meta, K_NEXT_ID, next_id.to_le_bytes());
         batch.put_cf(cf_meta, K_SEQ, seq.to_le_bytes());
         batch.put_cf(cf_meta, K_NEXT_SHARD, w.next_shard.to_le_bytes());
-        self.db
-            .write_opt(batch, &synced())
+        db.write_opt(batch, &synced())
             .map_err(|e| StoreError::db("committing a write batch", e))?;
 
         w.next_id = next_id;
@@ -194,6 +194,7 @@ impl Store {
             shards: Arc::new(shards),
             seq,
         }));
+        self.publish_hint(seq, w.next_shard);
         Ok(results)
     }
 

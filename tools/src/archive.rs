@@ -49,7 +49,7 @@ pub struct ImportArgs {
 }
 
 pub fn export(args: ExportArgs) -> Result<ExitCode> {
-    let store = crate::open_store(&args.db)?;
+    let store = crate::open_store_read_only(&args.db)?;
     let r = mome::export_archive(&store, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     if args.json {

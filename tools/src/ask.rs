@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let engine = Engine::open(&a.db, a.model.as_deref())
+    let engine = Engine::open_read_only(&a.db, a.model.as_deref())
         .with_context(|| format!("opening {}", a.db.display()))?;
     let answer = engine.ask(
         &a.prompt,

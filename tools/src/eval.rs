@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         unrelated: optional(&a.unrelated)?,
         multi: optional(&a.multi)?,
     };
-    let engine = Engine::open(&a.db, a.model.as_deref())
+    let engine = Engine::open_read_only(&a.db, a.model.as_deref())
         .with_context(|| format!("opening {}", a.db.display()))?;
     let total = set.facts.len()
         + set.paraphrases.len()

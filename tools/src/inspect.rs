@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let store = crate::open_store(&args.db)?;
+    let store = crate::open_store_read_only(&args.db)?;
     match (args.expert, args.shard) {
         (Some(id), _) => expert(&store, id, args.json),
         (None, Some(shard)) => shard_records(&store, shard, args.json),

@@ -1,7 +1,9 @@
 //! `mome`: the engine's command-line tool (admin and demo).
 //!
-//! Every subcommand opens the store itself (taking its writer lock), prints a human
-//! report or, with `--json`, one JSON object on stdout, and exits non-zero when it
+//! Every subcommand opens the store itself — commands that write take its writer lock;
+//! `ask`, `search`, `eval`, `stats`, `inspect`, `verify` (without `--repair`) and
+//! `export` open it read-only and so run beside a writer — prints a human report or,
+//! with `--json`, one JSON object on stdout, and exits non-zero when it
 //! finds a problem or fails. Progress bars go to stderr, only on a terminal.
 
 #![recursion_limit = "256"]
@@ -17,6 +19,7 @@ mod ask;
 mod compact;
 mod delete;
 mod eval;
+mod forget;
 mod inspect;
 mod memorize;
 mod migrate;
@@ -78,6 +81,9 @@ enum Cmd {
     /// Delete experts: tombstone in the store, removal from the index.
     #[command(long_about = delete::LONG_ABOUT)]
     Delete(delete::Args),
+    /// Forget a fact by its prompt: its experts are deleted in one commit.
+    #[command(long_about = forget::LONG_ABOUT)]
+    Forget(forget::Args),
     /// Carry a store written for an earlier selection rule over to this build's rule.
     #[command(long_about = migrate::LONG_ABOUT)]
     Migrate(migrate::Args),
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
         Cmd::Import(a) => archive::import(a),
         Cmd::Search(a) => search::run(a),
         Cmd::Delete(a) => delete::run(a),
+        Cmd::Forget(a) => forget::run(a),
         Cmd::Migrate(a) => migrate::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Node(a) => node::run(a),
@@ -130,6 +137,15 @@ fn main() -> ExitCode {
 /// progress bars on a terminal.
 fn open_store(db: &Path) -> Result<Store> {
     let store = Store::open(db).with_context(|| format!("opening store {}", db.display()))?;
+    store.set_progress(progress::terminal());
+    Ok(store)
+}
+
+/// Opens an existing store for reading beside a writer (another process may be
+/// memorizing, inserting or compacting); its long operations draw progress bars.
+fn open_store_read_only(db: &Path) -> Result<Store> {
+    let store = Store::open_read_only(db)
+        .with_context(|| format!("opening store {} read-only", db.display()))?;
     store.set_progress(progress::terminal());
     Ok(store)
 }

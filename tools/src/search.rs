@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let engine = Engine::open(&args.db, args.model.as_deref())
+    let engine = Engine::open_read_only(&args.db, args.model.as_deref())
         .with_context(|| format!("opening {}", args.db.display()))?;
     let enc = engine.encode(&args.query_text)?;
     let key = enc.query.pooled_key();

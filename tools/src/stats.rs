@@ -75,7 +75,7 @@ fn state_name(s: ShardState) -> String {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let store = crate::open_store(&args.db)?;
+    let store = crate::open_store_read_only(&args.db)?;
     let s = store.stats()?;
     let orphan_bytes: u64 = s.orphan_files.iter().map(|o| o.bytes).sum();
     let shard_bytes: u64 = s.shards.iter().map(|sh| sh.bytes).sum();

@@ -44,7 +44,12 @@ struct Row {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let store = crate::open_store(&args.db)?;
+    // Only a repair writes (the index); checking reads beside a running writer.
+    let store = if args.repair {
+        crate::open_store(&args.db)?
+    } else {
+        crate::open_store_read_only(&args.db)?
+    };
     let report = store.verify()?;
     let mut rows: Vec<Row> = report
         .problems

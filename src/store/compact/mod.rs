@@ -109,6 +109,7 @@ impl Store {
         policy: &CompactionPolicy,
         tombstone_horizon: u64,
     ) -> Result<CompactionReport> {
+        self.check_writable("compaction")?;
         let _one = self.compacting.lock();
         let plan = self.compaction_plan(policy)?;
         // Even with no shard to rewrite, a run purges the reclaimed tombstones that the
@@ -117,6 +118,7 @@ impl Store {
     }
 
     fn run_compaction(&self, plan: CompactionPlan, horizon: u64) -> Result<CompactionReport> {
+        let db = self.db();
         let t = std::time::Instant::now();
         let base = self.state.load_full();
         let chosen: BTreeSet<u32> = plan.shards.iter().copied().collect();
@@ -159,10 +161,10 @@ impl Store {
         };
         let by_id: HashMap<u64, usize> = moved.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
         let (cf_loc, cf_dead, cf_shards, cf_meta) = (
-            cf(&self.db, CF_LOC)?,
-            cf(&self.db, CF_DEAD)?,
-            cf(&self.db, CF_SHARDS)?,
-            cf(&self.db, CF_META)?,
+            cf(&db, CF_LOC)?,
+            cf(&db, CF_DEAD)?,
+            cf(&db, CF_SHARDS)?,
+            cf(&db, CF_META)?,
         );
         let mut batch = WriteBatch::default();
         // Tombstones that existed when the copy started are settled without the writer
@@ -261,7 +263,7 @@ impl Store {
             }
         }
         batch.put_cf(cf_meta, K_NEXT_SHARD, w.next_shard.to_le_bytes());
-        if let Err(e) = self.db.write_opt(batch, &synced()) {
+        if let Err(e) = db.write_opt(batch, &synced()) {
             // Whether the batch reached the disk is unknown, so the new files may be
             // referenced: keep them, and stop writing until a reopen settles it.
             let e = StoreError::db("committing a compaction", e);
@@ -273,6 +275,7 @@ impl Store {
             shards: Arc::new(shards),
             seq: cur.seq,
         }));
+        self.publish_hint(cur.seq, w.next_shard);
         drop(w);
         drop(cur);
         for shard in &old {
