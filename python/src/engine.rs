@@ -401,16 +401,14 @@ impl PyEngine {
             ..TuneOptions::default()
         };
         let start = Instant::now();
-        let run = py.detach(
-            || -> Res<(Vec<Option<mome::FactOutcome>>, Vec<u64>, Option<PyErr>)> {
-                let mut g = self.inner.write();
-                let engine = g.as_mut().ok_or(Fail::Closed)?;
-                *self.busy.lock() = Some(std::thread::current().id());
-                let r = memorize_batches(engine, &facts, &opts, &progress);
-                *self.busy.lock() = None;
-                r
-            },
-        );
+        let run = py.detach(|| -> Res<BatchRun> {
+            let mut g = self.inner.write();
+            let engine = g.as_mut().ok_or(Fail::Closed)?;
+            *self.busy.lock() = Some(std::thread::current().id());
+            let r = memorize_batches(engine, &facts, &opts, &progress);
+            *self.busy.lock() = None;
+            r
+        });
         if let Progress::Bar(pb) = &progress {
             pb.finish_and_clear();
         }
@@ -663,11 +661,10 @@ impl PyEngine {
                 .map(|l| (f16_bytes(x.a(l)), f16_bytes(x.b(l))))
                 .collect();
             let p = &meta.provenance;
-            // Every key present (the store's JSON omits empty ones); the loss as its
-            // shortest decimal, so it reads as the same float as `mome inspect --json`.
+            // Every key present (the store's JSON omits empty ones).
             let prov = json!({
                 "prompt": p.prompt, "answer": p.answer, "text": p.text,
-                "final_loss": p.final_loss.map(|l| l.to_string().parse::<f64>().unwrap_or(f64::from(l))),
+                "final_loss": p.final_loss,
                 "steps": p.steps, "backbone_digest": p.backbone_digest, "replaces": p.replaces,
             });
             Ok((
@@ -679,7 +676,11 @@ impl PyEngine {
                 prov,
                 meta.usage,
                 meta.created_at_ms,
-                (cfg.key_dim as usize, cfg.d_model as usize, cfg.rank as usize),
+                (
+                    cfg.key_dim as usize,
+                    cfg.d_model as usize,
+                    cfg.rank as usize,
+                ),
             ))
         })?;
         let (key, layers, layer_ids, shard, offset, prov, usage, created_at_ms, (kd, d, r)) = raw;
