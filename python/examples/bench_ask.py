@@ -32,7 +32,6 @@ facts = [
 prompts = {"stored": facts[0][0], "unrelated": "What is the capital of France?"}
 out = {"n": args.n, "rounds": args.rounds, "max_tokens": args.max_tokens}
 with mome.Engine.create(tempfile.mkdtemp() + "/experts") as e:
-    t = time.perf_counter()
     r = e.memorize(facts)
     out["memorize"] = {"facts": len(facts), "memorized": r.memorized,
                        "facts_per_minute": round(r.facts_per_minute, 1)}
