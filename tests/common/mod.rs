@@ -218,3 +218,16 @@ impl AdapterHook for GatedHook {
         h + delta.reshape((bsz, t, d))?
     }
 }
+
+/// The tiny random model and the tiny tokenizer as an engine's backbone; the same
+/// seed gives the same weights (and digest) in every process.
+pub fn tiny_backbone(seed: u64) -> mome::Backbone {
+    let md: std::collections::HashMap<String, Value> =
+        tiny_tokenizer_metadata().into_iter().collect();
+    let tokenizer = mome::Tokenizer::from_gguf_metadata(&md, std::path::Path::new("tiny.gguf"))
+        .expect("tiny tokenizer");
+    mome::Backbone {
+        model: tiny_model(seed),
+        tokenizer,
+    }
+}
