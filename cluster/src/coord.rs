@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
 
 use crate::error::{Error, Result};
@@ -291,18 +291,143 @@ pub async fn read_manifest(
 
 /// Number of keys under the cluster prefix and their total size (for `status`).
 pub async fn footprint(client: &mut etcd_client::Client, keys: &Keys) -> Result<(usize, usize)> {
-    let r = retry(|| {
-        let mut c = client.clone();
-        let k = keys.root().to_string();
-        async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
+    let (_, counts) = scan_prefix(
+        client,
+        keys.root(),
+        "reading the cluster prefix",
+        || (0, 0),
+        |(n, bytes), kv| {
+            *n += 1;
+            *bytes += kv.key().len() + kv.value().len();
+        },
+    )
+    .await?;
+    Ok(counts)
+}
+
+/// Largest etcd response this client decodes, bytes. etcd-client's own default is 4 MiB,
+/// which one range over the whole prefix passes at about 830 shards (docs/SCALE.md). A
+/// page of a prefix read ([`PAGE_KEYS`] keys) stays far under this bound; a watch
+/// response can carry many revisions at once while it catches up, and gets the same bound.
+pub const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// Keys per page of a prefix read: ≈ 2.5 MB of full manifests (≈ 5 KB each).
+pub const PAGE_KEYS: i64 = 512;
+
+/// Full re-reads of a prefix after its snapshot revision was compacted away mid-read.
+const SCAN_ATTEMPTS: usize = 8;
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a
+/// prefix); `"\0"` (to the end of the key space) when no such key exists.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn status_says(e: &etcd_client::Error, what: &str) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::OutOfRange && s.message().contains(what))
+}
+
+/// Reads every key under `prefix` as one consistent snapshot, in pages: the first page
+/// at the newest revision, every later one at that same revision (`with_revision`),
+/// each starting just after the last key of the page before (keyset pagination, key +
+/// `"\0"`), [`PAGE_KEYS`] keys at a time. `add` folds each key-value into an
+/// accumulator made by `init`; returns the snapshot's revision and the accumulator.
+///
+/// A page too large to decode (huge values) is asked again with half the keys, down to
+/// one. When etcd compacts the snapshot revision away in the middle, the read starts
+/// over from a fresh `init()` at the newest revision (at most [`SCAN_ATTEMPTS`] times).
+/// Every request is sent again while it fails without reaching a server ([`retry`]).
+/// A watch that continues from the returned revision starts at revision + 1.
+pub async fn scan_prefix<A>(
+    client: &etcd_client::Client,
+    prefix: &str,
+    what: &str,
+    mut init: impl FnMut() -> A,
+    mut add: impl FnMut(&mut A, &KeyValue),
+) -> Result<(i64, A)> {
+    let kv = client
+        .kv_client()
+        .max_decoding_message_size(MAX_DECODE_BYTES);
+    let end = prefix_end(prefix.as_bytes());
+    'attempt: for _ in 0..SCAN_ATTEMPTS {
+        let mut acc = init();
+        let mut rev = 0; // 0: the newest, for the first page only
+        let mut from = prefix.as_bytes().to_vec();
+        let mut limit = PAGE_KEYS;
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(limit)
+                .with_revision(rev);
+            let r = retry(|| {
+                let (mut c, k, o) = (kv.clone(), from.clone(), opts.clone());
+                async move { c.get(k, Some(o)).await }
+            })
+            .await;
+            let resp = match r {
+                Ok(resp) => resp,
+                Err(e) if limit > 1 && status_says(&e, "message length too large") => {
+                    limit = (limit / 2).max(1);
+                    continue;
+                }
+                Err(e) if rev > 0 && status_says(&e, "compacted") => {
+                    tracing::warn!(
+                        prefix,
+                        rev,
+                        "snapshot compacted during a paged read; reading again"
+                    );
+                    continue 'attempt;
+                }
+                Err(e) => return Err(Error::etcd(what, e)),
+            };
+            if rev == 0 {
+                rev = match resp.header() {
+                    Some(h) if h.revision() > 0 => h.revision(),
+                    _ => {
+                        return Err(Error::etcd(
+                            what,
+                            etcd_client::Error::Internal(
+                                "range response without a revision".into(),
+                            ),
+                        ))
+                    }
+                };
+            }
+            for kv in resp.kvs() {
+                add(&mut acc, kv);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((rev, acc)),
+            }
+        }
+    }
+    Err(Error::Timeout {
+        what: format!("{what} ({SCAN_ATTEMPTS} snapshots compacted during the read)"),
+        ms: 0,
     })
-    .await
-    .map_err(|e| Error::etcd("reading the cluster prefix", e))?;
-    Ok((
-        r.kvs().len(),
-        r.kvs()
-            .iter()
-            .map(|kv| kv.key().len() + kv.value().len())
-            .sum(),
-    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/mome/t/"), b"/mome/t0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
 }

@@ -357,7 +357,7 @@ impl Inner {
         let target = match target {
             Some(t) => t,
             None => match self.view.state().manifests.get(&slot.shard) {
-                Some(v) => v.clone(),
+                Some(v) => Versioned::clone(v),
                 None => return Ok(()),
             },
         };

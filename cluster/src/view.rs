@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -42,8 +42,9 @@ pub struct ViewState {
     pub drains: BTreeSet<String>,
     /// Owner of each owned shard.
     pub owners: BTreeMap<u32, Owner>,
-    /// Latest manifest of each written shard.
-    pub manifests: BTreeMap<u32, Versioned>,
+    /// Latest manifest of each written shard. Shared (`Arc`): the copy of the state that
+    /// each watch response makes copies pointers, not the segment lists.
+    pub manifests: BTreeMap<u32, Arc<Versioned>>,
     /// (shard, node) pairs where the node has loaded the shard's latest manifest.
     pub readies: BTreeSet<(u32, String)>,
 }
@@ -122,7 +123,7 @@ impl ClusterView {
             changed: tx,
             keys,
         });
-        let rev = view.reload(&mut client.clone()).await?;
+        let rev = view.reload(&client).await?;
         let weak = Arc::downgrade(&view);
         tokio::spawn(async move { watch_loop(weak, client, rev).await });
         Ok(view)
@@ -164,28 +165,27 @@ impl ClusterView {
         }
     }
 
-    /// Reads everything under the cluster prefix; returns the revision read at.
-    async fn reload(&self, client: &mut etcd_client::Client) -> Result<i64> {
-        let resp = crate::coord::retry(|| {
-            let mut c = client.clone();
-            let k = self.keys.root().to_string();
-            async move { c.get(k, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await
-        .map_err(|e| Error::etcd("reading the cluster state", e))?;
-        let rev = resp.header().map_or(0, |h| h.revision());
-        let mut s = ViewState {
-            revision: rev,
-            ..Default::default()
-        };
-        for kv in resp.kvs() {
-            apply_put(&self.keys, &mut s, kv);
-        }
+    /// Reads everything under the cluster prefix, as one snapshot in pages
+    /// ([`crate::coord::scan_prefix`]); returns the revision read at (the watch goes on
+    /// from the next one).
+    async fn reload(&self, client: &etcd_client::Client) -> Result<i64> {
+        let keys = &self.keys;
+        let (rev, mut s) = crate::coord::scan_prefix(
+            client,
+            keys.root(),
+            "reading the cluster state",
+            ViewState::default,
+            |s, kv| apply_put(keys, s, kv),
+        )
+        .await?;
+        s.revision = rev;
         *self.state.write() = Arc::new(s);
         self.changed.send_replace(rev);
         Ok(rev)
     }
 
+    /// Applies one watch response to a copy of the state (readers keep the state they
+    /// hold): a shallow copy, the manifests being shared.
     fn apply_events(&self, rev: i64, events: &[etcd_client::Event]) {
         let mut s = (*self.state()).clone();
         for ev in events {
@@ -233,10 +233,10 @@ fn apply_put(keys: &Keys, s: &mut ViewState, kv: &KeyValue) {
         if let Some(manifest) = parse::<Manifest>(kv) {
             s.manifests.insert(
                 shard,
-                Versioned {
+                Arc::new(Versioned {
                     manifest,
                     revision: kv.mod_revision(),
-                },
+                }),
             );
         }
     } else if let Some(shard) = keys.shard_in(key, &keys.readies()) {
@@ -265,11 +265,10 @@ fn apply_delete(keys: &Keys, s: &mut ViewState, kv: &KeyValue) {
 
 /// Follows the prefix from `rev + 1`; on any stream end or error, reloads and watches
 /// again (with a pause that grows to 2 s), until the view is dropped.
-async fn watch_loop(
-    view: std::sync::Weak<ClusterView>,
-    mut client: etcd_client::Client,
-    mut rev: i64,
-) {
+async fn watch_loop(view: std::sync::Weak<ClusterView>, client: etcd_client::Client, mut rev: i64) {
+    let mut watcher = client
+        .watch_client()
+        .max_decoding_message_size(crate::coord::MAX_DECODE_BYTES);
     let mut pause = Duration::from_millis(50);
     loop {
         let Some(v) = view.upgrade() else { return };
@@ -278,7 +277,7 @@ async fn watch_loop(
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(rev + 1);
-        match client.watch(prefix, Some(opts)).await {
+        match watcher.watch(prefix, Some(opts)).await {
             Ok(mut stream) => loop {
                 let msg = tokio::time::timeout(Duration::from_secs(1), stream.message()).await;
                 let Some(v) = view.upgrade() else { return };
@@ -308,7 +307,7 @@ async fn watch_loop(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
         let Some(v) = view.upgrade() else { return };
-        match v.reload(&mut client).await {
+        match v.reload(&client).await {
             Ok(r) => rev = r,
             Err(e) => tracing::warn!(error = %e, "reload failed"),
         }
