@@ -14,19 +14,24 @@
 //! import assigns new ids. An archive ends with its trailer and nothing after it, so a
 //! truncated file is always detected, and the whole-file checksum catches records that
 //! were dropped, duplicated or reordered.
+//!
+//! Import is resumable and idempotent by archive id (the first 16 bytes of the SHA-256
+//! of the whole file): each batch commits with a marker saying how many records of that
+//! archive the store holds, so a crashed import continues where it stopped and importing
+//! an archive again inserts nothing.
 
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use half::f16;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::fs::{atomic_write, FsError};
+use crate::fs::{atomic_write, FsError, IoFile};
 use crate::index::{ExpertIndex, IndexError};
 use crate::progress::Task;
 use crate::store::{
-    AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig, StoreError,
+    hex, AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig, StoreError,
 };
 
 /// Everything that can go wrong exporting, checking or importing an archive.
@@ -158,10 +163,15 @@ pub struct ExportReport {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct ImportReport {
-    /// Experts inserted.
+    /// Experts inserted by this call.
     pub experts: u64,
     /// Their new ids, in archive order.
     pub ids: Vec<u64>,
+    /// Records an earlier import of the same archive had already committed (skipped,
+    /// not inserted again): all of them when the archive was imported before.
+    pub skipped: u64,
+    /// The archive's id (hex of the first 16 bytes of its SHA-256).
+    pub archive_id: String,
 }
 
 /// Header and size of a checked archive.
@@ -172,6 +182,17 @@ pub struct ArchiveSummary {
     pub config: StoreConfig,
     /// Number of experts.
     pub experts: u64,
+    /// The archive's id (hex of the first 16 bytes of its SHA-256), by which an import
+    /// resumes and is recognised when repeated.
+    pub id: String,
+}
+
+/// One record read back: the expert, its creation time and usage count in the
+/// exporting store.
+struct Archived {
+    expert: NewExpert,
+    created_at_ms: u64,
+    usage: u64,
 }
 
 fn encode_payload(
@@ -220,7 +241,7 @@ pub fn export(store: &Store, out: &Path) -> Result<ExportReport> {
     let progress = store.progress();
     let mut written = (0u64, 0u64);
     atomic_write(out, |tmp| -> Result<()> {
-        let file = File::create(tmp).map_err(|e| ArchiveError::io(tmp, e))?;
+        let file = IoFile::create(tmp).map_err(|e| ArchiveError::io(tmp, e))?;
         let mut w = CrcWriter {
             inner: BufWriter::with_capacity(1 << 20, file),
             crc: 0,
@@ -285,9 +306,11 @@ pub fn export(store: &Store, out: &Path) -> Result<ExportReport> {
 /// Streaming reader of an archive that checks every checksum and bound as it goes.
 struct Reader {
     path: PathBuf,
-    inner: BufReader<File>,
+    inner: BufReader<IoFile>,
     offset: u64,
     crc: u32,
+    /// SHA-256 of every byte read: the archive's id once the trailer is read.
+    sha: Sha256,
     layout: RecordLayout,
     config: StoreConfig,
     records: u64,
@@ -296,12 +319,13 @@ struct Reader {
 
 impl Reader {
     fn open(path: &Path) -> Result<Reader> {
-        let file = File::open(path).map_err(|e| ArchiveError::io(path, e))?;
+        let file = IoFile::open(path).map_err(|e| ArchiveError::io(path, e))?;
         let mut r = Reader {
             path: path.to_path_buf(),
             inner: BufReader::with_capacity(1 << 20, file),
             offset: 0,
             crc: 0,
+            sha: Sha256::new(),
             layout: RecordLayout::new(1, 1, 1, 1),
             config: StoreConfig::new(1, 1, 1, vec![0]),
             records: 0,
@@ -356,6 +380,7 @@ impl Reader {
         match self.inner.read_exact(buf) {
             Ok(()) => {
                 self.crc = crc32c::crc32c_append(self.crc, buf);
+                self.sha.update(&*buf);
                 self.offset += buf.len() as u64;
                 Ok(())
             }
@@ -373,14 +398,30 @@ impl Reader {
         Ok(b)
     }
 
+    /// `n` bytes, read a chunk at a time: the buffer grows with the bytes the file
+    /// really holds, so a length field claiming gigabytes in a short file cannot
+    /// allocate them.
     fn bytes(&mut self, n: usize, what: &str) -> Result<Vec<u8>> {
-        let mut b = vec![0u8; n];
-        self.read_exact(&mut b, what)?;
+        const CHUNK: usize = 1 << 20;
+        let mut b = Vec::with_capacity(n.min(CHUNK));
+        while b.len() < n {
+            let start = b.len();
+            b.resize(start + (n - start).min(CHUNK), 0);
+            self.read_exact(&mut b[start..], what)?;
+        }
         Ok(b)
     }
 
+    /// The archive's id: valid once [`Self::next`] returned `None`.
+    fn id(&self) -> [u8; 16] {
+        let digest = self.sha.clone().finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+
     /// The next expert, or `None` after a valid trailer.
-    fn next(&mut self) -> Result<Option<(NewExpert, u64)>> {
+    fn next(&mut self) -> Result<Option<Archived>> {
         if self.done {
             return Ok(None);
         }
@@ -480,7 +521,11 @@ impl Reader {
             .validate(&self.layout, 0)
             .map_err(|e| self.bad(start, format!("record {n}: {e}")))?;
         self.records += 1;
-        Ok(Some((expert, meta.usage)))
+        Ok(Some(Archived {
+            expert,
+            created_at_ms: meta.created_at_ms,
+            usage: meta.usage,
+        }))
     }
 }
 
@@ -490,6 +535,7 @@ pub fn check(path: &Path) -> Result<ArchiveSummary> {
     let mut r = Reader::open(path)?;
     while r.next()?.is_some() {}
     Ok(ArchiveSummary {
+        id: hex(&r.id()),
         config: r.config,
         experts: r.records,
     })
@@ -498,15 +544,19 @@ pub fn check(path: &Path) -> Result<ArchiveSummary> {
 /// Imports an archive into the store behind `index` (the index follows): checks that
 /// its config fits the store (every field but `shard_size`) and reads the whole archive
 /// first, so that a different-config, malformed or truncated archive is refused before
-/// anything is written; then inserts the experts in batches, with new ids, and restores
-/// their usage counts.
+/// anything is written; then inserts the experts in batches, with new ids, their
+/// original creation times and usage counts.
 ///
-/// Each batch is durable on its own: a crash part-way leaves a prefix of the archive
-/// imported (importing again would insert those experts twice).
+/// Resumable and idempotent by archive id: each batch commits together with the count
+/// of this archive's records the store now holds. An import that crashed part-way is
+/// finished by importing the same file again (the committed prefix is skipped), and an
+/// archive imported before inserts nothing ([`ImportReport::skipped`] says so). Two
+/// imports of one archive at once cannot both commit a batch: the second gets
+/// [`StoreError::ImportConflict`].
 pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
     let store = index.store();
-    let summary = {
-        let r = Reader::open(path)?;
+    let (total, id) = {
+        let mut r = Reader::open(path)?;
         if let Some((field, archive, store_value)) = r.config.expert_difference(store.config()) {
             return Err(ArchiveError::Incompatible {
                 path: path.to_path_buf(),
@@ -515,26 +565,69 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
                 store: store_value,
             });
         }
-        check(path)?
+        while r.next()?.is_some() {}
+        (r.records, r.id())
     };
+    let archive_id = hex(&id);
+    let done = match store.import_progress(&id)? {
+        None => 0,
+        Some(p) if p.total == total => p.done,
+        Some(p) => {
+            return Err(StoreError::CorruptMetadata {
+                what: format!(
+                    "import marker of archive {archive_id} counts {} records, the archive holds {total}",
+                    p.total
+                ),
+            }
+            .into())
+        }
+    };
+    if done > 0 {
+        tracing::info!(archive = %archive_id, done, total, "archive imported before; skipping its committed records");
+    }
     let mut r = Reader::open(path)?;
     let progress = store.progress();
-    let task = Task::start(&*progress, "import", summary.experts);
-    let mut ids = Vec::with_capacity(summary.experts as usize);
+    let task = Task::start(&*progress, "import", total);
+    task.advance(done);
+    let mut ids = Vec::with_capacity(total.saturating_sub(done) as usize);
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut created = Vec::with_capacity(IMPORT_BATCH);
     let mut usage = Vec::with_capacity(IMPORT_BATCH);
+    let mut start = done;
     loop {
         let next = r.next()?;
         let last = next.is_none();
-        if let Some((expert, used)) = next {
-            batch.push(expert);
-            usage.push(used);
+        if let Some(rec) = next {
+            // The committed prefix is read (and checked) again, not inserted.
+            if r.records > done {
+                batch.push(rec.expert);
+                created.push(rec.created_at_ms);
+                usage.push(rec.usage);
+            }
+        }
+        if last && r.id() != id {
+            // Every record of this pass passed its checks, but the file is not the one
+            // the first pass read: it was replaced while importing.
+            return Err(ArchiveError::Corrupt {
+                path: path.to_path_buf(),
+                offset: r.offset,
+                reason: format!(
+                    "the archive changed while it was imported (id {archive_id}, now {}); \
+                     import it again",
+                    hex(&r.id())
+                ),
+            });
         }
         if !batch.is_empty() && (last || batch.len() == IMPORT_BATCH) {
             let n = batch.len() as u64;
-            let new = index.insert_batch(std::mem::take(&mut batch))?;
-            let counts: Vec<(u64, u64)> = new.iter().copied().zip(usage.drain(..)).collect();
-            store.add_usage(&counts)?;
+            let new = index.import_batch(
+                std::mem::take(&mut batch),
+                std::mem::take(&mut created),
+                std::mem::take(&mut usage),
+                id,
+                (start, total),
+            )?;
+            start += n;
             ids.extend(new);
             task.advance(n);
         }
@@ -546,5 +639,7 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
     Ok(ImportReport {
         experts: ids.len() as u64,
         ids,
+        skipped: done,
+        archive_id,
     })
 }

@@ -76,15 +76,22 @@ mod tune;
 #[doc(hidden)]
 pub mod synth;
 
+/// Fault injection under the engine's own file I/O (feature `test-support`):
+/// `tests/io_faults.rs`.
+#[cfg(feature = "test-support")]
+#[doc(hidden)]
+pub use fs::{set_file_io, Fault, FaultyIo, FileIo};
+
 pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};
 
 pub use store::{
     plan_compaction, read_header, AdapterPair, CompactionPlan, CompactionPolicy, CompactionReport,
-    DbError, ExpertMeta, ExpertRef, Loc, NewExpert, OrphanFile, Problem, Provenance, RecordHeader,
-    RecordInfo, RecordLayout, RecordState, ShardHeader, ShardState, ShardStats, Snapshot, Store,
-    StoreConfig, StoreDir, StoreError, StoreResult, StoreStats, UsageAccumulator, VerifyReport,
-    WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE, SHARD_FORMAT_VERSION, STORE_FORMAT_VERSION,
+    DbError, ExpertMeta, ExpertRef, ImportProgress, Loc, NewExpert, OrphanFile, Problem,
+    Provenance, RecordHeader, RecordInfo, RecordLayout, RecordState, ShardHeader, ShardState,
+    ShardStats, Snapshot, Store, StoreConfig, StoreDir, StoreError, StoreResult, StoreStats,
+    UsageAccumulator, VerifyReport, WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE,
+    SHARD_FORMAT_VERSION, STORE_FORMAT_VERSION,
 };
 
 pub use index::{

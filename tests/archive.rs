@@ -36,7 +36,7 @@ fn source_store(dir: &Path, cfg: &StoreConfig, n: u64) -> Store {
 }
 
 /// Everything an archive must carry, keyed by the seed in the provenance text.
-fn contents(store: &Store) -> BTreeMap<String, (Vec<u8>, Provenance, u64)> {
+fn contents(store: &Store) -> BTreeMap<String, (Vec<u8>, Provenance, u64, u64)> {
     let layout = store.layout();
     store
         .snapshot()
@@ -51,7 +51,7 @@ fn contents(store: &Store) -> BTreeMap<String, (Vec<u8>, Provenance, u64)> {
             }
             (
                 meta.provenance.text.clone(),
-                (bytes, meta.provenance, meta.usage),
+                (bytes, meta.provenance, meta.usage, meta.created_at_ms),
             )
         })
         .collect()
@@ -194,4 +194,58 @@ fn bad_archives_are_refused_without_touching_the_store() {
 
     // And the good archive still imports.
     assert_eq!(mome::import_archive(&index, &file).unwrap().experts, 4);
+}
+
+#[test]
+fn importing_again_inserts_nothing_and_concurrent_imports_never_duplicate() {
+    let cfg = small_config();
+    let dir = tempfile::tempdir().unwrap();
+    let src = source_store(&dir.path().join("src"), &cfg, 1100);
+    let file = dir.path().join("experts.mome");
+    let n = mome::export_archive(&src, &file).unwrap().experts;
+    let id = mome::check_archive(&file).unwrap().id;
+    assert_eq!(id.len(), 32, "{id}");
+
+    // Four threads import one archive into one store at once: its records are
+    // inserted once, whichever thread commits each batch.
+    let dst = Arc::new(Store::create(dir.path().join("dst"), cfg.clone()).unwrap());
+    let index = Arc::new(ExpertIndex::open_with(dst.clone(), IndexParams::flat()).unwrap());
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| mome::import_archive(&index, &file)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut inserted = 0;
+    for r in &results {
+        match r {
+            Ok(r) => {
+                assert_eq!(r.archive_id, id);
+                inserted += r.experts;
+            }
+            Err(e) => assert!(
+                e.to_string().contains("another import of the same archive"),
+                "{e}"
+            ),
+        }
+    }
+    assert_eq!(dst.len(), n);
+    assert_eq!(index.len() as u64, n);
+    assert!(inserted <= n);
+    assert_eq!(contents(&dst), contents(&src));
+
+    // Once complete, importing again inserts nothing and says so.
+    let again = mome::import_archive(&index, &file).unwrap();
+    assert_eq!((again.experts, again.skipped), (0, n));
+    assert_eq!(dst.len(), n);
+    let p = dst.import_progress(&hex_id(&id)).unwrap().unwrap();
+    assert_eq!((p.done, p.total), (n, n));
+}
+
+fn hex_id(s: &str) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    id
 }

@@ -23,12 +23,22 @@ use rand::{Rng, SeedableRng};
 const DIR_ENV: &str = "MOME_READERS_DIR";
 const ROLE_ENV: &str = "MOME_READERS_ROLE";
 /// The writer works this long (each round a batch insert, sometimes a delete, an index
-/// save, a compaction), so that the late reader joins while it writes...
-const WRITE_FOR: Duration = Duration::from_secs(3);
-/// ...and at most this many rounds.
-const ROUNDS: u64 = 3000;
-/// Nothing here may run longer than this, whatever happens.
-const LIMIT: Duration = Duration::from_secs(120);
+/// save, a compaction), so that the late reader joins while it writes: 3 s, or
+/// `MOME_READERS_SECS` for a soak (tools/crash-soak.sh runs 600)...
+fn write_for() -> Duration {
+    Duration::from_secs(
+        std::env::var("MOME_READERS_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3),
+    )
+}
+/// ...and at most this many rounds per second of it.
+const ROUNDS_PER_SEC: u64 = 1000;
+/// Nothing here may run longer than this past the writer's time, whatever happens.
+fn limit() -> Duration {
+    write_for() + Duration::from_secs(120)
+}
 
 fn log_path(dir: &Path) -> PathBuf {
     dir.with_extension("acks")
@@ -72,7 +82,7 @@ fn spawn(role: &str, dir: &Path, seed: u64) -> Child {
 }
 
 fn wait(mut child: Child, what: &str) -> String {
-    let deadline = Instant::now() + LIMIT;
+    let deadline = Instant::now() + limit();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut out = String::new();
@@ -85,7 +95,7 @@ fn wait(mut child: Child, what: &str) -> String {
         }
         if Instant::now() > deadline {
             child.kill().unwrap();
-            panic!("{what} ran past {LIMIT:?}");
+            panic!("{what} ran past {:?}", limit());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -163,8 +173,9 @@ fn writer(dir: &Path, seed: u64) {
     let mut live: Vec<u64> = Vec::new();
     let mut next_seed = 1_000u64;
     let start = Instant::now();
-    for round in 0..ROUNDS {
-        if start.elapsed() > WRITE_FOR {
+    let write_for = write_for();
+    for round in 0..ROUNDS_PER_SEC * write_for.as_secs().max(1) {
+        if start.elapsed() > write_for {
             break;
         }
         let n = rng.random_range(1..=6);
@@ -282,7 +293,7 @@ fn reader(dir: &Path, seed: u64) {
             );
             break;
         }
-        assert!(start.elapsed() < LIMIT / 2, "writer never finished");
+        assert!(start.elapsed() < limit(), "writer never finished");
         std::thread::sleep(Duration::from_millis(rng.random_range(0..30)));
     }
     println!("reader checks {checks} {during}");

@@ -114,7 +114,10 @@ fn replay(store: &Store, index: &dyn KeyIndex, since: u64) -> Result<(usize, u64
 impl ExpertIndex {
     /// Opens the index of `store` with the default parameters (or those it was saved with).
     pub fn open(store: Arc<Store>) -> Result<Self> {
-        let saved = read_meta(&store.store_dir().index()).map(|m| m.params);
+        // Parameters out of bounds in a saved index.json are ignored (the index rebuilds).
+        let saved = read_meta(&store.store_dir().index())
+            .map(|m| m.params)
+            .filter(|p| p.check().is_ok());
         Self::open_with(store, saved.unwrap_or_default())
     }
 
@@ -365,8 +368,33 @@ impl ExpertIndex {
     /// Inserts experts into the store (durably) and then into the index.
     pub fn insert_batch(&self, experts: Vec<NewExpert>) -> Result<Vec<u64>> {
         let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
+        self.insert_with(keys, |store| store.insert_batch(experts))
+    }
+
+    /// One batch of an archive import ([`Store::import_batch`]: experts, their creation
+    /// times and usage, and the archive's progress marker in one commit), then the index.
+    pub(crate) fn import_batch(
+        &self,
+        experts: Vec<NewExpert>,
+        created_at_ms: Vec<u64>,
+        usage: Vec<u64>,
+        archive: [u8; 16],
+        range: (u64, u64),
+    ) -> Result<Vec<u64>> {
+        let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
+        self.insert_with(keys, |store| {
+            store.import_batch(experts, created_at_ms, usage, archive, range)
+        })
+    }
+
+    /// Commits new experts through `commit`, then adds their `keys` to the graph.
+    fn insert_with(
+        &self,
+        keys: Vec<Vec<f32>>,
+        commit: impl FnOnce(&Store) -> crate::store::StoreResult<Vec<u64>>,
+    ) -> Result<Vec<u64>> {
         let _g = self.apply.read();
-        let ids = self.store.insert_batch(experts)?;
+        let ids = commit(&self.store)?;
         self.dirty.store(true, Ordering::Release);
         let items: Vec<(u64, Vec<f32>)> = ids.iter().copied().zip(keys).collect();
         add_reachable(self.index.as_ref(), &items)?;

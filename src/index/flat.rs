@@ -68,7 +68,8 @@ impl FlatIndex {
         }
         let n = u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| bad("header"))?) as usize;
         let rec = 8 + dim * 4;
-        if bytes.len() != 16 + n * rec {
+        // Checked: the count is the file's claim, and a wrapped product could match.
+        if n.checked_mul(rec).and_then(|b| b.checked_add(16)) != Some(bytes.len()) {
             return Err(bad("length does not match its count"));
         }
         let idx = FlatIndex::new(dim);
@@ -179,7 +180,7 @@ impl KeyIndex for FlatIndex {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
-        std::fs::write(path, out).map_err(|e| IndexError::io(path, e))
+        crate::fs::write_file(path, &out).map_err(|e| IndexError::io(path, e))
     }
 
     fn memory_bytes(&self) -> usize {

@@ -19,6 +19,25 @@ pub(crate) enum Op {
         insert: Vec<NewExpert>,
         delete: Vec<u64>,
     },
+    /// One batch of an archive import: experts with their original creation times and
+    /// usage counts, committed together with the archive's progress marker.
+    Import(ImportBatch),
+}
+
+/// One batch of an archive import ([`super::Store::import_batch`]).
+pub(crate) struct ImportBatch {
+    pub(crate) experts: Vec<NewExpert>,
+    /// Creation time of each expert in the exporting store.
+    pub(crate) created_at_ms: Vec<u64>,
+    /// Selection count of each expert in the exporting store.
+    pub(crate) usage: Vec<u64>,
+    /// The archive's id (a digest of its bytes).
+    pub(crate) archive: [u8; 16],
+    /// Records of the archive committed before this batch (the marker must say so,
+    /// or the batch is refused: another import of the same archive got there first).
+    pub(crate) start: u64,
+    /// Records in the whole archive.
+    pub(crate) total: u64,
 }
 
 pub(crate) type Slot = Arc<Mutex<Option<Result<Vec<u64>>>>>;

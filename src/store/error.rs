@@ -212,6 +212,20 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// An import batch that does not continue where the archive's committed import
+    /// stands (another import of the same archive committed first). Nothing was written.
+    #[error(
+        "import of archive {archive} is at record {found}, but this batch starts at record {expected}; \
+         another import of the same archive ran concurrently — rerun the import to finish it"
+    )]
+    ImportConflict {
+        /// The archive's id (hex).
+        archive: String,
+        /// Where the batch starts.
+        expected: u64,
+        /// Records the store has committed for this archive.
+        found: u64,
+    },
 }
 
 impl StoreError {

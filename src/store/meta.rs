@@ -1,7 +1,8 @@
 //! RocksDB metadata: column families and the encoding of their values.
 //!
 //! RocksDB is the source of truth. Column families:
-//! - `meta`: format version, config (JSON), next id, commit sequence, next shard id.
+//! - `meta`: format version, config (JSON), next id, commit sequence, next shard id, and
+//!   per imported archive (`import/` + its 16-byte id) the records committed so far.
 //! - `loc`: expert id (u64 BE) → record location and the sequence that wrote it.
 //! - `keys`: expert id → key (fp16 LE), so the index can be rebuilt without the shards.
 //! - `prov`: expert id → provenance and creation time (JSON).
@@ -84,6 +85,45 @@ pub(crate) fn decode_id_key(k: &[u8]) -> Result<u64> {
 
 pub(crate) fn shard_key(id: u32) -> [u8; 4] {
     id.to_be_bytes()
+}
+
+/// `meta` key of an archive import's progress.
+pub(crate) fn import_key(archive: &[u8; 16]) -> Vec<u8> {
+    let mut k = b"import/".to_vec();
+    k.extend_from_slice(archive);
+    k
+}
+
+/// How far the import of one archive got: records committed and records in the archive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImportProgress {
+    /// Records committed (a prefix of the archive, in archive order).
+    pub done: u64,
+    /// Records in the archive.
+    pub total: u64,
+}
+
+impl ImportProgress {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.done.to_le_bytes());
+        b[8..].copy_from_slice(&self.total.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(v: &[u8]) -> Result<Self> {
+        let bad =
+            || StoreError::corrupt(format!("import marker of {} bytes, expected 16", v.len()));
+        let done = decode_u64(v.get(..8).ok_or_else(bad)?).ok_or_else(bad)?;
+        let total = decode_u64(v.get(8..).ok_or_else(bad)?).ok_or_else(bad)?;
+        if done > total {
+            return Err(StoreError::corrupt(format!(
+                "import marker says {done} of {total} records"
+            )));
+        }
+        Ok(Self { done, total })
+    }
 }
 
 pub(crate) fn decode_u64(v: &[u8]) -> Option<u64> {

@@ -56,17 +56,18 @@ pub use expert::{AdapterPair, ExpertMeta, ExpertRef, NewExpert, Provenance};
 pub use inspect::{OrphanFile, RecordInfo, RecordState, ShardStats, StoreStats};
 pub use layout::RecordLayout;
 pub use loc_table::Loc;
-pub use meta::{ShardState, STORE_FORMAT_VERSION};
+pub use meta::{ImportProgress, ShardState, STORE_FORMAT_VERSION};
 pub use read::Snapshot;
 pub use shard::{read_header, RecordHeader, ShardHeader, SHARD_FORMAT_VERSION};
 pub use usage::UsageAccumulator;
 pub use verify::{Problem, VerifyReport};
 
-use commit::{GroupCommit, Op};
+use commit::{GroupCommit, ImportBatch, Op};
 use dir::{CommitHint, DirLock};
 use expert::StoredMeta;
 use meta::*;
 use read::State;
+pub(crate) use write::hex;
 use write::Writer;
 
 use crate::progress::Progress;
@@ -363,6 +364,46 @@ impl Store {
             },
             |group| self.commit_group(group),
         )
+    }
+
+    /// Inserts one batch of an archive import in one commit, together with the archive's
+    /// progress marker: `experts` are records `start..start + len` of the archive
+    /// `archive` (of `total` records), inserted with their original creation times and
+    /// usage counts. Refused with [`StoreError::ImportConflict`] unless the marker stands
+    /// at `start`, so a batch is never committed twice.
+    pub(crate) fn import_batch(
+        &self,
+        experts: Vec<NewExpert>,
+        created_at_ms: Vec<u64>,
+        usage: Vec<u64>,
+        archive: [u8; 16],
+        (start, total): (u64, u64),
+    ) -> Result<Vec<u64>> {
+        self.check_writable("import")?;
+        if experts.is_empty() {
+            return Err(StoreError::EmptyBatch {
+                what: "import_batch",
+            });
+        }
+        for (i, e) in experts.iter().enumerate() {
+            e.validate(&self.layout, i)?;
+        }
+        self.group.submit(
+            Op::Import(ImportBatch {
+                experts,
+                created_at_ms,
+                usage,
+                archive,
+                start,
+                total,
+            }),
+            |group| self.commit_group(group),
+        )
+    }
+
+    /// How far the import of the archive with this id got (`None`: never imported here).
+    pub fn import_progress(&self, archive: &[u8; 16]) -> Result<Option<ImportProgress>> {
+        self.import_mark(&self.db(), archive)
     }
 
     /// Deletes an expert (a tombstone; its bytes are reclaimed by compaction).

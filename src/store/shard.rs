@@ -148,9 +148,9 @@ pub fn create_shard_file(path: &Path, header: &ShardHeader) -> Result<File> {
         .create_new(true)
         .open(path)
         .map_err(|e| StoreError::io(path, e))?;
-    file.write_all_at(&header.encode(), 0)
+    crate::fs::write_all_at(path, &file, &header.encode(), 0)
         .map_err(|e| StoreError::io(path, e))?;
-    file.sync_all().map_err(|e| StoreError::io(path, e))?;
+    crate::fs::sync(path, &file, false).map_err(|e| StoreError::io(path, e))?;
     Ok(file)
 }
 

@@ -11,20 +11,20 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use half::f16;
 use rocksdb::WriteBatch;
 
-use super::commit::{Op, Slot};
+use super::commit::{ImportBatch, Op, Slot};
 use super::error::{StoreError, StoreResult as Result};
 use super::expert::{NewExpert, StoredMeta};
 use super::loc_table::Loc;
 use super::meta::{
-    cf, id_key, shard_key, synced, DeadValue, LocValue, ShardMeta, ShardState, CF_DEAD, CF_KEYS,
-    CF_LOC, CF_META, CF_PROV, CF_SHARDS, CF_USAGE, K_NEXT_ID, K_NEXT_SHARD, K_SEQ,
+    cf, id_key, import_key, shard_key, synced, DeadValue, ImportProgress, LocValue, ShardMeta,
+    ShardState, CF_DEAD, CF_KEYS, CF_LOC, CF_META, CF_PROV, CF_SHARDS, CF_USAGE, K_NEXT_ID,
+    K_NEXT_SHARD, K_SEQ,
 };
 use super::read::State;
 use super::shard::{create_shard_file, encode_record, Shard, ShardHeader, SHARD_FORMAT_VERSION};
@@ -48,6 +48,11 @@ pub(crate) struct Writer {
     pub(crate) buf: Vec<u8>,
     /// Why writes are refused, after a failed write or fsync.
     pub(crate) poisoned: Option<String>,
+}
+
+/// Lower-case hex of an archive id, as errors and reports name it.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn now_ms() -> u64 {
@@ -115,18 +120,47 @@ impl Store {
             cf(&db, CF_DEAD)?,
         );
 
+        let cf_meta = cf(&db, CF_META)?;
+        // Import markers advanced by earlier operations of this group.
+        let mut marks: BTreeMap<[u8; 16], u64> = BTreeMap::new();
         for (op, _) in group {
-            let (insert, delete): (&[NewExpert], &[u64]) = match op {
-                Op::Insert(experts) => (experts, &[]),
-                Op::Delete(ids) => (&[], ids),
-                Op::Replace { insert, delete } => (insert, delete),
+            let (insert, delete, import): (&[NewExpert], &[u64], Option<&ImportBatch>) = match op {
+                Op::Insert(experts) => (experts, &[], None),
+                Op::Delete(ids) => (&[], ids, None),
+                Op::Replace { insert, delete } => (insert, delete, None),
+                Op::Import(b) => (&b.experts, &[], Some(b)),
             };
             if let Some(&id) = delete.iter().find(|&&id| locs.get(id).is_none()) {
                 results.push(Err(StoreError::UnknownExpert { id }));
                 continue;
             }
+            if let Some(b) = import {
+                let found = match marks.get(&b.archive) {
+                    Some(&done) => done,
+                    None => self.import_mark(&db, &b.archive)?.map_or(0, |m| m.done),
+                };
+                if found != b.start {
+                    results.push(Err(StoreError::ImportConflict {
+                        archive: hex(&b.archive),
+                        expected: b.start,
+                        found,
+                    }));
+                    continue;
+                }
+                let done = b.start + b.experts.len() as u64;
+                marks.insert(b.archive, done);
+                batch.put_cf(
+                    cf_meta,
+                    import_key(&b.archive),
+                    ImportProgress {
+                        done,
+                        total: b.total,
+                    }
+                    .encode(),
+                );
+            }
             let mut ids = Vec::with_capacity(insert.len());
-            for e in insert {
+            for (i, e) in insert.iter().enumerate() {
                 let id = next_id;
                 next_id += 1;
                 let loc =
@@ -134,10 +168,19 @@ impl Store {
                 locs.set(id, Some(loc));
                 batch.put_cf(cf_loc, id_key(id), LocValue { loc, seq }.encode());
                 batch.put_cf(cf_keys, id_key(id), bytemuck::cast_slice::<f16, u8>(&e.key));
+                let created_at_ms = match import {
+                    Some(b) => {
+                        if let Some(&n) = b.usage.get(i).filter(|&&n| n > 0) {
+                            batch.merge_cf(cf_usage, id_key(id), n.to_le_bytes());
+                        }
+                        b.created_at_ms.get(i).copied().unwrap_or(created)
+                    }
+                    None => created,
+                };
                 let stored = StoredMeta {
                     v: 1,
                     provenance: e.provenance.clone(),
-                    created_at_ms: created,
+                    created_at_ms,
                 };
                 let json = serde_json::to_vec(&stored)
                     .map_err(|err| StoreError::encode(format!("provenance of expert {id}"), err))?;
@@ -173,14 +216,13 @@ impl Store {
 
         // Shard bytes must be durable before the metadata that points at them.
         for (shard, file) in &to_sync {
-            file.sync_data()
-                .map_err(|e| StoreError::io(self.shard_path(*shard), e))?;
+            let path = self.shard_path(*shard);
+            crate::fs::sync(&path, file, true).map_err(|e| StoreError::io(path, e))?;
         }
         let cf_shards = cf(&db, CF_SHARDS)?;
         for (id, m) in &shard_updates {
             batch.put_cf(cf_shards, shard_key(*id), m.encode());
         }
-        let cf_meta = cf(&db, CF_META)?;
         batch.put_cf(cf_meta, K_NEXT_ID, next_id.to_le_bytes());
         batch.put_cf(cf_meta, K_SEQ, seq.to_le_bytes());
         batch.put_cf(cf_meta, K_NEXT_SHARD, w.next_shard.to_le_bytes());
@@ -196,6 +238,18 @@ impl Store {
         }));
         self.publish_hint(seq, w.next_shard);
         Ok(results)
+    }
+
+    /// The committed progress of an archive's import, if it was ever imported.
+    pub(crate) fn import_mark(
+        &self,
+        db: &rocksdb::DB,
+        archive: &[u8; 16],
+    ) -> Result<Option<ImportProgress>> {
+        db.get_pinned_cf(cf(db, CF_META)?, import_key(archive))
+            .map_err(|e| StoreError::db("reading an import marker", e))?
+            .map(|v| ImportProgress::decode(&v))
+            .transpose()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -251,10 +305,9 @@ impl Store {
         w.buf.resize(self.layout.record_size, 0);
         let layers: Vec<(&[f16], &[f16])> = e.layers.iter().map(|p| (&p.a[..], &p.b[..])).collect();
         encode_record(&self.layout, id, seq, &e.key, &layers, &mut w.buf);
-        active
-            .file
-            .write_all_at(&w.buf, self.layout.slot_offset(slot))
-            .map_err(|err| StoreError::io(self.shard_path(active.id), err))?;
+        let path = self.shard_path(active.id);
+        crate::fs::write_all_at(&path, &active.file, &w.buf, self.layout.slot_offset(slot))
+            .map_err(|err| StoreError::io(path, err))?;
         active.used += 1;
         shard_updates.insert(
             active.id,

@@ -20,7 +20,10 @@ pub const IMPORT_LONG_ABOUT: &str =
     "Insert the experts of an archive into a store, with new ids; the \
     index follows. The whole archive is read and checked first: an archive whose config \
     differs from the store's (any field but shard_size), or that is truncated or malformed, \
-    is refused before anything is written.";
+    is refused before anything is written. Experts keep their creation times and usage \
+    counts. Resumable and idempotent by archive id (a digest of the file): an import that \
+    was interrupted is finished by running the same command again, and an archive already \
+    imported inserts nothing.";
 
 #[derive(clap::Args)]
 pub struct ExportArgs {
@@ -79,11 +82,24 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            json!({"experts": r.experts, "first_id": first, "last_id": last})
+            json!({"experts": r.experts, "first_id": first, "last_id": last,
+                   "skipped": r.skipped, "archive_id": r.archive_id})
+        );
+    } else if r.experts == 0 && r.skipped > 0 {
+        println!(
+            "archive {} ({}) was imported before: its {} experts are already in the store; nothing inserted",
+            args.input.display(),
+            r.archive_id,
+            r.skipped
         );
     } else {
+        let resumed = if r.skipped > 0 {
+            format!(", resuming an earlier import: {} already there", r.skipped)
+        } else {
+            String::new()
+        };
         println!(
-            "imported {} experts from {} (new ids {}..={})",
+            "imported {} experts from {} (new ids {}..={}{resumed})",
             r.experts,
             args.input.display(),
             crate::opt(first),

@@ -36,7 +36,6 @@
 //! where bytes lie, not which experts exist.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -363,7 +362,7 @@ impl Store {
                     seq: h.seq,
                 });
                 if buf.len() >= WRITE_CHUNK {
-                    file.write_all_at(&buf, self.layout.slot_offset(flushed))
+                    crate::fs::write_all_at(&path, &file, &buf, self.layout.slot_offset(flushed))
                         .map_err(|e| StoreError::io(&path, e))?;
                     flushed += (buf.len() / rs) as u32;
                     buf.clear();
@@ -371,10 +370,10 @@ impl Store {
                 task.advance(1);
             }
             if !buf.is_empty() {
-                file.write_all_at(&buf, self.layout.slot_offset(flushed))
+                crate::fs::write_all_at(&path, &file, &buf, self.layout.slot_offset(flushed))
                     .map_err(|e| StoreError::io(&path, e))?;
             }
-            file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            crate::fs::sync(&path, &file, false).map_err(|e| StoreError::io(&path, e))?;
             let shard = Shard::map(&file, path, &header)?;
             new_shards.push(NewShard {
                 id: shard_id,
