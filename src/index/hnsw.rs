@@ -67,6 +67,12 @@ pub(crate) fn scalar(quant: super::Quantization) -> ScalarKind {
 impl HnswIndex {
     /// An empty index.
     pub fn new(dim: usize, params: &super::IndexParams) -> Result<Self> {
+        params
+            .check()
+            .map_err(|reason| IndexError::InvalidArgument {
+                name: "params",
+                reason,
+            })?;
         let opts = IndexOptions {
             dimensions: dim,
             metric: MetricKind::Cos,
@@ -90,9 +96,16 @@ impl HnswIndex {
         })
     }
 
-    /// Loads a saved index; the caller has verified the file's checksum, because usearch
-    /// trusts the bytes it loads.
+    /// Loads a saved index. usearch trusts the bytes it loads (a count it reads sizes its
+    /// allocations, a neighbour slot indexes its nodes), so the file's structure is
+    /// checked first ([`check_file`]): a corrupt or hostile file is a typed error, never
+    /// a hang, a huge allocation or a read out of bounds.
     pub fn load(path: &Path, dim: usize, params: &super::IndexParams) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| IndexError::io(path, e))?;
+        check_file(&bytes, dim, params).map_err(|what| {
+            IndexError::corrupt(format!("saved index {}: {what}", path.display()))
+        })?;
+        drop(bytes);
         let idx = HnswIndex::new(dim, params)?;
         {
             let g = idx.index.write();
@@ -197,6 +210,10 @@ impl KeyIndex for HnswIndex {
         check_k(k)?;
         let _slot = self.slots.acquire();
         let g = self.index.read();
+        // usearch reserves room for `k` results up front: a huge `k` (K from a hostile
+        // engine.json) must not become a huge allocation. More than the index holds
+        // cannot be returned anyway.
+        let k = k.min(g.size().max(1));
         let m = g.search(query, k).map_err(|e| err("search", e))?;
         Ok(m.keys
             .iter()
@@ -233,6 +250,149 @@ impl KeyIndex for HnswIndex {
     fn memory_bytes(&self) -> usize {
         self.index.read().memory_usage()
     }
+}
+
+/// Checks that `bytes` is a usearch dense index as [`HnswIndex`] saves it (usearch 2.x:
+/// 32-bit matrix dimensions, u64 keys, u32 slots, cosine, one vector per key) for keys of
+/// `dim` stored as `params` says, and that every count, level and neighbour slot in it
+/// lies within the file and the graph:
+///
+/// ```text
+/// rows u32 | cols u32 | rows × cols vector bytes
+/// head (64 bytes): "usearch" | version 3 × u16 | metric u8 | scalar u8 | key u8 | slot u8
+///                  | present u64 | deleted u64 | dimensions u64 | multi u8 | padding
+/// graph: size u64 | connectivity u64 | connectivity_base u64 | max_level u64 | entry u64
+///        | size × level i16
+///        | size × node: key u64 | level i16 | count u32, connectivity_base × slot u32
+///                     | level × (count u32, connectivity × slot u32)
+/// ```
+fn check_file(
+    bytes: &[u8],
+    dim: usize,
+    params: &super::IndexParams,
+) -> std::result::Result<(), String> {
+    struct Cur<'a>(&'a [u8], usize);
+    impl Cur<'_> {
+        fn take(&mut self, n: usize, what: &str) -> std::result::Result<&[u8], String> {
+            let end = self.1.checked_add(n).filter(|&e| e <= self.0.len());
+            let end = end.ok_or_else(|| format!("the file ends inside the {what}"))?;
+            let s = &self.0[self.1..end];
+            self.1 = end;
+            Ok(s)
+        }
+        fn u16(&mut self, what: &str) -> std::result::Result<u16, String> {
+            let b = self.take(2, what)?;
+            Ok(u16::from_le_bytes([b[0], b[1]]))
+        }
+        fn u32(&mut self, what: &str) -> std::result::Result<u32, String> {
+            let b = self.take(4, what)?;
+            Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        fn u64(&mut self, what: &str) -> std::result::Result<u64, String> {
+            let b = self.take(8, what)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Ok(u64::from_le_bytes(a))
+        }
+    }
+    let mut c = Cur(bytes, 0);
+    let rows = c.u32("matrix dimensions")? as usize;
+    let cols = c.u32("matrix dimensions")? as usize;
+    let (scalar_kind, vector_bytes) = match params.quantization {
+        super::Quantization::F16 => (12u8, dim * 2),
+        super::Quantization::I8 => (23u8, dim),
+    };
+    if rows > 0 && cols != vector_bytes {
+        return Err(format!("vectors of {cols} bytes, expected {vector_bytes}"));
+    }
+    let matrix = rows.checked_mul(cols).ok_or("matrix size overflows")?;
+    c.take(matrix, "vectors")?;
+    let head = c.take(64, "index head")?;
+    if &head[0..7] != b"usearch" {
+        return Err("bad magic".into());
+    }
+    // Metric cosine ('c'), the quantization's scalar, u64 keys (14), u32 slots (15).
+    if head[13..17] != [b'c', scalar_kind, 14, 15] {
+        return Err(format!(
+            "metric and types {:?} are not this index's",
+            &head[13..17]
+        ));
+    }
+    let head_u64 = |o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&head[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    if head_u64(33) != dim as u64 || head[41] != 0 {
+        return Err(format!(
+            "dimension {} (expected {dim}) or a multi-key index",
+            head_u64(33)
+        ));
+    }
+    let size = c.u64("graph header")?;
+    let connectivity = c.u64("graph header")?;
+    let base = c.u64("graph header")?;
+    let max_level = c.u64("graph header")?;
+    let entry = c.u64("graph header")?;
+    if size == 0 {
+        return if rows == 0 && c.1 == bytes.len() {
+            Ok(())
+        } else {
+            Err("an empty graph with vectors or trailing bytes".into())
+        };
+    }
+    if size != rows as u64 {
+        return Err(format!("{size} graph nodes for {rows} vectors"));
+    }
+    if connectivity != params.connectivity as u64 || base < connectivity || base > 2 * connectivity
+    {
+        return Err(format!(
+            "connectivity {connectivity} / {base}, expected {} (at most twice that at the base)",
+            params.connectivity
+        ));
+    }
+    // Levels are i16 in usearch; real graphs stay far below 64.
+    if max_level > 64 || entry >= size {
+        return Err(format!(
+            "max level {max_level}, entry slot {entry} of {size}"
+        ));
+    }
+    let n = rows;
+    let levels_raw = c.take(n * 2, "node levels")?;
+    let levels: Vec<u16> = levels_raw
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    if levels.iter().any(|&l| l as u64 > max_level) || levels[entry as usize] as u64 != max_level {
+        return Err("a node level above the graph's maximum, or an entry below it".into());
+    }
+    let (connectivity, base) = (connectivity as usize, base as usize);
+    for (i, &level) in levels.iter().enumerate() {
+        c.u64("node key")?;
+        if c.u16("node level")? != level {
+            return Err(format!("node {i}'s level disagrees with the level table"));
+        }
+        for l in 0..=level as usize {
+            let cap = if l == 0 { base } else { connectivity };
+            let count = c.u32("neighbour count")? as usize;
+            let slots = c.take(cap * 4, "neighbour slots")?;
+            if count > cap {
+                return Err(format!(
+                    "node {i} has {count} neighbours at level {l}, at most {cap}"
+                ));
+            }
+            if slots[..count * 4]
+                .chunks_exact(4)
+                .any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize >= n)
+            {
+                return Err(format!("node {i} links to a slot outside the graph"));
+            }
+        }
+    }
+    if c.1 != bytes.len() {
+        return Err(format!("{} bytes after the graph", bytes.len() - c.1));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,6 +63,30 @@ impl IndexParams {
         }
     }
 
+    /// Checks the HNSW parameters against bounds (connectivity 2..=1024, expansions
+    /// 1..=65536): they size usearch's per-node and per-search memory, and a saved
+    /// `index.json` may carry anything.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.kind == IndexKind::Flat {
+            return Ok(());
+        }
+        if !(2..=1024).contains(&self.connectivity) {
+            return Err(format!(
+                "connectivity {} is outside 2..=1024",
+                self.connectivity
+            ));
+        }
+        for (name, v) in [
+            ("expansion_add", self.expansion_add),
+            ("expansion_search", self.expansion_search),
+        ] {
+            if !(1..=65_536).contains(&v) {
+                return Err(format!("{name} {v} is outside 1..=65536"));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether an index built with `self` can serve `other` without a rebuild.
     pub(crate) fn same_structure(&self, other: &IndexParams) -> bool {
         self.kind == other.kind

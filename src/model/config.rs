@@ -34,6 +34,10 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
 }
 
+/// Longest context a model may declare (2^20 positions: far past the Llama-family
+/// models the engine runs; SmolLM2's is 8192).
+pub(crate) const MAX_CONTEXT: usize = 1 << 20;
+
 impl LlamaConfig {
     /// The reference model, SmolLM2-135M-Instruct.
     pub fn smollm2_135m() -> Self {
@@ -121,6 +125,14 @@ impl LlamaConfig {
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return bad(format!("rope_theta must be > 1, found {}", self.rope_theta));
+        }
+        // The RoPE tables hold a row per position: the context length is the file's
+        // claim, so it is bounded before they are allocated.
+        if self.max_position_embeddings > MAX_CONTEXT {
+            return bad(format!(
+                "context length {} exceeds {MAX_CONTEXT} positions",
+                self.max_position_embeddings
+            ));
         }
         // u32 token ids: a larger vocabulary could not be indexed.
         if self.vocab_size > u32::MAX as usize {

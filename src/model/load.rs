@@ -38,12 +38,18 @@ impl GgufFile {
                 }
             }
         })?;
-        let content = gguf_file::Content::read(&mut Cursor::new(&bytes[..])).map_err(|e| {
-            ModelError::InvalidGguf {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            }
-        })?;
+        let invalid = |message: String| ModelError::InvalidGguf {
+            path: path.to_path_buf(),
+            message,
+        };
+        // candle's reader divides by `general.alignment` unchecked (0 panics): a bad file
+        // is a typed error here, never a panic.
+        let content =
+            std::panic::catch_unwind(|| gguf_file::Content::read(&mut Cursor::new(&bytes[..])))
+                .map_err(|_| {
+                    invalid("the GGUF reader failed on its header (general.alignment 0?)".into())
+                })?
+                .map_err(|e| invalid(e.to_string()))?;
         let actual = bytes.len() as u64;
         let mut infos: Vec<_> = content.tensor_infos.iter().collect();
         infos.sort_by_key(|(_, info)| info.offset);
@@ -252,7 +258,8 @@ impl GgufFile {
         let embed = embed_q
             .dequantize(device)
             .ctx(|| "dequantizing token_embd.weight".into())?;
-        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        // Grown as layers load: the layer count is the file's claim, not a bound.
+        let mut blocks = Vec::new();
         for i in 0..c.num_hidden_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             blocks.push(Block {
@@ -363,7 +370,8 @@ impl Llama {
                 .ctx(|| format!("converting {name} to f32"))
         };
         let embed = get("model.embed_tokens.weight", &[c.vocab_size, d])?;
-        let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+        // Grown as layers load: the layer count is the file's claim, not a bound.
+        let mut blocks = Vec::new();
         for i in 0..c.num_hidden_layers {
             let n = |s: &str| format!("model.layers.{i}.{s}.weight");
             let q = get(&n("self_attn.q_proj"), &[d, d])?;

@@ -559,13 +559,48 @@ fn render_template(
             ))
         },
     );
+    // The template comes from the model file: its work and its output are bounded, so
+    // that a hostile one (nested loops, huge repeats) fails (ChatML is used instead)
+    // rather than hanging or exhausting memory.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     let tmpl = env.template_from_str(template)?;
-    tmpl.render(minijinja::context! {
-        messages => messages,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token.unwrap_or_default(),
-        eos_token => eos_token.unwrap_or_default(),
-    })
+    let mut out = Bounded(Vec::new());
+    tmpl.render_captured_to(
+        minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_token.unwrap_or_default(),
+            eos_token => eos_token.unwrap_or_default(),
+        },
+        &mut out,
+    )?;
+    String::from_utf8(out.0)
+        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::BadSerialization, e.to_string()))
+}
+
+/// Instructions a chat template may run per rendering (SmolLM2's takes a few dozen per
+/// message).
+const TEMPLATE_FUEL: u64 = 1_000_000;
+/// Longest rendered chat text, in bytes (far past any context the model takes).
+const TEMPLATE_MAX_BYTES: usize = 64 << 20;
+
+/// A buffer that refuses to grow past [`TEMPLATE_MAX_BYTES`].
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_MAX_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the chat template renders more than {TEMPLATE_MAX_BYTES} bytes"
+            )));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The default system prompt of a ChatML Jinja template like SmolLM2's:

@@ -28,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use rocksdb::DB;
 
 use super::commit::GroupCommit;
+use super::config::StoreConfig;
 use super::dir::{CommitHint, StoreDir};
 use super::error::{StoreError, StoreResult as Result};
 use super::inspect::OrphanFile;
@@ -79,10 +80,11 @@ pub(crate) fn open_read_only(dir: &Path) -> Result<Store> {
         let config = load_config(&db, dir, None)?;
         (db, RecordLayout::for_config(&config), config)
     };
-    let (db, view) = match load_view_retrying(&layout_dir, layout, None, Some(db))? {
-        Some(v) => v,
-        None => return Err(StoreError::corrupt("a reader found no view to load")),
-    };
+    let (db, view) =
+        match load_view_retrying(&layout_dir, layout, max_slots(&config), None, Some(db))? {
+            Some(v) => v,
+            None => return Err(StoreError::corrupt("a reader found no view to load")),
+        };
     tracing::info!(
         dir = %dir.display(),
         live = view.state.locs.len(),
@@ -124,8 +126,13 @@ pub(crate) fn refresh(store: &Store) -> Result<bool> {
     if CommitHint::read(&store.dir.hint_file()) == Some(mine) {
         return Ok(false);
     }
-    let Some((db, view)) =
-        load_view_retrying(&store.dir, store.layout, Some((&cur, next_shard)), None)?
+    let Some((db, view)) = load_view_retrying(
+        &store.dir,
+        store.layout,
+        max_slots(&store.config),
+        Some((&cur, next_shard)),
+        None,
+    )?
     else {
         return Ok(false);
     };
@@ -144,6 +151,11 @@ pub(crate) fn refresh(store: &Store) -> Result<bool> {
     Ok(true)
 }
 
+/// Record slots of one of the store's shards (a header may not claim more).
+fn max_slots(config: &StoreConfig) -> u32 {
+    RecordLayout::for_config(config).slots_per_shard(config.shard_size)
+}
+
 /// Opens the database (unless `first` is given) and loads its commit; `None` when
 /// `current` (a view and its next shard number) is already that commit: the same
 /// sequence, and no shard allocated since (compaction moves records without a new
@@ -153,6 +165,7 @@ pub(crate) fn refresh(store: &Store) -> Result<bool> {
 fn load_view_retrying(
     dir: &StoreDir,
     layout: RecordLayout,
+    max_slots: u32,
     current: Option<(&State, u32)>,
     mut first: Option<DB>,
 ) -> Result<Option<(DB, View)>> {
@@ -176,7 +189,15 @@ fn load_view_retrying(
         if current.is_some_and(|(c, n)| (c.seq, n) == (seq, next_shard)) {
             return Ok(None);
         }
-        match load_view(&db, dir, layout, current.map(|(c, _)| c), seq, next_shard) {
+        match load_view(
+            &db,
+            dir,
+            layout,
+            max_slots,
+            current.map(|(c, _)| c),
+            seq,
+            next_shard,
+        ) {
             Ok(v) => return Ok(Some((db, v))),
             Err(StoreError::Io { path, source })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -208,6 +229,7 @@ fn load_view(
     db: &DB,
     dir: &StoreDir,
     layout: RecordLayout,
+    max_slots: u32,
     reuse: Option<&State>,
     seq: u64,
     next_shard: u32,
@@ -221,7 +243,7 @@ fn load_view(
             continue;
         }
         // Bytes past the committed length are the writer's batch in flight: left alone.
-        let (file, header, _, _) = check_shard(dir, layout, id, m)?;
+        let (file, header, _, _) = check_shard(dir, layout, max_slots, id, m)?;
         shards.insert(
             id,
             Arc::new(Shard::map(&file, dir.shard_file(id), &header)?),

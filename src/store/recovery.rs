@@ -98,6 +98,7 @@ pub(crate) fn open_store(
 
     let config = load_config(&db, dir, expected)?;
     let layout = RecordLayout::for_config(&config);
+    let max_slots = layout.slots_per_shard(config.shard_size);
     let next_id = meta_u64(&db, K_NEXT_ID)?;
     let seq = meta_u64(&db, K_SEQ)?;
     let mut next_shard = db
@@ -113,7 +114,7 @@ pub(crate) fn open_store(
     let mut shards = BTreeMap::new();
     let mut active = None;
     for (&id, m) in &metas {
-        let (file, header, committed, found) = check_shard(&layout_dir, layout, id, m)?;
+        let (file, header, committed, found) = check_shard(&layout_dir, layout, max_slots, id, m)?;
         let path = layout_dir.shard_file(id);
         if found > committed {
             // Bytes past the committed length belong to a batch whose metadata never
@@ -235,12 +236,15 @@ pub(super) fn load_config(
 }
 
 /// Opens shard `id`'s file and checks its header against the metadata `m`: the same
-/// shard and layout, room for the committed records, and a file at least as long as
-/// them. Returns the file, its header, the committed length and the file's length
+/// shard and layout, room for the committed records but no more slots than the store's
+/// shard size holds (`max_slots`: the per-slot state is sized by the header's capacity,
+/// so a hostile one must not size it), and a file at least as long as the committed
+/// records. Returns the file, its header, the committed length and the file's length
 /// (longer when a batch was appended but not committed, or is being committed now).
 pub(super) fn check_shard(
     dir: &StoreDir,
     layout: RecordLayout,
+    max_slots: u32,
     id: u32,
     m: &ShardMeta,
 ) -> Result<(std::fs::File, shard::ShardHeader, u64, u64)> {
@@ -252,6 +256,15 @@ pub(super) fn check_shard(
             reason: format!(
                 "header describes shard {} with {:?}, metadata expects shard {id} with {:?}",
                 header.shard_id, header.layout, layout
+            ),
+        });
+    }
+    if header.capacity_slots > max_slots {
+        return Err(StoreError::NotAShard {
+            path,
+            reason: format!(
+                "header claims {} record slots; this store's shards hold {max_slots}",
+                header.capacity_slots
             ),
         });
     }
