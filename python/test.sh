@@ -24,6 +24,8 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import maturin, pytes
 fi
 
 start=$(date +%s)
+# The build backend runs the `maturin` executable by name: the venv's, on PATH.
+export PATH="$VENV/bin:$PATH"
 # No build isolation: the venv's pinned maturin builds it, without a download per run.
 "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps ./python

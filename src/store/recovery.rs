@@ -130,7 +130,7 @@ pub(crate) fn open_store(
                 .open(&path)
                 .map_err(|e| StoreError::io(&path, e))?;
             f.set_len(committed).map_err(|e| StoreError::io(&path, e))?;
-            f.sync_all().map_err(|e| StoreError::io(&path, e))?;
+            crate::fs::sync(&path, &f, false).map_err(|e| StoreError::io(&path, e))?;
         }
         let shard = Shard::map(&file, path.clone(), &header)?;
         shards.insert(id, Arc::new(shard));
