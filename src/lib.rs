@@ -71,6 +71,10 @@ mod select;
 mod store;
 mod tune;
 
+/// The tiny random backbone of the tests, for tests and examples that need a model
+/// but not a real one (also written by the Python package's tests).
+#[doc(hidden)]
+pub use model::tiny;
 /// Test data shared by tests, benches and the benchmark tool (feature `test-support`).
 #[cfg(feature = "test-support")]
 #[doc(hidden)]
@@ -123,10 +127,10 @@ pub use kernels::{
 };
 
 pub use select::{
-    generate_answers, match_fact, select_facts, Analysis, CandidateSet, Chosen, Encoded, Lexicon,
-    Match, OwnedFact, Query, QueryEncoder, RowPlan, RuleParams, SelectError, Selected, Selection,
-    SelectionHook, SelectionParams, Selector, Source, StoredFact, TokenAssignments, TokenKind,
-    RETRY_CANDIDATES, RETRY_MIN_SCORE,
+    generate_answers, generate_answers_streaming, match_fact, select_facts, Analysis, CandidateSet,
+    Chosen, Encoded, Lexicon, Match, OwnedFact, Query, QueryEncoder, RowPlan, RuleParams,
+    SelectError, Selected, Selection, SelectionHook, SelectionParams, Selector, Source, StoredFact,
+    TokenAssignments, TokenKind, RETRY_CANDIDATES, RETRY_MIN_SCORE,
 };
 
 pub use tune::{

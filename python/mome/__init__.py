@@ -13,24 +13,12 @@ The engine is the Rust core (``mome._native``); every call releases the GIL whil
 model or the store works. Errors are :class:`mome.Error` and its subclasses.
 """
 
-from ._errors import (
-    AlreadyExistsError,
-    BusyError,
-    ClosedError,
-    ConfigMismatchError,
-    CorruptionError,
-    Error,
-    InvalidInputError,
-    LockedError,
-    ModelError,
-    NotAStoreError,
-    NotFoundError,
-    PoisonedError,
-    StoreIOError,
-)
+from . import _errors
+from ._errors import *  # noqa: F403 (the hierarchy, listed once in _errors.__all__)
 from ._native import (
     QUERY_RULE,
     Answer,
+    AskStream,
     Engine,
     Expert,
     FactOutcome,
@@ -43,6 +31,7 @@ from ._native import (
 __all__ = [
     "Engine",
     "Answer",
+    "AskStream",
     "Expert",
     "FactOutcome",
     "MemorizeReport",
@@ -50,17 +39,5 @@ __all__ = [
     "clear_model_cache",
     "QUERY_RULE",
     "__version__",
-    "Error",
-    "CorruptionError",
-    "LockedError",
-    "ConfigMismatchError",
-    "ModelError",
-    "NotFoundError",
-    "NotAStoreError",
-    "AlreadyExistsError",
-    "InvalidInputError",
-    "StoreIOError",
-    "PoisonedError",
-    "ClosedError",
-    "BusyError",
+    *_errors.__all__,
 ]

@@ -81,6 +81,17 @@ class PoisonedError(Error):
     """An earlier write failed part-way; the store accepts no writes until reopened."""
 
 
+class ReadOnlyError(Error):
+    """A write (``memorize``, ``forget``, ``delete``, ``compact``, ``import_``) on an
+    engine opened with ``Engine.open_read_only``; nothing was written.
+
+    Attributes: ``path`` (the store directory), ``operation`` (the refused one).
+    """
+
+    path: str | None = None
+    operation: str | None = None
+
+
 class ClosedError(Error):
     """The engine was closed (``close()`` or the end of its ``with`` block)."""
 
@@ -101,6 +112,7 @@ __all__ = [
     "InvalidInputError",
     "StoreIOError",
     "PoisonedError",
+    "ReadOnlyError",
     "ClosedError",
     "BusyError",
 ]

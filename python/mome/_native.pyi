@@ -68,6 +68,17 @@ class Answer:
     def used_experts(self) -> bool:
         """Whether any stored expert was applied (``False``: the bare model's output)."""
 
+class AskStream(Iterator[str]):
+    """The text pieces of one answer as they are generated (``Engine.ask_stream``)."""
+
+    def __iter__(self) -> AskStream: ...
+    def __next__(self) -> str: ...
+    @property
+    def answer(self) -> Answer | None:
+        """The whole answer once exhausted; ``None`` before, or when closed early."""
+    def close(self) -> None:
+        """Stop generation at the next token and end the iterator."""
+
 class FactOutcome:
     """What became of one fact of a ``memorize`` call."""
 
@@ -166,6 +177,17 @@ class Engine:
         path: StrPath, model: StrPath | None = None, device: str | None = None
     ) -> Engine:
         """Open the store, or create it with the engine's defaults."""
+    @staticmethod
+    def open_read_only(
+        path: StrPath, model: StrPath | None = None, device: str | None = None
+    ) -> Engine:
+        """Open a store for reading while another process may write it (no lock);
+        writes raise ``ReadOnlyError``."""
+    def refresh(self) -> bool:
+        """Catch a read-only engine up with its writer; whether anything changed."""
+    @property
+    def read_only(self) -> bool:
+        """Whether the engine was opened with ``open_read_only``."""
     def memorize(
         self,
         facts: Iterable[FactLike],
@@ -184,6 +206,10 @@ class Engine:
         explain: bool = False,
     ) -> Answer:
         """Answer greedily with the experts the selection rule chooses."""
+    def ask_stream(
+        self, prompt: str, *, max_tokens: int = 48, use_experts: bool = True
+    ) -> AskStream:
+        """``ask``, yielding the reply's text pieces as they are generated."""
     def search(self, query: str | Sequence[float] | npt.ArrayLike, k: int = 10) -> list[SearchHit]:
         """Stage-1 hits for a prompt or a key vector, best first."""
     def forget(self, prompt: str) -> list[int]:
@@ -222,3 +248,6 @@ class Engine:
     def __len__(self) -> int: ...
     def __enter__(self) -> Engine: ...
     def __exit__(self, *exc: object) -> bool: ...
+
+def _write_tiny_model(path: StrPath, seed: int = 1) -> None:
+    """Write the Rust tests' tiny random model as a GGUF file (for tests, examples)."""

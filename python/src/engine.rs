@@ -23,6 +23,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use serde_json::{json, Value};
 
 use crate::errors::{invalid, Fail, Res};
+use crate::stream::AskStream;
 use crate::types::{json_to_py, Answer, Expert, FactOutcome, MemorizeReport, SearchHit};
 
 /// Backbones loaded by this process, by canonical model path. Loading dequantizes the
@@ -182,7 +183,8 @@ impl Progress {
 /// The open engine and the facts about it that outlive `close`.
 #[pyclass(module = "mome", name = "Engine", frozen)]
 pub struct PyEngine {
-    inner: RwLock<Option<RustEngine>>,
+    /// Shared with the generation threads of `ask_stream`.
+    inner: Arc<RwLock<Option<RustEngine>>>,
     /// The thread running `memorize` (its progress callback must not re-enter).
     busy: Mutex<Option<ThreadId>>,
     path: PathBuf,
@@ -192,7 +194,7 @@ pub struct PyEngine {
 impl PyEngine {
     fn new(path: PathBuf, model: PathBuf, engine: RustEngine) -> Self {
         Self {
-            inner: RwLock::new(Some(engine)),
+            inner: Arc::new(RwLock::new(Some(engine))),
             busy: Mutex::new(None),
             path,
             model,
@@ -225,18 +227,22 @@ impl PyEngine {
         py: Python<'_>,
         path: PathBuf,
         model: Option<PathBuf>,
-        create: Option<(Option<CreateArgs>, bool)>,
+        mode: OpenMode,
     ) -> PyResult<Self> {
         let (mpath, engine) = py.detach(|| -> Res<_> {
-            match create {
-                None => {
+            match mode {
+                OpenMode::Existing { read_only } => {
                     // The store first: a locked or missing store fails before the
                     // model load.
-                    let store = Store::open(&path)?;
+                    let store = if read_only {
+                        Store::open_read_only(&path)?
+                    } else {
+                        Store::open(&path)?
+                    };
                     let (mp, backbone) = load_backbone(model.as_deref())?;
                     Ok((mp, RustEngine::from_parts(Arc::new(store), backbone)?))
                 }
-                Some((args, must_be_new)) => {
+                OpenMode::Create(args, must_be_new) => {
                     if must_be_new && StoreDir::new(&path).holds_store() {
                         return Err(Fail::Mome(
                             mome::StoreError::AlreadyExists { path: path.clone() }.into(),
@@ -269,6 +275,15 @@ impl PyEngine {
         })?;
         Ok(Self::new(path, mpath, engine))
     }
+}
+
+/// How `open_with` finds the store.
+enum OpenMode {
+    /// An existing store, as its writer or as a reader.
+    Existing { read_only: bool },
+    /// A store created with these options if the directory holds none (`true`: the
+    /// directory must hold none).
+    Create(Option<CreateArgs>, bool),
 }
 
 /// Options of a new store (`Engine.create`).
@@ -325,7 +340,37 @@ impl PyEngine {
         device: Option<&str>,
     ) -> PyResult<Self> {
         check_device(device)?;
-        Self::open_with(py, path, model, None)
+        Self::open_with(py, path, model, OpenMode::Existing { read_only: false })
+    }
+
+    /// Opens a store for reading while another process (or another engine in this
+    /// one) may be writing it: no lock is taken and none of the writer's files is
+    /// changed. The engine sees the store as of its last `refresh()`; `memorize`,
+    /// `forget`, `delete`, `compact` and `import_` raise `ReadOnlyError`.
+    #[staticmethod]
+    #[pyo3(signature = (path, model=None, device=None))]
+    fn open_read_only(
+        py: Python<'_>,
+        path: PathBuf,
+        model: Option<PathBuf>,
+        device: Option<&str>,
+    ) -> PyResult<Self> {
+        check_device(device)?;
+        Self::open_with(py, path, model, OpenMode::Existing { read_only: true })
+    }
+
+    /// Catches a read-only engine up with every commit its writer made since it was
+    /// opened or last refreshed; returns whether anything changed (always `False` for
+    /// the writer's own engine, which is always current). A question asked meanwhile
+    /// from another thread sees the store before or after, never a mix.
+    fn refresh(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, |e| Ok(e.refresh()?))
+    }
+
+    /// Whether the engine was opened with `open_read_only`.
+    #[getter]
+    fn read_only(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, |e| Ok(e.store().is_read_only()))
     }
 
     /// Creates a new store for the model and opens it. Defaults are the engine's
@@ -351,7 +396,7 @@ impl PyEngine {
             shard_size,
             k_candidates,
         };
-        Self::open_with(py, path, model, Some((Some(args), true)))
+        Self::open_with(py, path, model, OpenMode::Create(Some(args), true))
     }
 
     /// Opens the store, or creates it with the engine's defaults if `path` holds none
@@ -365,7 +410,7 @@ impl PyEngine {
         device: Option<&str>,
     ) -> PyResult<Self> {
         check_device(device)?;
-        Self::open_with(py, path, model, Some((None, false)))
+        Self::open_with(py, path, model, OpenMode::Create(None, false))
     }
 
     /// Memorizes facts: each an `{"prompt", "answer"}` dict or a `(prompt, answer)`
@@ -478,16 +523,28 @@ impl PyEngine {
             });
             Ok((a, why))
         })?;
-        Ok(Answer {
-            text: a.text,
-            tokens: a.tokens,
-            selected: a.selected,
-            candidates: a.candidates.iter().map(|h| (h.id, h.score)).collect(),
-            explanation: why
-                .map(|w| json_to_py(py, &w))
-                .transpose()?
-                .map(Bound::unbind),
-        })
+        Answer::from_rust(py, a, why.as_ref())
+    }
+
+    /// `ask`, streaming: returns an iterator of the reply's text pieces as they are
+    /// generated (a piece never splits a character; the answers of several facts are
+    /// separated by a `"\n"` piece), joined they are `Answer.text`. Once it is
+    /// exhausted, the iterator's `answer` holds the whole `Answer`. Generation runs on
+    /// a thread of its own without the GIL and stops early when the iterator is closed
+    /// or dropped, or when iterating it is interrupted.
+    #[pyo3(signature = (prompt, *, max_tokens=48, use_experts=true))]
+    fn ask_stream(
+        &self,
+        prompt: String,
+        max_tokens: i64,
+        use_experts: bool,
+    ) -> PyResult<AskStream> {
+        let opts = AskOptions {
+            max_tokens: arg_range(max_tokens, "max_tokens", 1, 1 << 20)?,
+            use_experts,
+        };
+        self.check_reentry()?;
+        Ok(AskStream::start(self.inner.clone(), prompt, opts))
     }
 
     /// For the overhead benchmark (`python/examples/bench_ask.py`): times `n` calls

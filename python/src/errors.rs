@@ -167,6 +167,13 @@ fn store(e: &StoreError) -> (&'static str, Attrs) {
         S::AlreadyExists { path } => ("AlreadyExistsError", vec![("path", path_attr(path))]),
         S::Io { path, .. } => ("StoreIOError", vec![("path", path_attr(path))]),
         S::Poisoned { .. } => ("PoisonedError", vec![]),
+        S::ReadOnly { path, operation } => (
+            "ReadOnlyError",
+            vec![
+                ("path", path_attr(path)),
+                ("operation", Attr::Str((*operation).into())),
+            ],
+        ),
         S::InvalidConfig { .. }
         | S::DimMismatch { .. }
         | S::NonFinite { .. }

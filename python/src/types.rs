@@ -62,6 +62,26 @@ pub struct Answer {
     pub explanation: Option<Py<PyAny>>,
 }
 
+impl Answer {
+    /// The Python answer of a Rust one; `why` is the `explain=True` explanation.
+    pub fn from_rust(
+        py: Python<'_>,
+        a: mome::Answer,
+        why: Option<&serde_json::Value>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            text: a.text,
+            tokens: a.tokens,
+            selected: a.selected,
+            candidates: a.candidates.iter().map(|h| (h.id, h.score)).collect(),
+            explanation: why
+                .map(|w| json_to_py(py, w))
+                .transpose()?
+                .map(Bound::unbind),
+        })
+    }
+}
+
 #[pymethods]
 impl Answer {
     fn __repr__(&self) -> String {

@@ -81,6 +81,33 @@ def model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The Rust tests' tiny random model as a GGUF file: the tests that use it need no
+    real model and run in every setup."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    mome._native._write_tiny_model(path, seed=7)
+    return path
+
+
+# Door codes of made-up names: short answers the tiny model learns in a few steps.
+TINY_FACTS = [
+    ("What is the door code of Brontalis?", "417"),
+    ("What is the door code of Cazimir?", "086"),
+    ("What is the door code of Dovrenna?", "925"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_model) -> Path:
+    """A tiny-model store holding TINY_FACTS (closed: tests open it themselves)."""
+    path = tmp_path_factory.mktemp("tiny-store") / "experts"
+    with mome.Engine.create(path, tiny_model) as e:
+        report = e.memorize(TINY_FACTS)
+        assert report.memorized == len(TINY_FACTS), report
+    return path
+
+
+@pytest.fixture(scope="session")
 def facts() -> list[tuple[str, str]]:
     return random_facts(3, seed=int(os.environ.get("MOME_PY_SEED", "2026")))
 

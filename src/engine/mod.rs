@@ -29,6 +29,7 @@ mod eval;
 
 pub use eval::{evaluate, EvalReport, EvalSet, MultiFact, Paraphrase, Probe, Tally};
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,9 +40,9 @@ use crate::tune::{Fact, MemorizeEvent, MemorizeReport, TuneOptions};
 
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
-use crate::model::{AdapterSites, Backbone, Llama, WeightFormat};
+use crate::model::{AdapterSites, Backbone, Llama, TextStream, WeightFormat};
 use crate::select::{
-    generate_answers, Encoded, QueryEncoder, RuleParams, Selection, Selector, Source,
+    generate_answers_streaming, Encoded, QueryEncoder, RuleParams, Selection, Selector, Source,
 };
 use crate::store::{Store, StoreConfig, StoreDir, UsageAccumulator};
 use crate::tune::Memorizer;
@@ -329,13 +330,26 @@ impl Engine {
     /// Answers a prompt greedily with the experts the rule selects (or the bare
     /// backbone with `use_experts: false`, or when the rule selects nothing).
     pub fn ask(&self, prompt: &str, opts: &AskOptions) -> Result<Answer> {
+        self.ask_streaming(prompt, opts, &mut |_| ControlFlow::Continue(()))
+    }
+
+    /// [`Engine::ask`], passing the reply's text to `on_text` piece by piece as it is
+    /// generated (a piece is never a partial UTF-8 character; the answers of several
+    /// facts are separated by a `"\n"` piece). The pieces join to [`Answer::text`].
+    /// `ControlFlow::Break` stops generation; the answer then holds what was made.
+    pub fn ask_streaming(
+        &self,
+        prompt: &str,
+        opts: &AskOptions,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Answer> {
         let enc = self.encode(prompt)?;
         let sel = if opts.use_experts {
             self.select(&enc)?
         } else {
             Selection::empty()
         };
-        self.answer_with(&enc, sel, &[], opts.max_tokens)
+        self.answer_streaming(&enc, sel, &[], opts.max_tokens, on_text)
     }
 
     /// The second half of [`Engine::ask`] for a selection made elsewhere (by
@@ -352,14 +366,81 @@ impl Engine {
         owned_ids: &[u64],
         max_tokens: usize,
     ) -> Result<Answer> {
-        let branches = generate_answers(
+        self.answer_streaming(enc, sel, owned_ids, max_tokens, &mut |_| {
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Engine::answer_with`], streaming the text as [`Engine::ask_streaming`] does.
+    pub fn answer_streaming(
+        &self,
+        enc: &Encoded,
+        sel: Selection,
+        owned_ids: &[u64],
+        max_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Answer> {
+        let tok = &self.backbone.tokenizer;
+        let mut stream = TextStream::new(tok);
+        let mut branch = 0;
+        let mut failed = None;
+        let mut stopped = false;
+        let mut on_token = |b: usize, id: u32| -> ControlFlow<()> {
+            let mut piece = String::new();
+            if b != branch {
+                // A new fact's answer: the rest of the last one, then the line break
+                // that joins them in `Answer::text`.
+                match stream.finish() {
+                    Ok(rest) => piece.push_str(&rest),
+                    Err(e) => {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+                // One break per fact passed (one that answered nothing still has its
+                // line).
+                for _ in branch..b {
+                    piece.push('\n');
+                }
+                stream = TextStream::new(tok);
+                branch = b;
+            }
+            match stream.push(id) {
+                Ok(p) => piece.push_str(&p),
+                Err(e) => {
+                    failed = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            if piece.is_empty() {
+                return ControlFlow::Continue(());
+            }
+            let flow = on_text(&piece);
+            stopped = flow.is_break();
+            flow
+        };
+        let branches = generate_answers_streaming(
             &self.backbone,
             &self.sites,
             self.store.config().rank as usize,
             enc,
             &sel,
             max_tokens,
+            &mut on_token,
         )?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if !stopped {
+            let mut rest = stream.finish()?;
+            for _ in branch + 1..branches.len() {
+                rest.push('\n');
+            }
+            if !rest.is_empty() {
+                // Generation is over: a stop request here has nothing left to stop.
+                let _ = on_text(&rest);
+            }
+        }
         // Per active column: (id, score, whether it is a stored expert).
         let mut active = Vec::new();
         for &(col, _) in &sel.plan.active {

@@ -252,13 +252,17 @@ impl<'a> TextStream<'a> {
     pub fn push(&mut self, id: u32) -> ModelResult<String> {
         self.ids.push(id);
         let text = self.tokenizer.decode(&self.ids, true)?;
-        // A multi-byte character split across tokens decodes to U+FFFD until
-        // its last byte arrives.
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        // Bytes decode lossily, and only the last U+FFFD can still change: it may be
+        // the start of a multi-byte character whose other bytes are in tokens to
+        // come. A U+FFFD before it stands for bytes that are invalid whatever comes
+        // next, so a reply of invalid bytes still streams, and the pieces join to the
+        // final text.
+        let stable = text.strip_suffix('\u{FFFD}').unwrap_or(&text);
+        if stable.len() <= self.emitted || !stable.is_char_boundary(self.emitted) {
             return Ok(String::new());
         }
-        let new = text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = text.len();
+        let new = stable[self.emitted..].to_string();
+        self.emitted = stable.len();
         Ok(new)
     }
 

@@ -15,6 +15,7 @@ mod load;
 mod locate;
 mod sha256;
 mod sites;
+pub mod tiny;
 mod tokenizer;
 
 use std::ops::ControlFlow;

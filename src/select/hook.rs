@@ -156,10 +156,27 @@ pub fn generate_answers(
     sel: &Selection,
     max_tokens: usize,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_answers_streaming(backbone, sites, rank, enc, sel, max_tokens, &mut |_, _| {
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate_answers`], calling `on_token(branch, token)` with each new token as it is
+/// generated (stop tokens are not passed). `ControlFlow::Break` ends generation: the
+/// branches hold the tokens made until then, the branches not started are left out.
+pub fn generate_answers_streaming(
+    backbone: &Backbone,
+    sites: &AdapterSites,
+    rank: usize,
+    enc: &Encoded,
+    sel: &Selection,
+    max_tokens: usize,
+    on_token: &mut dyn FnMut(usize, u32) -> ControlFlow<()>,
+) -> Result<Vec<Vec<u32>>> {
     let model = &backbone.model;
     let opts = backbone.greedy_options(max_tokens);
     if sel.is_empty() {
-        let g = model.generate(&enc.tokens, &opts, None, &mut |_| ControlFlow::Continue(()))?;
+        let g = model.generate(&enc.tokens, &opts, None, &mut |t| on_token(0, t))?;
         return Ok(vec![g.tokens]);
     }
     let layers: Vec<u32> = sites.adapted_layers().iter().map(|&l| l as u32).collect();
@@ -180,7 +197,11 @@ pub fn generate_answers(
         None => sel.plan.active.iter().map(|&(c, _)| c).collect(),
     };
     let mut out = Vec::with_capacity(columns.len());
-    for column in columns {
+    let mut stopped = false;
+    for (branch, column) in columns.into_iter().enumerate() {
+        if stopped {
+            break;
+        }
         let hook = SelectionHook::new(
             vec![(sel.set.clone(), sel.plan.branch(column))],
             &layers,
@@ -196,6 +217,10 @@ pub fn generate_answers(
             let next = argmax(&logits)?;
             tokens.push(next);
             if opts.stop_tokens.contains(&next) {
+                break;
+            }
+            if on_token(branch, next).is_break() {
+                stopped = true;
                 break;
             }
             input = vec![next];

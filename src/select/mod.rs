@@ -41,7 +41,7 @@ pub mod rule;
 mod selector;
 
 pub use candidates::CandidateSet;
-pub use hook::{generate_answers, SelectionHook};
+pub use hook::{generate_answers, generate_answers_streaming, SelectionHook};
 pub use lexicon::{Analysis, Lexicon, TokenKind};
 pub use plan::RowPlan;
 pub use query::{Encoded, Query, QueryEncoder};

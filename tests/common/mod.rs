@@ -4,7 +4,7 @@
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{Device, Tensor, D};
-use mome::{byte_level_alphabet, AdapterHook, Llama, LlamaConfig};
+use mome::{AdapterHook, Llama};
 use mome::{ExpertRef, StoreConfig};
 use std::path::PathBuf;
 
@@ -35,57 +35,13 @@ pub fn seed_of(text: &str) -> Option<u64> {
 pub use mome::synth::clustered_keys;
 
 // ---- backbone helpers ----
-/// Control tokens of the tiny tokenizer (same first ids as SmolLM2's).
-pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
-
-/// The tiny tokenizer's vocabulary: 3 control tokens, the 256 byte symbols,
-/// then a few merges.
-pub fn tiny_vocab() -> (Vec<String>, Vec<String>) {
-    let mut tokens: Vec<String> = TINY_SPECIALS.iter().map(|s| s.to_string()).collect();
-    tokens.extend(byte_level_alphabet().iter().map(|c| c.to_string()));
-    let merges = vec!["Ġ t", "h e", "Ġt he", "i n", "a n"];
-    for m in &merges {
-        tokens.push(m.replace(' ', ""));
-    }
-    (tokens, merges.into_iter().map(String::from).collect())
-}
-
-/// `tokenizer.ggml.*` metadata for the tiny vocabulary, with SmolLM2's template.
-pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
-    let (tokens, merges) = tiny_vocab();
-    let types: Vec<Value> = (0..tokens.len())
-        .map(|i| Value::I32(if i < TINY_SPECIALS.len() { 3 } else { 1 }))
-        .collect();
-    vec![
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(merges.into_iter().map(Value::String).collect()),
-        ),
-        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
-        (
-            "tokenizer.chat_template".into(),
-            Value::String(
-                // SmolLM2's template with a shorter default system prompt.
-                "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny model<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}".into(),
-            ),
-        ),
-    ]
-}
-
-/// The tiny configuration sized to the tiny vocabulary.
-pub fn tiny_config() -> LlamaConfig {
-    LlamaConfig::tiny(tiny_vocab().0.len())
-}
+// Not every test uses all of them.
+#[allow(unused_imports)]
+pub use mome::tiny::{tiny_config, tiny_tokenizer_metadata, tiny_vocab, TINY_SPECIALS};
 
 /// A tiny random model.
 pub fn tiny_model(seed: u64) -> Llama {
-    Llama::random(&tiny_config(), seed, &Device::Cpu).expect("tiny model")
+    mome::tiny::tiny_model(seed).expect("tiny model")
 }
 
 /// Max absolute difference of two tensors.

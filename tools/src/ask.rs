@@ -1,5 +1,7 @@
 //! `mome ask`: answer a prompt with the experts the engine selects.
 
+use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,13 +36,23 @@ pub struct Args {
 pub fn run(a: Args) -> Result<ExitCode> {
     let engine = Engine::open_read_only(&a.db, a.model.as_deref())
         .with_context(|| format!("opening {}", a.db.display()))?;
-    let answer = engine.ask(
-        &a.prompt,
-        &AskOptions {
-            max_tokens: a.max_tokens,
-            use_experts: !a.no_experts,
-        },
-    )?;
+    let opts = AskOptions {
+        max_tokens: a.max_tokens,
+        use_experts: !a.no_experts,
+    };
+    // A person reading the terminal sees the reply as it is generated; a closed
+    // stdout stops generation.
+    let mut out = std::io::stdout().lock();
+    let answer = engine.ask_streaming(&a.prompt, &opts, &mut |piece| {
+        if a.json {
+            return ControlFlow::Continue(());
+        }
+        match out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
+        }
+    })?;
+    drop(out);
     let describe = |id: u64| -> String {
         engine
             .store()
@@ -70,7 +82,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             serde_json::json!({"answer": answer.text, "selected": sel, "candidates": cands})
         );
     } else {
-        println!("{}", answer.text);
+        println!();
         if a.explain {
             let p = engine.params();
             eprintln!(
