@@ -1,13 +1,14 @@
 //! An index kept in step with a store, persisted next to it, rebuilt when lost.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 use super::error::{IndexError, IndexResult as Result};
 use super::reachable::{add_reachable, reinsert_missed};
+use super::rerank::rerank;
 use super::saved::{
     data_file, file_crc, read_meta, saved_index_info, IndexMeta, SavedIndexInfo,
     INDEX_FORMAT_VERSION, META_FILE,
@@ -15,7 +16,7 @@ use super::saved::{
 use super::{FlatIndex, Hit, HnswIndex, IndexKind, IndexParams, KeyIndex};
 use crate::fs::{atomic_write, atomic_write_bytes};
 use crate::progress::Task;
-use crate::store::{NewExpert, Store};
+use crate::store::{NewExpert, Snapshot, Store};
 
 /// How the index came to be on open (for logs, stats and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +40,11 @@ pub enum OpenedFrom {
 pub struct ExpertIndex {
     store: Arc<Store>,
     index: Box<dyn KeyIndex>,
+    /// The structural parameters; the search-time knobs live in the two atomics below
+    /// ([`ExpertIndex::set_search`] changes them while searches run).
     params: IndexParams,
+    expansion_search: AtomicUsize,
+    rerank: AtomicUsize,
     dir: PathBuf,
     /// Writers hold it shared while they commit and apply; `save` holds it exclusively,
     /// so the sequence it records has every earlier commit applied.
@@ -158,6 +163,8 @@ impl ExpertIndex {
             store,
             index,
             params,
+            expansion_search: AtomicUsize::new(params.expansion_search),
+            rerank: AtomicUsize::new(params.rerank),
             dir,
             apply: RwLock::new(()),
             dirty: AtomicBool::new(true),
@@ -340,9 +347,31 @@ impl ExpertIndex {
         &self.store
     }
 
-    /// Parameters in force.
+    /// Parameters in force (with the search-time knobs as last set).
     pub fn params(&self) -> IndexParams {
-        self.params
+        let mut p = self.params;
+        p.expansion_search = self.expansion_search.load(Ordering::Relaxed);
+        p.rerank = self.rerank.load(Ordering::Relaxed);
+        p
+    }
+
+    /// Changes the search-time knobs without a rebuild: the graph's expansion (ef) and
+    /// the re-rank width ([`IndexParams::rerank`], 0 for none). Searches already running
+    /// finish with the old values; the next save records the new ones (this alone does
+    /// not make the index dirty: a knob is no reason to rewrite a large file).
+    pub fn set_search(&self, expansion_search: usize, rerank: usize) -> Result<()> {
+        let mut p = self.params;
+        p.expansion_search = expansion_search;
+        p.rerank = rerank;
+        p.check().map_err(|reason| IndexError::InvalidArgument {
+            name: "params",
+            reason,
+        })?;
+        self.index.set_expansion_search(expansion_search);
+        self.expansion_search
+            .store(expansion_search, Ordering::Relaxed);
+        self.rerank.store(rerank, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Number of indexed keys.
@@ -477,24 +506,60 @@ impl ExpertIndex {
     }
 
     /// The `k` live experts whose keys are most similar to `query`, best first.
+    ///
+    /// With a re-rank width `R` ([`IndexParams::rerank`] > 0) the graph returns its best
+    /// `max(R, k)` by its own distances (i8 codes, say), and those are scored again by
+    /// exact cosine with their fp16 keys read from the store's shards through a
+    /// snapshot (each record checksum-verified on its first read, like every read: a
+    /// corrupt candidate fails the search with the store's `CorruptRecord`, it is never
+    /// scored or returned). Without one, the graph's scores are returned as they are.
     pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
-        let mut hits = self.index.search(query, k)?;
+        let width = self.rerank.load(Ordering::Relaxed).max(k);
+        let hits = self.index.search(query, width)?;
         // The snapshot is taken after the search: every indexed id was committed to the
         // store before it was indexed, so only experts deleted from the store but not yet
         // from the index are dropped here.
         let snap = self.store.snapshot();
-        hits.retain(|h| snap.contains(h.id));
-        Ok(hits)
+        self.finish(&snap, query, hits, k)
     }
 
-    /// Searches many queries (`n × key_dim`, row-major) in one call.
-    pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
-        let mut all = self.index.search_batch(queries, k)?;
-        let snap = self.store.snapshot();
-        for hits in &mut all {
-            hits.retain(|h| snap.contains(h.id));
+    /// The last step of every search: keeps the candidates live in `snap`, re-ranks
+    /// them exactly when a re-rank width is set, and keeps the best `k`.
+    fn finish(
+        &self,
+        snap: &Snapshot,
+        query: &[f32],
+        mut hits: Vec<Hit>,
+        k: usize,
+    ) -> Result<Vec<Hit>> {
+        hits.retain(|h| snap.contains(h.id));
+        if self.rerank.load(Ordering::Relaxed) == 0 {
+            hits.truncate(k);
+            return Ok(hits);
         }
-        Ok(all)
+        let views = hits
+            .iter()
+            .map(|h| snap.get(h.id))
+            .collect::<crate::store::StoreResult<Vec<_>>>()?;
+        Ok(rerank(query, views.iter().map(|v| (v.id(), v.key())), k))
+    }
+
+    /// Searches many queries (`n × key_dim`, row-major) in one call, in parallel on the
+    /// rayon pool; each query takes the one path of [`ExpertIndex::search`].
+    pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
+        use rayon::prelude::*;
+        let dim = self.index.dim();
+        if dim == 0 || !queries.len().is_multiple_of(dim) {
+            return Err(IndexError::DimMismatch {
+                what: "batch of queries (length must be a multiple of key_dim)".into(),
+                expected: dim,
+                found: queries.len(),
+            });
+        }
+        queries
+            .par_chunks_exact(dim)
+            .map(|q| self.search(q, k))
+            .collect()
     }
 
     /// Writes the index and the store sequence it covers, atomically: the data goes to a
@@ -521,7 +586,7 @@ impl ExpertIndex {
         let (file_len, file_crc32c) = crc;
         let meta = IndexMeta {
             version: INDEX_FORMAT_VERSION,
-            params: self.params,
+            params: self.params(),
             dim: self.index.dim(),
             seq,
             count: self.index.len(),

@@ -45,6 +45,7 @@ impl Drop for SlotGuard<'_> {
 /// HNSW graph over expert keys, cosine metric.
 pub struct HnswIndex {
     dim: usize,
+    quantization: super::Quantization,
     index: RwLock<Index>,
     slots: Slots,
 }
@@ -54,6 +55,22 @@ fn err(op: &'static str, e: impl std::fmt::Display) -> IndexError {
         op,
         reason: e.to_string(),
     }
+}
+
+/// `v` as i8 codes scaled by 127 / its largest magnitude, rounded to nearest. Cosine is
+/// blind to the scale, so this loses only rounding; usearch's own cast divides by the L2
+/// norm instead, which leaves a 576-dim unit vector's coordinates around ±5 of ±127
+/// (about 4 bits) and truncates them.
+pub(crate) fn quantize_i8(v: &[f32]) -> Vec<i8> {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max <= 0.0 {
+        return vec![0; v.len()];
+    }
+    let scale = 127.0 / max;
+    // In range by construction: |x| ≤ max, so |x · scale| ≤ 127 (the clamp guards rounding).
+    v.iter()
+        .map(|&x| (x * scale).round().clamp(-127.0, 127.0) as i8)
+        .collect()
 }
 
 /// Storage type of vectors inside the graph.
@@ -88,6 +105,7 @@ impl HnswIndex {
             .map_err(|e| err("reserve", e))?;
         Ok(HnswIndex {
             dim,
+            quantization: params.quantization,
             index: RwLock::new(index),
             slots: Slots {
                 free: Mutex::new(THREAD_SLOTS),
@@ -187,7 +205,12 @@ impl KeyIndex for HnswIndex {
                 if g.contains(id) {
                     g.remove(id).map_err(|e| err("remove", e))?;
                 }
-                return g.add(id, key).map_err(|e| err("add", e));
+                return match self.quantization {
+                    super::Quantization::F16 => g.add(id, key),
+                    // Codes made here (see `quantize_i8`) are stored as they are.
+                    super::Quantization::I8 => g.add(id, &quantize_i8(key)[..]),
+                }
+                .map_err(|e| err("add", e));
             }
             drop(g);
             self.reserve(THREAD_SLOTS)?;
@@ -214,7 +237,12 @@ impl KeyIndex for HnswIndex {
         // engine.json) must not become a huge allocation. More than the index holds
         // cannot be returned anyway.
         let k = k.min(g.size().max(1));
-        let m = g.search(query, k).map_err(|e| err("search", e))?;
+        let m = match self.quantization {
+            super::Quantization::F16 => g.search(query, k),
+            // The query is quantized like the keys, so the graph compares codes with codes.
+            super::Quantization::I8 => g.search(&quantize_i8(query)[..], k),
+        }
+        .map_err(|e| err("search", e))?;
         Ok(m.keys
             .iter()
             .zip(&m.distances)
@@ -237,6 +265,10 @@ impl KeyIndex for HnswIndex {
             .par_chunks_exact(self.dim)
             .map(|q| self.search(q, k))
             .collect()
+    }
+
+    fn set_expansion_search(&self, ef: usize) {
+        HnswIndex::set_expansion_search(self, ef);
     }
 
     fn save(&self, path: &Path) -> Result<()> {

@@ -12,6 +12,7 @@ mod flat;
 mod hnsw;
 mod params;
 mod reachable;
+mod rerank;
 mod saved;
 
 pub use error::{IndexError, IndexResult};
@@ -68,6 +69,9 @@ pub trait KeyIndex: Send + Sync {
             .map(|q| self.search(q, k))
             .collect()
     }
+    /// Changes the search expansion (ef) where the structure has one; exact indexes
+    /// ignore it.
+    fn set_expansion_search(&self, _ef: usize) {}
     /// Whether searches are exact (no reachability to check after adds).
     fn is_exact(&self) -> bool {
         false

@@ -20,7 +20,10 @@ pub enum IndexKind {
 pub enum Quantization {
     /// Half precision (the keys' own precision).
     F16,
-    /// 8-bit integers: half the memory, lower recall.
+    /// 8-bit integers: half the memory and cheaper distances, lower recall on its own;
+    /// pair it with [`IndexParams::rerank`] to re-rank the graph's candidates exactly.
+    /// Each vector is scaled by 127 / its largest magnitude and rounded (cosine ignores
+    /// the scale), so every key and query uses the full 8 bits.
     I8,
 }
 
@@ -38,6 +41,13 @@ pub struct IndexParams {
     pub expansion_search: usize,
     /// HNSW vector storage.
     pub quantization: Quantization,
+    /// Candidates taken from the graph before exact re-ranking (0: none). A search for
+    /// `k` takes the `max(rerank, k)` best by the graph's own (possibly quantized)
+    /// distances, scores each by exact cosine with its fp16 key read from the store's
+    /// shard (checksum-verified like every read), and returns the top `k`. May change
+    /// without a rebuild; absent in indexes saved before it existed (read as 0).
+    #[serde(default)]
+    pub rerank: usize,
 }
 
 impl Default for IndexParams {
@@ -50,6 +60,7 @@ impl Default for IndexParams {
             expansion_add: 128,
             expansion_search: 64,
             quantization: Quantization::F16,
+            rerank: 0,
         }
     }
 }
@@ -84,15 +95,47 @@ impl IndexParams {
                 return Err(format!("{name} {v} is outside 1..=65536"));
             }
         }
+        // The re-rank width sizes a search's candidate list (and usearch widens ef to it).
+        if self.rerank > 65_536 {
+            return Err(format!("rerank {} is outside 0..=65536", self.rerank));
+        }
         Ok(())
     }
 
-    /// Whether an index built with `self` can serve `other` without a rebuild.
+    /// Whether an index built with `self` can serve `other` without a rebuild (the
+    /// search-time knobs, `expansion_search` and `rerank`, do not count).
     pub(crate) fn same_structure(&self, other: &IndexParams) -> bool {
         self.kind == other.kind
             && (self.kind == IndexKind::Flat
                 || (self.connectivity == other.connectivity
                     && self.expansion_add == other.expansion_add
                     && self.quantization == other.quantization))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `index.json` written before `rerank` existed still parses (as no re-rank), and
+    /// the search-time knobs never force a rebuild.
+    #[test]
+    fn params_saved_without_rerank_still_load() {
+        let old = r#"{"kind":"hnsw","connectivity":16,"expansion_add":128,
+                      "expansion_search":64,"quantization":"f16"}"#;
+        let p: IndexParams = serde_json::from_str(old).expect("old params");
+        assert_eq!(p, IndexParams::default());
+        assert_eq!(p.rerank, 0);
+        let mut q = p;
+        q.rerank = 128;
+        q.expansion_search = 200;
+        assert!(p.same_structure(&q));
+        q.quantization = Quantization::I8;
+        assert!(!p.same_structure(&q));
+        let back: IndexParams =
+            serde_json::from_str(&serde_json::to_string(&q).expect("encode")).expect("decode");
+        assert_eq!(back, q);
+        q.rerank = 65_537;
+        assert!(q.check().is_err());
     }
 }
