@@ -7,7 +7,8 @@ DIR is written by the Rust driver:
   meta.json    {"experts": N, "dim": D, "queries": Q, "candidates": K,
                 "recall_sample": S, "batch": B, "payload_bytes": P,
                 "connectivity": M, "expansion_add": EFC,
-                "expansion_search": EF, "metric": "cos", "threads": T}
+                "expansion_search": EF, "metric": "cos", "threads": T,
+                "sweep_ef": [EF, ...] (optional)}
   keys.npy     float16 (N, D); row i is the key of expert id i+1
   queries.npy  float16 (Q, D)
   truth.npy    int64 (S, 10): exact cosine top-10 ids of the first S queries
@@ -27,7 +28,10 @@ Systems:
 
 Latency: every query is timed alone (after a warm-up of min(200, Q) queries
 run untimed), including the Python call; percentiles are nearest-rank.
-Batch figures time one call over B queries and divide by B (per query).
+Batch figures time one call over B queries and divide by B (per query);
+batch_qps is the batched throughput on all T threads: queries answered over
+the summed wall time of those calls. With sweep_ef, FAISS also reports
+"sweep": one {ef, p50_us, p99_us, p999_us, recall_at_10, batch_qps} per ef.
 recall@10 is |top10 & truth10| / 10 averaged over the first S queries, from
 the single-query results.
 
@@ -152,6 +156,21 @@ def batches_of(q_count, b):
     return [(s, s + b) for s in range(0, q_count - b + 1, b)]
 
 
+def timed_batches(search, qn, bs):
+    """Per-query latencies (ns) of one search call per batch, and the throughput."""
+    perf = time.perf_counter_ns
+    blat, total_ns, answered = [], 0, 0
+    for s, e in bs:
+        t = perf()
+        search(qn[s:e])
+        el = perf() - t
+        blat.append(el / (e - s))
+        total_ns += el
+        answered += e - s
+    qps = round(answered / (total_ns / 1e9), 1) if total_ns > 0 else None
+    return blat, qps
+
+
 def base_entry(system, version, meta):
     return {
         "system": system,
@@ -209,39 +228,46 @@ def run_faiss(meta, keys, queries, truth, threads, data_dir):
     q_count = qn.shape[0]
     s_count = min(int(meta["recall_sample"]), q_count, len(truth))
 
-    # Single queries on one thread.
-    faiss.omp_set_num_threads(1)
-    warm = min(WARMUP_MAX, q_count)
-    for i in range(warm):
-        index.search(qn[i : i + 1], k)
-    lat = []
-    found = []
-    perf = time.perf_counter_ns
-    for i in range(q_count):
-        q = qn[i : i + 1]
-        t = perf()
-        _d, labels = index.search(q, k)
-        lat.append(perf() - t)
-        if i < s_count:
-            found.append([int(x) + 1 for x in labels[0] if x >= 0])
-    out.update(lat_stats(lat))
-    out["recall_at_10"] = recall_at_10(found, truth[:s_count])
-    log(f"faiss-hnsw: single query p50 {out['p50_us']} us, p99 {out['p99_us']} us, recall@10 {out['recall_at_10']}")
-
-    # Batches on `threads` threads (faiss parallelises over the queries of a batch).
-    faiss.omp_set_num_threads(threads)
     bs = batches_of(q_count, meta["batch"])
-    for s, e in bs[: max(1, min(len(bs), 4))]:
-        index.search(qn[s:e], k)
-    blat = []
-    for s, e in bs:
-        t = perf()
-        index.search(qn[s:e], k)
-        blat.append((perf() - t) / (e - s))
-    b = lat_stats(blat)
-    out["batch_p50_us"] = b["p50_us"]
-    out["batch_p99_us"] = b["p99_us"]
-    log(f"faiss-hnsw: batch ({meta['batch']}) per-query p50 {out['batch_p50_us']} us, p99 {out['batch_p99_us']} us")
+
+    def measure(ef_now):
+        """Single queries on one thread, then batches on `threads` (faiss parallelises
+        over the queries of a batch), at efSearch = ef_now."""
+        index.hnsw.efSearch = ef_now
+        faiss.omp_set_num_threads(1)
+        warm = min(WARMUP_MAX, q_count)
+        for i in range(warm):
+            index.search(qn[i : i + 1], k)
+        lat = []
+        found = []
+        perf = time.perf_counter_ns
+        for i in range(q_count):
+            q = qn[i : i + 1]
+            t = perf()
+            _d, labels = index.search(q, k)
+            lat.append(perf() - t)
+            if i < s_count:
+                found.append([int(x) + 1 for x in labels[0] if x >= 0])
+        res = lat_stats(lat)
+        res["recall_at_10"] = recall_at_10(found, truth[:s_count])
+        faiss.omp_set_num_threads(threads)
+        for s, e in bs[: max(1, min(len(bs), 4))]:
+            index.search(qn[s:e], k)
+        blat, qps = timed_batches(lambda q: index.search(q, k), qn, bs)
+        b = lat_stats(blat)
+        res["batch_p50_us"] = b["p50_us"]
+        res["batch_p99_us"] = b["p99_us"]
+        res["batch_qps"] = qps
+        return res
+
+    for ef_now in meta.get("sweep_ef") or []:
+        r = measure(int(ef_now))
+        r["ef"] = int(ef_now)
+        out.setdefault("sweep", []).append(r)
+        log(f"faiss-hnsw: sweep ef {ef_now}: p50 {r['p50_us']} us, p99 {r['p99_us']} us, recall@10 {r['recall_at_10']}, {r['batch_qps']} q/s batched")
+    out.update(measure(ef))
+    log(f"faiss-hnsw: single query p50 {out['p50_us']} us, p99 {out['p99_us']} us, recall@10 {out['recall_at_10']}")
+    log(f"faiss-hnsw: batch ({meta['batch']}) per-query p50 {out['batch_p50_us']} us, p99 {out['batch_p99_us']} us, {out['batch_qps']} q/s on {threads} threads")
 
     fd, path = tempfile.mkstemp(prefix="faiss-", suffix=".index", dir=data_dir)
     os.close(fd)
@@ -278,7 +304,9 @@ def run_faiss(meta, keys, queries, truth, threads, data_dir):
         "from Python with omp_set_num_threads(1). batch_p50_us/batch_p99_us: one "
         f"index.search over {meta['batch']} queries on {threads} OpenMP threads, "
         "divided by the batch size (per query, not per batch). bytes_on_disk: "
-        "faiss.write_index file size (float32 vectors + graph)."
+        "faiss.write_index file size (float32 vectors + graph). batch_qps: queries over the "
+        "summed wall time of the batch calls. sweep: the same measurements at each efSearch "
+        "of meta sweep_ef (the top-level figures are at efSearch EF, measured last)."
     )
     return out
 
@@ -464,15 +492,17 @@ def run_lancedb(meta, keys, queries, truth, threads, data_dir, args):
     bs = batches_of(q_count, meta["batch"])
     for s, e in bs[: max(1, min(len(bs), 4))]:
         touch_payload(query(q32[s:e], cols))
-    blat = []
-    for s, e in bs:
-        t = perf()
-        res = query(q32[s:e], cols)
-        sink += touch_payload(res)
-        blat.append((perf() - t) / (e - s))
+    sink_box = [0]
+
+    def batch_search(qv):
+        sink_box[0] += touch_payload(query(qv, cols))
+
+    blat, qps = timed_batches(batch_search, q32, bs)
+    sink += sink_box[0]
     b = lat_stats(blat)
     out["batch_p50_us"] = b["p50_us"]
     out["batch_p99_us"] = b["p99_us"]
+    out["batch_qps"] = qps
     log(f"lancedb: batch ({meta['batch']}) per-query p50 {out['batch_p50_us']} us, p99 {out['batch_p99_us']} us")
 
     size = du_bytes(db_dir)

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use super::peers::{export, peer_row, run_peers, PeerExport};
-use super::report::{machine, print_table, report};
+use super::report::{machine, print_sweep, print_table, report, sweep_builds_json, sweep_json};
 use super::{say, Lat, LookupArgs, Row};
 
 /// The benchmark's fixed inputs, derived from the arguments.
@@ -63,19 +63,25 @@ impl Timer<'_> {
         Ok((Lat::of(lat), hit as f64 / (self.sample.max(1) * 10) as f64))
     }
 
-    /// Per-query latency of batches of queries through `f` (which returns the batch size).
-    fn batched(&self, f: &dyn Fn(&[f32]) -> Result<usize>) -> Result<Lat> {
+    /// Per-query latency of batches of queries through `f` (which returns the batch
+    /// size, and spreads a batch over the rayon pool), and the throughput on all
+    /// threads: queries answered over the summed wall time of the batches.
+    fn batched(&self, f: &dyn Fn(&[f32]) -> Result<usize>) -> Result<(Lat, f64)> {
         let chunks: Vec<&[f32]> = self.queries.chunks(self.dim * self.batch).collect();
         for c in chunks.iter().take(4) {
             std::hint::black_box(f(c)?);
         }
         let mut lat = Vec::with_capacity(chunks.len());
+        let (mut answered, mut wall) = (0usize, Duration::ZERO);
         for c in &chunks {
             let t = Instant::now();
             let n = f(c)?;
-            lat.push(t.elapsed() / n.max(1) as u32);
+            let el = t.elapsed();
+            lat.push(el / n.max(1) as u32);
+            answered += n;
+            wall += el;
         }
-        Ok(Lat::of(lat))
+        Ok((Lat::of(lat), answered as f64 / wall.as_secs_f64().max(1e-9)))
     }
 }
 
@@ -85,6 +91,7 @@ pub(super) struct RawFigures {
     pub(super) single: Lat,
     pub(super) recall: f64,
     pub(super) batch: Lat,
+    pub(super) batch_qps: f64,
 }
 
 /// Durable ingest and index build.
@@ -102,6 +109,7 @@ pub(super) struct EngineFigures {
     pub(super) verified: Lat,
     pub(super) touch: Lat,
     pub(super) batch: Lat,
+    pub(super) batch_qps: f64,
 }
 
 pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
@@ -162,6 +170,16 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
     let engine = time_engine(&a, &store, &index, &timer, &mut rows)?;
 
     let mut out = report(&a, &s, (&store, &index), sample, &build, &raw, &engine);
+    let swept =
+        !(a.sweep_quantization.is_empty() && a.sweep_ef.is_empty() && a.sweep_rerank.is_empty());
+    let index = if swept {
+        let (builds, points) = sweep(&a, &s, &store, index, &timer)?;
+        out["sweep_builds"] = sweep_builds_json(&builds);
+        out["sweep"] = sweep_json(&points);
+        None
+    } else {
+        Some(index)
+    };
     if a.peers {
         let peers = run_peers(&a, &peer_data, s.threads)?;
         for p in peers.as_array().into_iter().flatten() {
@@ -190,6 +208,7 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
         println!("{out}");
     } else {
         print_table(&out, &rows);
+        print_sweep(&out);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -230,6 +249,8 @@ pub(super) fn setup(a: &LookupArgs) -> Result<Setup> {
     if let Some(e) = a.expansion_search {
         params.expansion_search = e;
     }
+    params.quantization = a.quantization.to_index();
+    params.rerank = a.rerank;
     let (db, temp_db) = match &a.db {
         Some(p) => (p.clone(), false),
         None => (
@@ -247,13 +268,15 @@ pub(super) fn setup(a: &LookupArgs) -> Result<Setup> {
     let machine = machine();
     say(format_args!(
             "mome bench lookup: {} experts, key_dim {dim}, d_model {d_model}, rank {}, layers {layer_ids:?}, \
-             top-K {}, M {} efC {} ef {}, {threads} threads; usearch {}; {}",
+             top-K {}, M {} efC {} ef {} {} re-rank {}, {threads} threads; usearch {}; {}",
             a.experts,
             a.rank,
             a.candidates,
             params.connectivity,
             params.expansion_add,
             params.expansion_search,
+            a.quantization.name(),
+            params.rerank,
             usearch::version(),
             machine["cpu"].as_str().unwrap_or("?")
         ),
@@ -338,8 +361,9 @@ pub(super) fn time_raw_usearch(
         path: "search top-K",
         lat: single,
         recall: Some(recall),
+        qps: None,
     });
-    let batch = timer.batched(&|c| {
+    let (batch, batch_qps) = timer.batched(&|c| {
         let n = c
             .par_chunks_exact(dim)
             .map(|q| raw.search(q, k).map(|m| m.keys.len()))
@@ -352,12 +376,14 @@ pub(super) fn time_raw_usearch(
         path: "batched search, per query",
         lat: batch,
         recall: None,
+        qps: Some(batch_qps),
     });
     Ok(RawFigures {
         build_s,
         single,
         recall,
         batch,
+        batch_qps,
     })
 }
 
@@ -445,16 +471,18 @@ pub(super) fn time_engine(
         let views = store.get_many(&ids)?;
         Ok((ids, views))
     };
-    let mut row = |path: &'static str, lat: Lat, recall: Option<f64>| {
+    let system = engine_system(&index.params());
+    let mut row = |path: &'static str, lat: Lat, recall: Option<f64>, qps: Option<f64>| {
         rows.push(Row {
-            system: "mome".into(),
+            system: system.clone(),
             path,
             lat,
             recall,
+            qps,
         })
     };
     let (ids, _) = timer.single(&|q| Ok(index.search(q, k)?.iter().map(|h| h.id).collect()))?;
-    row("index search top-K (ids only)", ids, None);
+    row("index search top-K (ids only)", ids, None, None);
     let views_only = |q: &[f32]| -> Result<Vec<u64>> {
         let (ids, views) = resolve(q)?;
         std::hint::black_box(&views);
@@ -465,11 +493,13 @@ pub(super) fn time_engine(
         "search top-K + resolve weight views (first touch: checksums verified)",
         first_touch,
         Some(recall),
+        None,
     );
     let (verified, _) = timer.single(&views_only)?;
     row(
         "search top-K + resolve weight views (records already verified)",
         verified,
+        None,
         None,
     );
     let (touch_lat, _) = timer.single(&|q| {
@@ -477,16 +507,14 @@ pub(super) fn time_engine(
         std::hint::black_box(touch(&views));
         Ok(ids)
     })?;
-    row("… + read every weight byte", touch_lat, None);
-    let batch = timer.batched(&|c| {
-        let hits = index.search_batch(c, k)?;
-        for h in &hits {
-            let ids: Vec<u64> = h.iter().map(|h| h.id).collect();
-            std::hint::black_box(store.get_many(&ids)?);
-        }
-        Ok(hits.len())
-    })?;
-    row("batched search + resolve, per query", batch, None);
+    row("… + read every weight byte", touch_lat, None, None);
+    let (batch, batch_qps) = timer.batched(&|c| batch_resolve(store, index, c, k))?;
+    row(
+        "batched search + resolve, per query",
+        batch,
+        None,
+        Some(batch_qps),
+    );
     Ok(EngineFigures {
         ids,
         first_touch,
@@ -494,7 +522,137 @@ pub(super) fn time_engine(
         verified,
         touch: touch_lat,
         batch,
+        batch_qps,
     })
+}
+
+/// The engine's batched full path: `search_batch` (queries in parallel on the rayon
+/// pool), then the K views of each query resolved on the same pool. Returns the number
+/// of queries.
+fn batch_resolve(store: &Store, index: &ExpertIndex, c: &[f32], k: usize) -> Result<usize> {
+    let hits = index.search_batch(c, k)?;
+    hits.par_iter().try_for_each(|h| -> Result<()> {
+        let ids: Vec<u64> = h.iter().map(|h| h.id).collect();
+        std::hint::black_box(store.get_many(&ids)?);
+        Ok(())
+    })?;
+    Ok(hits.len())
+}
+
+/// How the table names the engine with these parameters.
+fn engine_system(p: &IndexParams) -> String {
+    let q = match p.quantization {
+        mome::Quantization::I8 => "i8",
+        _ => "f16",
+    };
+    if p.rerank > 0 {
+        format!("mome ({q}, re-rank {})", p.rerank)
+    } else {
+        format!("mome ({q})")
+    }
+}
+
+/// One point of the sweep: the engine's full path (search + resolve K views, records
+/// already verified: one untimed pass over the queries first) at one storage, ef and
+/// re-rank width.
+pub(super) struct SweepPoint {
+    pub(super) quantization: &'static str,
+    pub(super) ef: usize,
+    pub(super) rerank: usize,
+    pub(super) lat: Lat,
+    pub(super) recall: f64,
+    pub(super) batch_qps: f64,
+}
+
+/// Index build figures of one storage in the sweep.
+pub(super) struct SweepBuild {
+    pub(super) quantization: &'static str,
+    pub(super) build_s: f64,
+    pub(super) index_mib: f64,
+}
+
+/// The sweep (`--sweep-quantization`, `--sweep-ef`, `--sweep-rerank`): for each storage
+/// an index rebuilt from the store (the main one when it has that storage), then every
+/// ef × re-rank width on it. Consumes the main index (one index in memory at a time).
+pub(super) fn sweep(
+    a: &LookupArgs,
+    s: &Setup,
+    store: &Arc<Store>,
+    main: ExpertIndex,
+    timer: &Timer,
+) -> Result<(Vec<SweepBuild>, Vec<SweepPoint>)> {
+    let k = a.candidates;
+    let quants = if a.sweep_quantization.is_empty() {
+        vec![a.quantization]
+    } else {
+        a.sweep_quantization.clone()
+    };
+    let efs = if a.sweep_ef.is_empty() {
+        vec![s.params.expansion_search]
+    } else {
+        a.sweep_ef.clone()
+    };
+    let reranks = if a.sweep_rerank.is_empty() {
+        vec![s.params.rerank]
+    } else {
+        a.sweep_rerank.clone()
+    };
+    let (mut builds, mut points) = (Vec::new(), Vec::new());
+    let mut current = Some(main);
+    for q in quants {
+        let index = match current.take() {
+            Some(i) if i.params().quantization == q.to_index() => i,
+            other => {
+                drop(other);
+                let mut p = s.params;
+                p.quantization = q.to_index();
+                let t = Instant::now();
+                let i = ExpertIndex::open_with(store.clone(), p)?;
+                let build_s = t.elapsed().as_secs_f64();
+                say(format_args!(
+                    "sweep: {} index built in {build_s:.1}s",
+                    q.name()
+                ));
+                builds.push(SweepBuild {
+                    quantization: q.name(),
+                    build_s,
+                    index_mib: i.memory_bytes() as f64 / (1 << 20) as f64,
+                });
+                i
+            }
+        };
+        for &ef in &efs {
+            for &rerank in &reranks {
+                index.set_search(ef, rerank)?;
+                let full = |qv: &[f32]| -> Result<Vec<u64>> {
+                    let ids: Vec<u64> = index.search(qv, k)?.iter().map(|h| h.id).collect();
+                    std::hint::black_box(store.get_many(&ids)?);
+                    Ok(ids)
+                };
+                for qv in &timer.qs {
+                    full(qv)?;
+                }
+                let (lat, recall) = timer.single(&full)?;
+                let (_, batch_qps) = timer.batched(&|c| batch_resolve(store, &index, c, k))?;
+                say(format_args!(
+                    "sweep: {} ef {ef} re-rank {rerank}: p50 {:.0} µs, p99 {:.0} µs, recall@10 {recall:.4}, {batch_qps:.0} q/s batched",
+                    q.name(),
+                    lat.p50,
+                    lat.p99
+                ));
+                points.push(SweepPoint {
+                    quantization: q.name(),
+                    ef,
+                    rerank,
+                    lat,
+                    recall,
+                    batch_qps,
+                });
+            }
+        }
+        current = Some(index);
+    }
+    Ok((builds, points))
 }
 
 /// Every value rounded to f16 and back: the store keeps f16 keys, and the peers read the

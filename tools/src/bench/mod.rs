@@ -92,6 +92,21 @@ struct LookupArgs {
     /// HNSW expansion while searching (ef).
     #[arg(long)]
     expansion_search: Option<usize>,
+    /// The engine's HNSW vector storage (raw usearch and FAISS stay f16 / f32).
+    #[arg(long, value_enum, default_value_t = Quant::F16)]
+    quantization: Quant,
+    /// Candidates re-ranked exactly with the shards' fp16 keys (0: none).
+    #[arg(long, default_value_t = 0)]
+    rerank: usize,
+    /// Sweep: engine storages to build in turn (each an index rebuilt from the store).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sweep_quantization: Vec<Quant>,
+    /// Sweep: ef values (for the engine and, with --peers, FAISS).
+    #[arg(long, value_delimiter = ',')]
+    sweep_ef: Vec<usize>,
+    /// Sweep: re-rank widths for the engine (0: none).
+    #[arg(long, value_delimiter = ',')]
+    sweep_rerank: Vec<usize>,
     /// Experts per durable insert batch (one group commit each).
     #[arg(long, default_value_t = 1000)]
     ingest_batch: usize,
@@ -119,6 +134,29 @@ struct LookupArgs {
     /// Machine-readable output (one JSON object on stdout).
     #[arg(long)]
     json: bool,
+}
+
+/// Vector storage of the engine's index, as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Quant {
+    F16,
+    I8,
+}
+
+impl Quant {
+    fn to_index(self) -> mome::Quantization {
+        match self {
+            Quant::F16 => mome::Quantization::F16,
+            Quant::I8 => mome::Quantization::I8,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Quant::F16 => "f16",
+            Quant::I8 => "i8",
+        }
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -156,6 +194,8 @@ pub(super) struct Row {
     pub(super) path: &'static str,
     pub(super) lat: Lat,
     pub(super) recall: Option<f64>,
+    /// Batched throughput on all threads, queries per second (batched paths only).
+    pub(super) qps: Option<f64>,
 }
 
 /// Phase lines go to stderr, so that --json output stays one object on stdout.

@@ -26,6 +26,7 @@ pub(super) fn peer_row(p: &Value) -> Row {
             p999: p["p999_us"].as_f64().unwrap_or(f64::NAN),
         },
         recall: p["recall_at_10"].as_f64(),
+        qps: p["batch_qps"].as_f64(),
     }
 }
 
@@ -96,6 +97,7 @@ pub(super) fn export(
         "connectivity": params.connectivity,
         "expansion_add": params.expansion_add,
         "expansion_search": params.expansion_search,
+        "sweep_ef": &a.sweep_ef,
         "metric": "cos",
         "threads": threads,
     });

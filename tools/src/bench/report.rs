@@ -5,7 +5,7 @@ use std::path::Path;
 use mome::{ExpertIndex, Store};
 use serde_json::{json, Value};
 
-use super::lookup::{BuildFigures, EngineFigures, RawFigures, Setup};
+use super::lookup::{BuildFigures, EngineFigures, RawFigures, Setup, SweepBuild, SweepPoint};
 use super::{LookupArgs, Row};
 
 /// The run's JSON object (footprint measured now).
@@ -39,7 +39,11 @@ pub(super) fn report(
             "connectivity": s.params.connectivity,
             "expansion_add": s.params.expansion_add,
             "expansion_search": s.params.expansion_search,
-            "quantization": "f16",
+            "quantization": match s.params.quantization {
+                mome::Quantization::I8 => "i8",
+                _ => "f16",
+            },
+            "rerank": s.params.rerank,
             "metric": "cos",
         },
         "insert_per_s": b.insert_per_s,
@@ -55,6 +59,7 @@ pub(super) fn report(
         "warm_p999_us": m.verified.p999,
         "batch_p50_us": m.batch.p50,
         "batch_p99_us": m.batch.p99,
+        "batch_qps": m.batch_qps,
         "touch_p50_us": m.touch.p50,
         "touch_p99_us": m.touch.p99,
         "touch_p999_us": m.touch.p999,
@@ -66,6 +71,7 @@ pub(super) fn report(
         "usearch_p999_us": u.single.p999,
         "usearch_batch_p50_us": u.batch.p50,
         "usearch_batch_p99_us": u.batch.p99,
+        "usearch_batch_qps": u.batch_qps,
         "usearch_recall_at_10": u.recall,
         "overhead_p50": m.first_touch.p50 / u.single.p50,
         "overhead_p99": m.first_touch.p99 / u.single.p99,
@@ -101,12 +107,16 @@ pub(super) fn print_table(out: &Value, rows: &[Row]) {
         f("rss_mib"),
     );
     println!();
-    println!("| experts | system | path | p50 µs | p99 µs | p999 µs | recall@10 |");
-    println!("|---:|---|---|---:|---:|---:|---:|");
+    println!(
+        "| experts | system | path | p50 µs | p99 µs | p999 µs | recall@10 | batched q/s ({} threads) |",
+        out["threads"]
+    );
+    println!("|---:|---|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let recall = r.recall.map_or_else(|| "".into(), |x| format!("{x:.4}"));
+        let qps = r.qps.map_or_else(|| "".into(), |x| format!("{x:.0}"));
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {recall} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {recall} | {qps} |",
             out["experts"], r.system, r.path, r.lat.p50, r.lat.p99, r.lat.p999
         );
     }
@@ -173,4 +183,93 @@ pub(super) fn machine() -> Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "mem_gib": mem,
     })
+}
+
+pub(super) fn sweep_json(points: &[SweepPoint]) -> Value {
+    Value::Array(
+        points
+            .iter()
+            .map(|p| {
+                json!({
+                    "quantization": p.quantization,
+                    "ef": p.ef,
+                    "rerank": p.rerank,
+                    "p50_us": p.lat.p50,
+                    "p99_us": p.lat.p99,
+                    "p999_us": p.lat.p999,
+                    "recall_at_10": p.recall,
+                    "batch_qps": p.batch_qps,
+                })
+            })
+            .collect(),
+    )
+}
+
+pub(super) fn sweep_builds_json(builds: &[SweepBuild]) -> Value {
+    Value::Array(
+        builds
+            .iter()
+            .map(|b| {
+                json!({
+                    "quantization": b.quantization,
+                    "index_build_s": b.build_s,
+                    "index_mib": b.index_mib,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The sweep's table (engine full path, records verified; FAISS's sweep from its JSON
+/// when the peers ran with one), when there was a sweep.
+pub(super) fn print_sweep(out: &Value) {
+    let Some(points) = out["sweep"].as_array() else {
+        return;
+    };
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    println!();
+    println!(
+        "| experts | system | ef | re-rank | p50 µs | p99 µs | recall@10 | batched q/s ({} threads) |",
+        out["threads"]
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    for p in points {
+        println!(
+            "| {} | mome {}: search + resolve {} views (verified) | {} | {} | {:.1} | {:.1} | {:.4} | {:.0} |",
+            out["experts"],
+            p["quantization"].as_str().unwrap_or("?"),
+            out["candidates"],
+            p["ef"],
+            p["rerank"],
+            f(p, "p50_us"),
+            f(p, "p99_us"),
+            f(p, "recall_at_10"),
+            f(p, "batch_qps"),
+        );
+    }
+    for peer in out["peers"].as_array().into_iter().flatten() {
+        for p in peer["sweep"].as_array().into_iter().flatten() {
+            println!(
+                "| {} | {} {}: search top-K | {} | – | {:.1} | {:.1} | {:.4} | {:.0} |",
+                out["experts"],
+                peer["system"].as_str().unwrap_or("?"),
+                peer["version"].as_str().unwrap_or(""),
+                p["ef"],
+                f(p, "p50_us"),
+                f(p, "p99_us"),
+                f(p, "recall_at_10"),
+                f(p, "batch_qps"),
+            );
+        }
+    }
+    if let Some(builds) = out["sweep_builds"].as_array() {
+        for b in builds {
+            println!(
+                "sweep: {} index built from the store in {:.1}s, {:.0} MiB",
+                b["quantization"].as_str().unwrap_or("?"),
+                f(b, "index_build_s"),
+                f(b, "index_mib")
+            );
+        }
+    }
 }
