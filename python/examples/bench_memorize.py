@@ -9,8 +9,8 @@ figure is the Rust call's own `seconds`, without the process start and the model
 and with `Engine.memorize` in this process (timed around the Python call, so argument
 conversion, the per-batch calls that make KeyboardInterrupt safe, and building the
 report count). The order alternates between rounds so that drift of a shared machine
-hits both. Prints one JSON object: per round and side the seconds and facts/min, and
-the ratio of the medians.
+hits both. Prints one JSON object: per round and side the seconds and facts/min, the
+round's Python/CLI ratio and the load average after it, and the median paired ratio.
 """
 
 import argparse
@@ -90,6 +90,12 @@ for i in range(args.rounds):
             r[side]["facts_per_minute"] = round(r[side]["memorized"] * 60 / r[side]["seconds"], 1)
             r[side]["seconds"] = round(r[side]["seconds"], 1)
         rounds.append(r)
+for r in rounds:
+    r["python_over_cli"] = round(r["python"]["facts_per_minute"] / r["cli"]["facts_per_minute"], 3)
+    r["load_average"] = os.getloadavg()[0]
 med = {s: statistics.median(r[s]["facts_per_minute"] for r in rounds) for s in ("cli", "python")}
+# The paired ratio (the two sides of one round ran back to back) is the figure that
+# drift of a shared machine disturbs least.
 print(json.dumps({"facts": args.facts, "rounds": rounds, "median_facts_per_minute": med,
-                  "python_over_cli": round(med["python"] / med["cli"], 3)}, indent=1))
+                  "median_paired_ratio": statistics.median(r["python_over_cli"] for r in rounds)},
+                 indent=1))

@@ -5,6 +5,7 @@
 //! the lock never holds the GIL (no lock-order deadlock). `ask`, `search` and the
 //! inspection methods share the lock; `memorize` holds it alone (it needs `&mut`).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread::ThreadId;
@@ -450,7 +451,7 @@ impl PyEngine {
             let mut g = self.inner.write();
             let engine = g.as_mut().ok_or(Fail::Closed)?;
             *self.busy.lock() = Some(std::thread::current().id());
-            let r = memorize_batches(engine, &facts, &opts, &progress);
+            let r = memorize_interruptible(engine, &facts, &opts, &progress);
             *self.busy.lock() = None;
             r
         });
@@ -1001,105 +1002,66 @@ impl PyEngine {
 
 type BatchRun = (Vec<Option<mome::FactOutcome>>, Vec<u64>, Option<PyErr>);
 
-/// Memorizes `facts` one batch per `Engine::memorize` call, so that a stop request
+/// Memorizes `facts` in one `Engine::memorize_until` call whose stop check, asked
+/// after each committed batch, takes the GIL for `PyErr_CheckSignals`: a stop request
 /// (KeyboardInterrupt, or an exception of the progress callback) takes effect between
-/// batches: every commit is whole. The Rust call has no cancellation hook; between
-/// calls this repeats its cross-batch audit (facts committed by earlier batches must
-/// stay findable), which a single call does itself.
-fn memorize_batches(
+/// batches, so every commit is whole.
+fn memorize_interruptible(
     engine: &mut RustEngine,
     facts: &[Fact],
     opts: &TuneOptions,
     progress: &Progress,
 ) -> Res<BatchRun> {
-    // Everything is checked first, as one Rust call would: a bad fact stores nothing.
-    mome::validate_facts(engine.backbone(), engine.selector(), facts)?;
     let total = facts.len();
-    let mut outcomes: Vec<Option<mome::FactOutcome>> = vec![None; total];
-    let mut broken: Vec<u64> = Vec::new();
-    let mut earlier: Vec<(u64, Vec<f32>)> = Vec::new();
-    let mut stop: Option<PyErr> = None;
+    // Set by the progress callback, read by the stop check (never at the same time).
+    let stop: RefCell<Option<PyErr>> = RefCell::new(None);
     let mut done = 0usize;
-    for (b, chunk) in facts.chunks(opts.batch_size).enumerate() {
-        let start = b * opts.batch_size;
-        let mut on_event = |ev: MemorizeEvent| {
-            let d = match ev {
-                MemorizeEvent::Step {
-                    step,
-                    converged,
-                    rows,
-                } => {
-                    if let Progress::Bar(pb) = progress {
-                        pb.set_message(format!("step {step}, {converged}/{rows} converged"));
-                    }
-                    json!({"event": "step", "step": step, "converged": converged, "rows": rows})
+    let mut on_event = |ev: MemorizeEvent| {
+        let d = match ev {
+            MemorizeEvent::Step {
+                step,
+                converged,
+                rows,
+            } => {
+                if let Progress::Bar(pb) = progress {
+                    pb.set_message(format!("step {step}, {converged}/{rows} converged"));
                 }
-                MemorizeEvent::Done(n) => {
-                    done += n;
-                    if let Progress::Bar(pb) = progress {
-                        pb.inc(n as u64);
-                    }
-                    json!({"event": "done", "done": done, "total": total})
+                json!({"event": "step", "step": step, "converged": converged, "rows": rows})
+            }
+            MemorizeEvent::Done(n) => {
+                done += n;
+                if let Progress::Bar(pb) = progress {
+                    pb.inc(n as u64);
                 }
-            };
-            Python::attach(|py| {
-                if let Progress::Call(cb) = progress {
-                    let r = json_to_py(py, &d).and_then(|d| cb.call1(py, (d,)));
-                    if let Err(e) = r {
-                        stop.get_or_insert(e);
-                    }
-                }
-                if let Err(e) = py.check_signals() {
+                json!({"event": "done", "done": done, "total": total})
+            }
+        };
+        Python::attach(|py| {
+            let mut stop = stop.borrow_mut();
+            if let Progress::Call(cb) = progress {
+                let r = json_to_py(py, &d).and_then(|d| cb.call1(py, (d,)));
+                if let Err(e) = r {
                     stop.get_or_insert(e);
                 }
-            });
-        };
-        let r = engine
-            .memorize(chunk, opts, &mut on_event)
-            .map_err(|e| match e {
-                mome::Error::InvalidFact {
-                    index,
-                    prompt,
-                    reason,
-                } => mome::Error::InvalidFact {
-                    index: index + start,
-                    prompt,
-                    reason,
-                },
-                e => e,
-            })?;
-        for (i, o) in r.outcomes.into_iter().enumerate() {
-            if let mome::FactStatus::Memorized { id, .. } = o.status {
-                let key = engine
-                    .store()
-                    .get(id)?
-                    .key()
-                    .iter()
-                    .map(|x| x.to_f32())
-                    .collect();
-                earlier.push((id, key));
             }
-            outcomes[start + i] = Some(o);
-        }
-        broken.extend(r.broken);
-        if b > 0 {
-            let (_, lost) = engine
-                .index()
-                .ensure_findable(&earlier, |key| engine.retrieve(key))?;
-            broken.extend(lost);
-        }
-        if stop.is_none() {
-            Python::attach(|py| {
+            if let Err(e) = py.check_signals() {
+                stop.get_or_insert(e);
+            }
+        });
+    };
+    let mut should_stop = || {
+        Python::attach(|py| {
+            let mut stop = stop.borrow_mut();
+            if stop.is_none() {
                 if let Err(e) = py.check_signals() {
-                    stop = Some(e);
+                    *stop = Some(e);
                 }
-            });
-        }
-        if stop.is_some() {
-            break;
-        }
-    }
-    broken.sort_unstable();
-    broken.dedup();
-    Ok((outcomes, broken, stop))
+            }
+            stop.is_some()
+        })
+    };
+    let r = engine.memorize_until(facts, opts, &mut on_event, &mut should_stop)?;
+    let mut outcomes: Vec<Option<mome::FactOutcome>> = r.outcomes.into_iter().map(Some).collect();
+    outcomes.resize(total, None);
+    Ok((outcomes, r.broken, stop.into_inner()))
 }

@@ -503,6 +503,19 @@ impl Engine {
         opts: &TuneOptions,
         progress: &mut dyn FnMut(MemorizeEvent),
     ) -> Result<MemorizeReport> {
+        self.memorize_until(facts, opts, progress, &mut || false)
+    }
+
+    /// [`Engine::memorize`] that `stop` can end between batches (an interrupt, a
+    /// deadline): it is asked after each batch is committed and audited; `true` ends
+    /// the call there with [`MemorizeReport::stopped`] set. Every commit is whole.
+    pub fn memorize_until(
+        &mut self,
+        facts: &[Fact],
+        opts: &TuneOptions,
+        progress: &mut dyn FnMut(MemorizeEvent),
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<MemorizeReport> {
         // Refused before any training, not after it at the commit.
         self.check_writable("memorize")?;
         Memorizer {
@@ -511,7 +524,7 @@ impl Engine {
             index: &self.index,
             selector: &self.selector,
         }
-        .memorize(facts, opts, progress)
+        .memorize_until(facts, opts, progress, stop)
     }
 
     /// Forgets the fact stored for `prompt` (every expert whose stored prompt is this

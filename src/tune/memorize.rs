@@ -132,6 +132,20 @@ impl Memorizer<'_> {
         opts: &TuneOptions,
         progress: &mut dyn FnMut(MemorizeEvent),
     ) -> Result<MemorizeReport> {
+        self.memorize_until(facts, opts, progress, &mut || false)
+    }
+
+    /// [`Memorizer::memorize`], asking `stop` after each batch is committed and
+    /// audited whether to go on: `true` ends the call there, every commit whole, with
+    /// [`MemorizeReport::stopped`] set and the outcomes of the facts of the batches
+    /// that ran (a prefix of `facts`).
+    pub fn memorize_until(
+        &self,
+        facts: &[Fact],
+        opts: &TuneOptions,
+        progress: &mut dyn FnMut(MemorizeEvent),
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<MemorizeReport> {
         let start = Instant::now();
         let encoded = validate_facts(self.backbone, self.selector, facts)?;
         let mut outcomes: Vec<Option<FactOutcome>> = vec![None; facts.len()];
@@ -140,7 +154,15 @@ impl Memorizer<'_> {
         let mut committed: Vec<(u64, Vec<f32>)> = Vec::new();
         let indices: Vec<usize> = (0..facts.len()).collect();
         let mut encoded: Vec<Option<(Encoded, Vec<u32>)>> = encoded.into_iter().map(Some).collect();
+        // Facts of the batches run so far (a prefix: batches run in input order).
+        let mut ran = 0;
+        let mut stopped = false;
         for chunk in indices.chunks(opts.batch_size.max(1)) {
+            if ran > 0 && stop() {
+                stopped = true;
+                break;
+            }
+            ran += chunk.len();
             let mut batch = Vec::with_capacity(chunk.len());
             for &i in chunk {
                 let Some((enc, targets)) = encoded[i].take() else {
@@ -186,6 +208,7 @@ impl Memorizer<'_> {
         self.index.save()?;
         broken.sort_unstable();
         broken.dedup();
+        outcomes.truncate(ran);
         let outcomes: Vec<FactOutcome> = outcomes
             .into_iter()
             .zip(facts)
@@ -208,6 +231,7 @@ impl Memorizer<'_> {
             outcomes,
             broken,
             seconds: start.elapsed().as_secs_f64(),
+            stopped,
         })
     }
 

@@ -103,7 +103,8 @@ pub enum MemorizeEvent {
 /// Summary of a memorize call.
 #[derive(Debug, Clone)]
 pub struct MemorizeReport {
-    /// One entry per fact, in input order.
+    /// One entry per fact, in input order (after a stop, per fact of the batches that
+    /// ran: a prefix of the input).
     pub outcomes: Vec<FactOutcome>,
     /// Facts committed (new experts).
     pub memorized: usize,
@@ -116,4 +117,6 @@ pub struct MemorizeReport {
     pub broken: Vec<u64>,
     /// Wall time.
     pub seconds: f64,
+    /// The call was stopped between batches (`Memorizer::memorize_until`).
+    pub stopped: bool,
 }
