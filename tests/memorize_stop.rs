@@ -15,7 +15,14 @@ fn a_stop_request_ends_memorizing_between_batches() {
         EngineParams::default(),
     )
     .unwrap();
-    let names = ["Brontalis", "Cazimir", "Dovrenna", "Everlunt", "Galvorn", "Hestrim"];
+    let names = [
+        "Brontalis",
+        "Cazimir",
+        "Dovrenna",
+        "Everlunt",
+        "Galvorn",
+        "Hestrim",
+    ];
     let facts: Vec<Fact> = names
         .iter()
         .enumerate()

@@ -89,10 +89,9 @@ for i in range(args.rounds):
             r[side] = f(fs, work)
             r[side]["facts_per_minute"] = round(r[side]["memorized"] * 60 / r[side]["seconds"], 1)
             r[side]["seconds"] = round(r[side]["seconds"], 1)
+        r["python_over_cli"] = round(r["python"]["facts_per_minute"] / r["cli"]["facts_per_minute"], 3)
+        r["load_average"] = round(os.getloadavg()[0], 2)
         rounds.append(r)
-for r in rounds:
-    r["python_over_cli"] = round(r["python"]["facts_per_minute"] / r["cli"]["facts_per_minute"], 3)
-    r["load_average"] = os.getloadavg()[0]
 med = {s: statistics.median(r[s]["facts_per_minute"] for r in rounds) for s in ("cli", "python")}
 # The paired ratio (the two sides of one round ran back to back) is the figure that
 # drift of a shared machine disturbs least.
