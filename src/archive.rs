@@ -31,7 +31,8 @@ use crate::fs::{atomic_write, FsError, IoFile};
 use crate::index::{ExpertIndex, IndexError};
 use crate::progress::Task;
 use crate::store::{
-    hex, AdapterPair, NewExpert, Provenance, RecordLayout, Store, StoreConfig, StoreError,
+    hex, AdapterPair, ImportBatch, NewExpert, Provenance, RecordLayout, Store, StoreConfig,
+    StoreError,
 };
 
 /// Everything that can go wrong exporting, checking or importing an archive.
@@ -620,13 +621,14 @@ pub fn import(index: &ExpertIndex, path: &Path) -> Result<ImportReport> {
         }
         if !batch.is_empty() && (last || batch.len() == IMPORT_BATCH) {
             let n = batch.len() as u64;
-            let new = index.import_batch(
-                std::mem::take(&mut batch),
-                std::mem::take(&mut created),
-                std::mem::take(&mut usage),
-                id,
-                (start, total),
-            )?;
+            let new = index.import_batch(ImportBatch {
+                experts: std::mem::take(&mut batch),
+                created_at_ms: std::mem::take(&mut created),
+                usage: std::mem::take(&mut usage),
+                archive: id,
+                start,
+                total,
+            })?;
             start += n;
             ids.extend(new);
             task.advance(n);

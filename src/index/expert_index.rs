@@ -16,7 +16,7 @@ use super::saved::{
 use super::{FlatIndex, Hit, HnswIndex, IndexKind, IndexParams, KeyIndex};
 use crate::fs::{atomic_write, atomic_write_bytes};
 use crate::progress::Task;
-use crate::store::{NewExpert, Snapshot, Store};
+use crate::store::{ImportBatch, NewExpert, Snapshot, Store};
 
 /// How the index came to be on open (for logs, stats and tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -402,18 +402,9 @@ impl ExpertIndex {
 
     /// One batch of an archive import ([`Store::import_batch`]: experts, their creation
     /// times and usage, and the archive's progress marker in one commit), then the index.
-    pub(crate) fn import_batch(
-        &self,
-        experts: Vec<NewExpert>,
-        created_at_ms: Vec<u64>,
-        usage: Vec<u64>,
-        archive: [u8; 16],
-        range: (u64, u64),
-    ) -> Result<Vec<u64>> {
-        let keys: Vec<Vec<f32>> = experts.iter().map(|e| to_f32(&e.key)).collect();
-        self.insert_with(keys, |store| {
-            store.import_batch(experts, created_at_ms, usage, archive, range)
-        })
+    pub(crate) fn import_batch(&self, batch: ImportBatch) -> Result<Vec<u64>> {
+        let keys: Vec<Vec<f32>> = batch.experts.iter().map(|e| to_f32(&e.key)).collect();
+        self.insert_with(keys, |store| store.import_batch(batch))
     }
 
     /// Commits new experts through `commit`, then adds their `keys` to the graph.

@@ -62,7 +62,8 @@ pub use shard::{read_header, RecordHeader, ShardHeader, SHARD_FORMAT_VERSION};
 pub use usage::UsageAccumulator;
 pub use verify::{Problem, VerifyReport};
 
-use commit::{GroupCommit, ImportBatch, Op};
+pub(crate) use commit::ImportBatch;
+use commit::{GroupCommit, Op};
 use dir::{CommitHint, DirLock};
 use expert::StoredMeta;
 use meta::*;
@@ -331,15 +332,7 @@ impl Store {
 
     /// Inserts experts durably in one commit; returns their ids in order. All or none.
     pub fn insert_batch(&self, experts: Vec<NewExpert>) -> Result<Vec<u64>> {
-        self.check_writable("insert")?;
-        if experts.is_empty() {
-            return Err(StoreError::EmptyBatch {
-                what: "insert_batch",
-            });
-        }
-        for (i, e) in experts.iter().enumerate() {
-            e.validate(&self.layout, i)?;
-        }
+        self.check_new("insert", "insert_batch", &experts)?;
         self.group
             .submit(Op::Insert(experts), |group| self.commit_group(group))
     }
@@ -348,15 +341,7 @@ impl Store {
     /// sees either the old experts or the new ones, never both or neither. Returns the
     /// new ids in order.
     pub fn replace_batch(&self, experts: Vec<NewExpert>, delete: &[u64]) -> Result<Vec<u64>> {
-        self.check_writable("replace")?;
-        if experts.is_empty() {
-            return Err(StoreError::EmptyBatch {
-                what: "replace_batch",
-            });
-        }
-        for (i, e) in experts.iter().enumerate() {
-            e.validate(&self.layout, i)?;
-        }
+        self.check_new("replace", "replace_batch", &experts)?;
         self.group.submit(
             Op::Replace {
                 insert: experts,
@@ -367,38 +352,32 @@ impl Store {
     }
 
     /// Inserts one batch of an archive import in one commit, together with the archive's
-    /// progress marker: `experts` are records `start..start + len` of the archive
-    /// `archive` (of `total` records), inserted with their original creation times and
-    /// usage counts. Refused with [`StoreError::ImportConflict`] unless the marker stands
-    /// at `start`, so a batch is never committed twice.
-    pub(crate) fn import_batch(
+    /// progress marker: `batch.experts` are records `start..start + len` of the archive
+    /// `batch.archive` (of `total` records), inserted with their original creation times
+    /// and usage counts. Refused with [`StoreError::ImportConflict`] unless the marker
+    /// stands at `start`, so a batch is never committed twice.
+    pub(crate) fn import_batch(&self, batch: ImportBatch) -> Result<Vec<u64>> {
+        self.check_new("import", "import_batch", &batch.experts)?;
+        self.group
+            .submit(Op::Import(batch), |group| self.commit_group(group))
+    }
+
+    /// What every write of new experts checks first: a writer that is not poisoned, a
+    /// batch that is not empty, and each expert's shape.
+    fn check_new(
         &self,
-        experts: Vec<NewExpert>,
-        created_at_ms: Vec<u64>,
-        usage: Vec<u64>,
-        archive: [u8; 16],
-        (start, total): (u64, u64),
-    ) -> Result<Vec<u64>> {
-        self.check_writable("import")?;
+        operation: &'static str,
+        what: &'static str,
+        experts: &[NewExpert],
+    ) -> Result<()> {
+        self.check_writable(operation)?;
         if experts.is_empty() {
-            return Err(StoreError::EmptyBatch {
-                what: "import_batch",
-            });
+            return Err(StoreError::EmptyBatch { what });
         }
         for (i, e) in experts.iter().enumerate() {
             e.validate(&self.layout, i)?;
         }
-        self.group.submit(
-            Op::Import(ImportBatch {
-                experts,
-                created_at_ms,
-                usage,
-                archive,
-                start,
-                total,
-            }),
-            |group| self.commit_group(group),
-        )
+        Ok(())
     }
 
     /// How far the import of the archive with this id got (`None`: never imported here).
