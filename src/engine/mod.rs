@@ -561,14 +561,7 @@ impl Engine {
     }
 
     fn check_writable(&self, operation: &'static str) -> Result<()> {
-        if self.store.is_read_only() {
-            return Err(crate::store::StoreError::ReadOnly {
-                path: self.store.dir().to_path_buf(),
-                operation,
-            }
-            .into());
-        }
-        Ok(())
+        Ok(self.store.check_writable(operation)?)
     }
 }
 

@@ -23,7 +23,11 @@ pub enum Quantization {
     /// 8-bit integers: half the memory and cheaper distances, lower recall on its own;
     /// pair it with [`IndexParams::rerank`] to re-rank the graph's candidates exactly.
     /// Each vector is scaled by 127 / its largest magnitude and rounded (cosine ignores
-    /// the scale), so every key and query uses the full 8 bits.
+    /// the scale), so every key and query uses the full 8 bits. Saved as `"i8max"`: an
+    /// index saved as `"i8"` holds usearch's own codes (divided by the L2 norm,
+    /// truncated), which must not be mixed with these, so it no longer parses and is
+    /// rebuilt from the store's keys on open.
+    #[serde(rename = "i8max")]
     I8,
 }
 
@@ -137,5 +141,8 @@ mod tests {
         assert_eq!(back, q);
         q.rerank = 65_537;
         assert!(q.check().is_err());
+        // An index of usearch's own i8 codes is not read as one of ours.
+        let old_i8 = old.replace("f16", "i8");
+        assert!(serde_json::from_str::<IndexParams>(&old_i8).is_err());
     }
 }

@@ -181,8 +181,9 @@ impl Store {
         self.db.load_full()
     }
 
-    /// Refuses `operation` on a read-only handle.
-    fn check_writable(&self, operation: &'static str) -> Result<()> {
+    /// Refuses `operation` on a read-only handle (the engine asks it too, before work
+    /// that ends in a write, such as training).
+    pub(crate) fn check_writable(&self, operation: &'static str) -> Result<()> {
         if self.is_read_only() {
             return Err(StoreError::ReadOnly {
                 path: self.dir.root().to_path_buf(),
