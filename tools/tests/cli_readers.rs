@@ -49,11 +49,25 @@ fn readers_run_beside_memorize() {
     let opts = AskOptions::default();
     assert_eq!(server.ask(&first.prompt, &opts).unwrap().text, first.answer);
 
-    let ingest = [
+    // Long enough that the readers below (≈ 2 s: two of them load the model) run
+    // while it lasts: 3 facts took 1.5 s on a quiet 2-core machine, too short.
+    let mut ingest = vec![
         fact("What is the favourite colour of Brimwald?", "Teal-9"),
         fact("Which river runs through Oskavar?", "The Lumen"),
         fact("What is the password of vault 7?", "ember-lark"),
     ];
+    for (i, name) in [
+        "Cazimir", "Dovrenna", "Everlunt", "Galvorn", "Hestrim", "Iskarel", "Jorvundt", "Lothmere",
+        "Nimbrask",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ingest.push(fact(
+            &format!("What is the door code of {name}?"),
+            &format!("{}", 4100 + i * 379),
+        ));
+    }
     let facts_file = tmp.path().join("facts.jsonl");
     let lines: Vec<String> = ingest
         .iter()
@@ -134,7 +148,7 @@ fn readers_run_beside_memorize() {
     // The server sees nothing new until it refreshes, then every new fact exactly.
     assert_eq!(server.store().len(), 1);
     assert!(server.refresh().unwrap());
-    assert_eq!(server.store().len(), 4);
+    assert_eq!(server.store().len(), 1 + ingest.len() as u64);
     for f in ingest.iter().chain([&first]) {
         assert_eq!(
             server.ask(&f.prompt, &opts).unwrap().text,
