@@ -545,7 +545,7 @@ impl PyEngine {
             use_experts,
         };
         self.check_reentry()?;
-        Ok(AskStream::start(self.inner.clone(), prompt, opts))
+        AskStream::start(self.inner.clone(), prompt, opts)
     }
 
     /// For the overhead benchmark (`python/examples/bench_ask.py`): times `n` calls
@@ -1061,6 +1061,9 @@ fn memorize_interruptible(
         })
     };
     let r = engine.memorize_until(facts, opts, &mut on_event, &mut should_stop)?;
+    // The check is asked between batches only: a Ctrl-C during the last batch or the
+    // final index save is seen here, with the whole report to attach.
+    should_stop();
     let mut outcomes: Vec<Option<mome::FactOutcome>> = r.outcomes.into_iter().map(Some).collect();
     outcomes.resize(total, None);
     Ok((outcomes, r.broken, stop.into_inner()))

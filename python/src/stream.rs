@@ -43,11 +43,11 @@ impl AskStream {
         engine: Arc<RwLock<Option<RustEngine>>>,
         prompt: String,
         opts: AskOptions,
-    ) -> Self {
+    ) -> PyResult<Self> {
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        std::thread::spawn(move || {
+        let generate = move || {
             let g = engine.read();
             let r = match g.as_ref() {
                 None => Err(Fail::Closed),
@@ -66,12 +66,25 @@ impl AskStream {
             drop(g);
             // The receiver may be gone (the iterator dropped): nobody is waiting.
             let _ = tx.send(Msg::Done(r));
-        });
-        Self {
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("mome-ask-stream".into())
+            .spawn(generate)
+        {
+            return Err(Python::attach(|py| {
+                raise(
+                    py,
+                    "Error",
+                    &format!("cannot start the generation thread: {e}"),
+                    &[],
+                )
+            }));
+        }
+        Ok(Self {
             rx: Mutex::new(Some(rx)),
             stop,
             answer: Mutex::new(None),
-        }
+        })
     }
 
     /// Ends the stream on this side: the thread stops at its next token.

@@ -119,6 +119,9 @@ pub struct Answer {
     pub candidates: Vec<Hit>,
 }
 
+/// A receiver of streamed text pieces ([`Engine::ask_streaming`]).
+type OnText<'a> = &'a mut dyn FnMut(&str) -> ControlFlow<()>;
+
 /// The engine: store + index + backbone + selection.
 pub struct Engine {
     store: Arc<Store>,
@@ -330,18 +333,28 @@ impl Engine {
     /// Answers a prompt greedily with the experts the rule selects (or the bare
     /// backbone with `use_experts: false`, or when the rule selects nothing).
     pub fn ask(&self, prompt: &str, opts: &AskOptions) -> Result<Answer> {
-        self.ask_streaming(prompt, opts, &mut |_| ControlFlow::Continue(()))
+        self.ask_inner(prompt, opts, None)
     }
 
     /// [`Engine::ask`], passing the reply's text to `on_text` piece by piece as it is
     /// generated (a piece is never a partial UTF-8 character; the answers of several
     /// facts are separated by a `"\n"` piece). The pieces join to [`Answer::text`].
-    /// `ControlFlow::Break` stops generation; the answer then holds what was made.
+    /// `ControlFlow::Break` stops generation; the answer then holds what was made
+    /// (its text may end in a U+FFFD that was held back as a possible partial character).
     pub fn ask_streaming(
         &self,
         prompt: &str,
         opts: &AskOptions,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Answer> {
+        self.ask_inner(prompt, opts, Some(on_text))
+    }
+
+    fn ask_inner(
+        &self,
+        prompt: &str,
+        opts: &AskOptions,
+        on_text: Option<OnText<'_>>,
     ) -> Result<Answer> {
         let enc = self.encode(prompt)?;
         let sel = if opts.use_experts {
@@ -349,7 +362,7 @@ impl Engine {
         } else {
             Selection::empty()
         };
-        self.answer_streaming(&enc, sel, &[], opts.max_tokens, on_text)
+        self.answer_inner(&enc, sel, &[], opts.max_tokens, on_text)
     }
 
     /// The second half of [`Engine::ask`] for a selection made elsewhere (by
@@ -366,9 +379,7 @@ impl Engine {
         owned_ids: &[u64],
         max_tokens: usize,
     ) -> Result<Answer> {
-        self.answer_streaming(enc, sel, owned_ids, max_tokens, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        self.answer_inner(enc, sel, owned_ids, max_tokens, None)
     }
 
     /// [`Engine::answer_with`], streaming the text as [`Engine::ask_streaming`] does.
@@ -380,12 +391,28 @@ impl Engine {
         max_tokens: usize,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Answer> {
+        self.answer_inner(enc, sel, owned_ids, max_tokens, Some(on_text))
+    }
+
+    /// The one answer path; `on_text: None` decodes no pieces (a `TextStream` decodes
+    /// the whole branch again per token).
+    fn answer_inner(
+        &self,
+        enc: &Encoded,
+        sel: Selection,
+        owned_ids: &[u64],
+        max_tokens: usize,
+        mut on_text: Option<OnText<'_>>,
+    ) -> Result<Answer> {
         let tok = &self.backbone.tokenizer;
         let mut stream = TextStream::new(tok);
         let mut branch = 0;
         let mut failed = None;
         let mut stopped = false;
         let mut on_token = |b: usize, id: u32| -> ControlFlow<()> {
+            let Some(on_text) = on_text.as_mut() else {
+                return ControlFlow::Continue(());
+            };
             let mut piece = String::new();
             if b != branch {
                 // A new fact's answer: the rest of the last one, then the line break
@@ -431,7 +458,7 @@ impl Engine {
         if let Some(e) = failed {
             return Err(e.into());
         }
-        if !stopped {
+        if let Some(on_text) = on_text.as_mut().filter(|_| !stopped) {
             let mut rest = stream.finish()?;
             for _ in branch + 1..branches.len() {
                 rest.push('\n');
@@ -507,8 +534,9 @@ impl Engine {
     }
 
     /// [`Engine::memorize`] that `stop` can end between batches (an interrupt, a
-    /// deadline): it is asked after each batch is committed and audited; `true` ends
-    /// the call there with [`MemorizeReport::stopped`] set. Every commit is whole.
+    /// deadline): it is asked after a batch is committed and audited, before the next;
+    /// `true` ends the call there with [`MemorizeReport::stopped`] set. Every commit is
+    /// whole.
     pub fn memorize_until(
         &mut self,
         facts: &[Fact],

@@ -129,6 +129,7 @@ impl ExpertIndex {
     /// Opens the index of `store`: loads the saved one and catches up, or rebuilds it
     /// when it is missing, corrupt, or was built with other structural parameters.
     pub fn open_with(store: Arc<Store>, params: IndexParams) -> Result<Self> {
+        let params = params.upgraded();
         let dir = store.store_dir().index();
         let read_only = store.is_read_only();
         if !read_only {

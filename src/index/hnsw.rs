@@ -77,7 +77,7 @@ pub(crate) fn quantize_i8(v: &[f32]) -> Vec<i8> {
 pub(crate) fn scalar(quant: super::Quantization) -> ScalarKind {
     match quant {
         super::Quantization::F16 => ScalarKind::F16,
-        super::Quantization::I8 => ScalarKind::I8,
+        super::Quantization::I8 | super::Quantization::LegacyI8 => ScalarKind::I8,
     }
 }
 
@@ -208,7 +208,9 @@ impl KeyIndex for HnswIndex {
                 return match self.quantization {
                     super::Quantization::F16 => g.add(id, key),
                     // Codes made here (see `quantize_i8`) are stored as they are.
-                    super::Quantization::I8 => g.add(id, &quantize_i8(key)[..]),
+                    super::Quantization::I8 | super::Quantization::LegacyI8 => {
+                        g.add(id, &quantize_i8(key)[..])
+                    }
                 }
                 .map_err(|e| err("add", e));
             }
@@ -240,7 +242,9 @@ impl KeyIndex for HnswIndex {
         let m = match self.quantization {
             super::Quantization::F16 => g.search(query, k),
             // The query is quantized like the keys, so the graph compares codes with codes.
-            super::Quantization::I8 => g.search(&quantize_i8(query)[..], k),
+            super::Quantization::I8 | super::Quantization::LegacyI8 => {
+                g.search(&quantize_i8(query)[..], k)
+            }
         }
         .map_err(|e| err("search", e))?;
         Ok(m.keys
@@ -332,7 +336,7 @@ fn check_file(
     let cols = c.u32("matrix dimensions")? as usize;
     let (scalar_kind, vector_bytes) = match params.quantization {
         super::Quantization::F16 => (12u8, dim * 2),
-        super::Quantization::I8 => (23u8, dim),
+        super::Quantization::I8 | super::Quantization::LegacyI8 => (23u8, dim),
     };
     if rows > 0 && cols != vector_bytes {
         return Err(format!("vectors of {cols} bytes, expected {vector_bytes}"));

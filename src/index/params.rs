@@ -23,12 +23,17 @@ pub enum Quantization {
     /// 8-bit integers: half the memory and cheaper distances, lower recall on its own;
     /// pair it with [`IndexParams::rerank`] to re-rank the graph's candidates exactly.
     /// Each vector is scaled by 127 / its largest magnitude and rounded (cosine ignores
-    /// the scale), so every key and query uses the full 8 bits. Saved as `"i8max"`: an
-    /// index saved as `"i8"` holds usearch's own codes (divided by the L2 norm,
-    /// truncated), which must not be mixed with these, so it no longer parses and is
-    /// rebuilt from the store's keys on open.
+    /// the scale), so every key and query uses the full 8 bits. Saved as `"i8max"`.
     #[serde(rename = "i8max")]
     I8,
+    /// An index saved as `"i8"`, before [`Quantization::I8`] made its own codes: it
+    /// holds usearch's codes (divided by the L2 norm, truncated), which must not be
+    /// mixed with the new ones. Never built: opening asks for [`Quantization::I8`]
+    /// instead ([`IndexParams::upgraded`]), so such an index is rebuilt from the
+    /// store's keys with its other parameters kept.
+    #[doc(hidden)]
+    #[serde(rename = "i8")]
+    LegacyI8,
 }
 
 /// Index parameters; persisted with the index.
@@ -106,6 +111,15 @@ impl IndexParams {
         Ok(())
     }
 
+    /// The parameters to build with for these (saved) ones: a legacy i8 index is
+    /// rebuilt with today's i8 codes.
+    pub(crate) fn upgraded(mut self) -> Self {
+        if self.quantization == Quantization::LegacyI8 {
+            self.quantization = Quantization::I8;
+        }
+        self
+    }
+
     /// Whether an index built with `self` can serve `other` without a rebuild (the
     /// search-time knobs, `expansion_search` and `rerank`, do not count).
     pub(crate) fn same_structure(&self, other: &IndexParams) -> bool {
@@ -141,8 +155,17 @@ mod tests {
         assert_eq!(back, q);
         q.rerank = 65_537;
         assert!(q.check().is_err());
-        // An index of usearch's own i8 codes is not read as one of ours.
+        // An index of usearch's own i8 codes is not read as one of ours: it is rebuilt
+        // as i8 with its other parameters.
         let old_i8 = old.replace("f16", "i8");
-        assert!(serde_json::from_str::<IndexParams>(&old_i8).is_err());
+        let legacy: IndexParams = serde_json::from_str(&old_i8).expect("legacy i8");
+        assert_eq!(legacy.quantization, Quantization::LegacyI8);
+        let up = legacy.upgraded();
+        assert_eq!(up.quantization, Quantization::I8);
+        assert_eq!(up.connectivity, legacy.connectivity);
+        assert!(!legacy.same_structure(&up));
+        assert!(serde_json::to_string(&up)
+            .expect("encode")
+            .contains("\"i8max\""));
     }
 }

@@ -363,8 +363,8 @@ impl Store {
             .submit(Op::Import(batch), |group| self.commit_group(group))
     }
 
-    /// What every write of new experts checks first: a writer that is not poisoned, a
-    /// batch that is not empty, and each expert's shape.
+    /// What every write of new experts checks first: a writable handle (not a
+    /// reader), a batch that is not empty, and each expert's shape.
     fn check_new(
         &self,
         operation: &'static str,

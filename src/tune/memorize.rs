@@ -135,8 +135,9 @@ impl Memorizer<'_> {
         self.memorize_until(facts, opts, progress, &mut || false)
     }
 
-    /// [`Memorizer::memorize`], asking `stop` after each batch is committed and
-    /// audited whether to go on: `true` ends the call there, every commit whole, with
+    /// [`Memorizer::memorize`], asking `stop` between batches (after one is committed
+    /// and audited, before the next) whether to go on: `true` ends the call there,
+    /// every commit whole, with
     /// [`MemorizeReport::stopped`] set and the outcomes of the facts of the batches
     /// that ran (a prefix of `facts`).
     pub fn memorize_until(

@@ -102,6 +102,7 @@ pub enum MemorizeEvent {
 
 /// Summary of a memorize call.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MemorizeReport {
     /// One entry per fact, in input order (after a stop, per fact of the batches that
     /// ran: a prefix of the input).

@@ -41,17 +41,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
         use_experts: !a.no_experts,
     };
     // A person reading the terminal sees the reply as it is generated; a closed
-    // stdout stops generation.
+    // stdout (`mome ask ... | head -c 10`) stops generation, and the command ends
+    // quietly.
     let mut out = std::io::stdout().lock();
+    let mut closed = false;
     let answer = engine.ask_streaming(&a.prompt, &opts, &mut |piece| {
         if a.json {
             return ControlFlow::Continue(());
         }
         match out.write_all(piece.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
+            Err(_) => {
+                closed = true;
+                ControlFlow::Break(())
+            }
         }
     })?;
+    if !a.json && (closed || writeln!(out).and_then(|()| out.flush()).is_err()) {
+        return Ok(ExitCode::SUCCESS);
+    }
     drop(out);
     let describe = |id: u64| -> String {
         engine
@@ -82,7 +90,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
             serde_json::json!({"answer": answer.text, "selected": sel, "candidates": cands})
         );
     } else {
-        println!();
         if a.explain {
             let p = engine.params();
             eprintln!(
