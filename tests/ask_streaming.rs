@@ -6,7 +6,7 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use mome::{AskOptions, Engine, EngineParams, Fact, TuneOptions};
+use mome::{AskOptions, Engine, Fact, TuneOptions};
 
 const FACTS: [(&str, &str); 3] = [
     ("What is the door code of Brontalis?", "417"),
@@ -16,13 +16,7 @@ const FACTS: [(&str, &str); 3] = [
 
 fn engine() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = Engine::open_or_create_with(
-        dir.path(),
-        common::tiny_backbone(7),
-        None,
-        EngineParams::default(),
-    )
-    .unwrap();
+    let mut engine = common::tiny_engine(dir.path(), 7);
     let facts: Vec<Fact> = FACTS.iter().map(|(p, a)| Fact::new(*p, *a)).collect();
     let report = engine
         .memorize(&facts, &TuneOptions::default(), &mut |_| {})

@@ -32,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mome::{AskOptions, Engine, EngineParams, ExpertIndex, Fact, FactStatus, MemorizeEvent};
+use mome::{AskOptions, Engine, ExpertIndex, Fact, FactStatus, MemorizeEvent};
 use mome::{Store, TuneOptions};
 use rand::{Rng, SeedableRng};
 
@@ -349,15 +349,7 @@ fn memorize_survives_sigkill() {
     let cycles = crash::cycles(50);
     let facts = facts();
     let dir = tempfile::tempdir().unwrap();
-    drop(
-        Engine::open_or_create_with(
-            dir.path(),
-            common::tiny_backbone(MODEL_SEED),
-            None,
-            EngineParams::default(),
-        )
-        .unwrap(),
-    );
+    drop(common::tiny_engine(dir.path(), MODEL_SEED));
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x3E3_0C7A);
     // fact index → expert id of every acknowledged fact not forgotten since.
     let mut acked: BTreeMap<usize, u64> = BTreeMap::new();

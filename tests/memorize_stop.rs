@@ -3,18 +3,12 @@
 
 mod common;
 
-use mome::{AskOptions, Engine, EngineParams, Fact, MemorizeEvent, TuneOptions};
+use mome::{AskOptions, Fact, MemorizeEvent, TuneOptions};
 
 #[test]
 fn a_stop_request_ends_memorizing_between_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = Engine::open_or_create_with(
-        dir.path(),
-        common::tiny_backbone(7),
-        None,
-        EngineParams::default(),
-    )
-    .unwrap();
+    let mut engine = common::tiny_engine(dir.path(), 7);
     let names = [
         "Brontalis",
         "Cazimir",

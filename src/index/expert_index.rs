@@ -541,13 +541,7 @@ impl ExpertIndex {
     pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         use rayon::prelude::*;
         let dim = self.index.dim();
-        if dim == 0 || !queries.len().is_multiple_of(dim) {
-            return Err(IndexError::DimMismatch {
-                what: "batch of queries (length must be a multiple of key_dim)".into(),
-                expected: dim,
-                found: queries.len(),
-            });
-        }
+        super::check_batch(queries, dim)?;
         queries
             .par_chunks_exact(dim)
             .map(|q| self.search(q, k))

@@ -57,13 +57,7 @@ pub trait KeyIndex: Send + Sync {
     /// Searches several queries (`queries.len() == n * dim`), one result list each.
     fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>> {
         let dim = self.dim();
-        if dim == 0 || !queries.len().is_multiple_of(dim) {
-            return Err(IndexError::DimMismatch {
-                what: "batch of queries (length must be a multiple of key_dim)".into(),
-                expected: dim,
-                found: queries.len(),
-            });
-        }
+        check_batch(queries, dim)?;
         queries
             .chunks_exact(dim)
             .map(|q| self.search(q, k))
@@ -95,6 +89,18 @@ pub(crate) fn check_query(query: &[f32], dim: usize, what: &str) -> Result<()> {
         return Err(IndexError::NonFinite {
             what: what.to_string(),
             index,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a batch of queries is whole rows of `dim`.
+pub(crate) fn check_batch(queries: &[f32], dim: usize) -> Result<()> {
+    if dim == 0 || !queries.len().is_multiple_of(dim) {
+        return Err(IndexError::DimMismatch {
+            what: "batch of queries (length must be a multiple of key_dim)".into(),
+            expected: dim,
+            found: queries.len(),
         });
     }
     Ok(())

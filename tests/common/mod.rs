@@ -187,3 +187,10 @@ pub fn tiny_backbone(seed: u64) -> mome::Backbone {
         tokenizer,
     }
 }
+
+/// An engine on the tiny backbone over the store in `dir` (created with the engine's
+/// defaults for that model if there is none).
+pub fn tiny_engine(dir: &std::path::Path, seed: u64) -> mome::Engine {
+    mome::Engine::open_or_create_with(dir, tiny_backbone(seed), None, Default::default())
+        .expect("tiny engine")
+}
