@@ -90,12 +90,13 @@ pub use error::{Error, Result};
 pub use progress::{NoProgress, Progress};
 
 pub use store::{
-    plan_compaction, read_header, AdapterPair, CompactionPlan, CompactionPolicy, CompactionReport,
-    DbError, ExpertMeta, ExpertRef, ImportProgress, Loc, NewExpert, OrphanFile, Problem,
-    Provenance, RecordHeader, RecordInfo, RecordLayout, RecordState, ShardHeader, ShardState,
-    ShardStats, Snapshot, Store, StoreConfig, StoreDir, StoreError, StoreResult, StoreStats,
-    UsageAccumulator, VerifyReport, WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE,
-    SHARD_FORMAT_VERSION, STORE_FORMAT_VERSION,
+    plan_compaction, read_header, AdapterPair, BackgroundVerify, BackgroundVerifyPolicy,
+    BackgroundVerifyStatus, CompactionPlan, CompactionPolicy, CompactionReport, DbError,
+    ExpertMeta, ExpertRef, ImportProgress, Loc, NewExpert, OrphanFile, Problem, Provenance,
+    RecordHeader, RecordInfo, RecordLayout, RecordState, ShardHeader, ShardState, ShardStats,
+    Snapshot, Store, StoreConfig, StoreDir, StoreError, StoreResult, StoreStats, UsageAccumulator,
+    VerifyReport, WeightDtype, DEFAULT_SHARD_SIZE, MIN_SHARD_SIZE, SHARD_FORMAT_VERSION,
+    STORE_FORMAT_VERSION,
 };
 
 pub use index::{

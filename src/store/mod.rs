@@ -7,7 +7,8 @@
 //! * `recovery.rs` — creating a store and opening one (recovery from a crash);
 //! * `write.rs` — the write path: group commit, shard appends, roll-over, poisoning;
 //! * `read.rs` — the read path: snapshots, zero-copy handles, key scans for the index;
-//! * `verify.rs` — the full consistency check; `inspect.rs` — operator views and stats;
+//! * `verify.rs` — the full consistency check; `scrub.rs` — background verification;
+//!   `inspect.rs` — operator views and stats;
 //! * `compact.rs` — the compaction policy and runner;
 //! * `shard.rs`, `layout.rs`, `mmap.rs`, `meta.rs`, `loc_table.rs` — the on-disk formats.
 //!
@@ -36,6 +37,7 @@ mod mmap;
 mod read;
 mod reader;
 mod recovery;
+mod scrub;
 mod shard;
 mod usage;
 mod verify;
@@ -58,6 +60,7 @@ pub use layout::RecordLayout;
 pub use loc_table::Loc;
 pub use meta::{ImportProgress, ShardState, STORE_FORMAT_VERSION};
 pub use read::Snapshot;
+pub use scrub::{BackgroundVerify, BackgroundVerifyPolicy, BackgroundVerifyStatus};
 pub use shard::{read_header, RecordHeader, ShardHeader, SHARD_FORMAT_VERSION};
 pub use usage::UsageAccumulator;
 pub use verify::{Problem, VerifyReport};

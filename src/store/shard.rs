@@ -264,17 +264,23 @@ impl Shard {
 
     /// Verifies slot `slot` holds expert `id` with a good checksum, once per mapping.
     pub(crate) fn verify_slot(&self, slot: u32, id: u64) -> Result<()> {
-        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
-        if let Some(w) = self.verified.get(word) {
-            if w.load(Ordering::Acquire) & bit != 0 {
-                return Ok(());
-            }
+        if self.is_verified(slot) {
+            return Ok(());
         }
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
         self.check_slot(slot, id)?;
         if let Some(w) = self.verified.get(word) {
             w.fetch_or(bit, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// Whether slot `slot`'s checksum has been verified through this mapping.
+    pub(crate) fn is_verified(&self, slot: u32) -> bool {
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        self.verified
+            .get(word)
+            .is_some_and(|w| w.load(Ordering::Acquire) & bit != 0)
     }
 
     /// Checks slot `slot` against expert `id` now, bypassing the verified cache.
