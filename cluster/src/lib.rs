@@ -24,6 +24,7 @@ pub mod ask;
 pub mod client;
 pub mod coord;
 pub mod error;
+pub mod history;
 pub mod manifest;
 pub mod node;
 pub mod objects;

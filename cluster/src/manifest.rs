@@ -45,6 +45,18 @@ pub struct ClusterConfig {
     pub max_segment_bytes: u64,
     /// Index each node builds per shard.
     pub index: IndexKind,
+    /// etcd history kept, seconds: one node compacts etcd at the revision that was
+    /// current this long ago (`history.rs`); 0 leaves compaction to etcd's own flags.
+    /// Absent in configs written before it existed: the default.
+    #[serde(default = "default_etcd_history_s")]
+    pub etcd_history_s: u64,
+}
+
+/// Default of [`ClusterConfig::etcd_history_s`]: five minutes.
+pub const DEFAULT_ETCD_HISTORY_S: u64 = 300;
+
+fn default_etcd_history_s() -> u64 {
+    DEFAULT_ETCD_HISTORY_S
 }
 
 impl ClusterConfig {
@@ -60,6 +72,7 @@ impl ClusterConfig {
             max_deltas: 16,
             max_segment_bytes: 256 << 20,
             index: IndexKind::Hnsw,
+            etcd_history_s: DEFAULT_ETCD_HISTORY_S,
         }
     }
 
@@ -91,6 +104,9 @@ impl ClusterConfig {
         }
         if self.max_segment_bytes < 1 << 16 {
             return Err("max_segment_bytes must be at least 64 KiB".into());
+        }
+        if self.etcd_history_s > 86_400 {
+            return Err("etcd_history_s must be in 0..=86400".into());
         }
         Ok(())
     }
@@ -315,5 +331,20 @@ mod tests {
         c.validate().unwrap();
         c.gc_grace_s = c.lease_ttl_s;
         assert!(c.validate().is_err());
+        c.gc_grace_s = 4 * c.lease_ttl_s;
+        c.etcd_history_s = 0;
+        c.validate().unwrap();
+        c.etcd_history_s = 86_401;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_config_without_etcd_history_gets_the_default() {
+        let c = ClusterConfig::new(StoreConfig::new(8, 8, 2, vec![0]), 4);
+        let mut v = serde_json::to_value(&c).unwrap();
+        v.as_object_mut().unwrap().remove("etcd_history_s");
+        let old: ClusterConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(old.etcd_history_s, DEFAULT_ETCD_HISTORY_S);
+        assert_eq!(old, c);
     }
 }

@@ -196,6 +196,17 @@ pub async fn run(
     );
     let keepalive = tokio::spawn(keepalive_loop(inner.clone(), stop_rx.clone()));
     let reconcile = tokio::spawn(reconcile_loop(inner.clone(), stop_rx.clone()));
+    // etcd's history: the smallest live member compacts it (`history.rs`).
+    let history = crate::history::HistoryPolicy::from_config(&inner.config).map(|policy| {
+        let me = inner.clone();
+        tokio::spawn(crate::history::run(
+            inner.etcd.clone(),
+            inner.keys.clone(),
+            policy,
+            move || crate::history::is_compactor(&me.view.state(), &me.id),
+            stop_rx.clone(),
+        ))
+    });
     on_ready(bound);
 
     shutdown.await;
@@ -204,6 +215,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = reconcile.await;
     let _ = keepalive.await;
+    if let Some(h) = history {
+        let _ = h.await;
+    }
     inner.leave().await;
     match server.await {
         Ok(Ok(())) => Ok(()),

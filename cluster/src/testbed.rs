@@ -205,6 +205,125 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// etcd flags of the testbed's members: history compacted by etcd itself every 10 min
+/// (a backstop: the nodes compact it at `etcd_history_s`, 5 min by default,
+/// `history.rs`), and an explicit backend quota of 4 GiB (etcd's default is 2 GiB).
+pub const ETCD_HISTORY_FLAGS: [&str; 3] = [
+    "--auto-compaction-mode=periodic",
+    "--auto-compaction-retention=10m",
+    "--quota-backend-bytes=4294967296",
+];
+
+/// The flags of one member of a new etcd cluster on 127.0.0.1.
+fn etcd_member_args(
+    name: &str,
+    data: &Path,
+    client: u16,
+    peer: u16,
+    initial_cluster: &str,
+) -> Vec<String> {
+    vec![
+        "--name".into(),
+        name.to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--listen-client-urls".into(),
+        format!("http://127.0.0.1:{client}"),
+        "--advertise-client-urls".into(),
+        format!("http://127.0.0.1:{client}"),
+        "--listen-peer-urls".into(),
+        format!("http://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls".into(),
+        format!("http://127.0.0.1:{peer}"),
+        "--initial-cluster".into(),
+        initial_cluster.to_string(),
+        "--initial-cluster-state".into(),
+        "new".into(),
+    ]
+}
+
+/// A single etcd member on 127.0.0.1 for tests that need only etcd, with its data and
+/// log (`etcd.log`) in a directory of its own; SIGKILLed by PID and its directory removed
+/// on drop.
+pub struct EtcdProcess {
+    proc: Proc,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for EtcdProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdProcess(127.0.0.1:{})", self.port)
+    }
+}
+
+impl EtcdProcess {
+    /// Starts `bin` with `extra` flags after the member's own, in a fresh directory under
+    /// the system temp dir, and waits (at most 20 s) until it answers `/health`.
+    pub fn start(bin: &Path, extra: &[&str]) -> Result<EtcdProcess> {
+        let dir = std::env::temp_dir().join(format!(
+            "mome-etcd-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let p = free_ports(2)?;
+        let (c, pp) = (p[0], p[1]);
+        let mut args = etcd_member_args(
+            "e0",
+            &dir.join("data"),
+            c,
+            pp,
+            &format!("e0=http://127.0.0.1:{pp}"),
+        );
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let log = std::fs::File::create(dir.join("etcd.log"))
+            .map_err(|e| err(format!("etcd log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
+        let child = Command::new(bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| err(format!("starting etcd ({}): {e}", bin.display())))?;
+        let etcd = EtcdProcess {
+            proc: Proc {
+                name: "etcd".into(),
+                child: Some(child),
+            },
+            port: c,
+            dir,
+        };
+        wait_until("etcd", Duration::from_secs(20), || {
+            http(c, "GET", "/health").ok().filter(|s| *s == 200)
+        })?;
+        Ok(etcd)
+    }
+
+    /// The client endpoint, `127.0.0.1:port`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The member's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 struct EtcdMember {
     client: u16,
     proc: Proc,
@@ -285,26 +404,15 @@ impl Testbed {
             .collect();
         for (i, (name, pp)) in peers.iter().enumerate() {
             let c = client_ports[i];
-            let args = vec![
-                "--name".into(),
-                name.clone(),
-                "--data-dir".into(),
-                dir.join(format!("etcd-{i}")).display().to_string(),
-                "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{c}"),
-                "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{c}"),
-                "--listen-peer-urls".into(),
-                format!("http://127.0.0.1:{pp}"),
-                "--initial-advertise-peer-urls".into(),
-                format!("http://127.0.0.1:{pp}"),
-                "--initial-cluster".into(),
-                initial.join(","),
-                "--initial-cluster-state".into(),
-                "new".into(),
-                "--initial-cluster-token".into(),
-                tb.cluster.clone(),
-            ];
+            let mut args = etcd_member_args(
+                name,
+                &dir.join(format!("etcd-{i}")),
+                c,
+                *pp,
+                &initial.join(","),
+            );
+            args.extend(["--initial-cluster-token".into(), tb.cluster.clone()]);
+            args.extend(ETCD_HISTORY_FLAGS.iter().map(|a| a.to_string()));
             let proc = tb.spawn(&format!("etcd-{i}"), &opts.etcd_bin, &args)?;
             tb.etcd.push(EtcdMember { client: c, proc });
             tb.etcd_args.push(args);

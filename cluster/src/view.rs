@@ -3,6 +3,7 @@
 //! "follows" shard moves by nothing more than this watch.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +106,11 @@ pub struct ClusterView {
     state: RwLock<Arc<ViewState>>,
     changed: watch::Sender<i64>,
     keys: Keys,
+    /// Full reloads after the first load (the watch failed, ended, or fell behind
+    /// compacted history).
+    reloads: AtomicU64,
+    /// Of those, the ones because the watch's next revision was compacted away.
+    compacted_reloads: AtomicU64,
 }
 
 impl std::fmt::Debug for ClusterView {
@@ -122,6 +128,8 @@ impl ClusterView {
             state: RwLock::new(Arc::new(ViewState::default())),
             changed: tx,
             keys,
+            reloads: AtomicU64::new(0),
+            compacted_reloads: AtomicU64::new(0),
         });
         let rev = view.reload(&client).await?;
         let weak = Arc::downgrade(&view);
@@ -132,6 +140,18 @@ impl ClusterView {
     /// The current state.
     pub fn state(&self) -> Arc<ViewState> {
         self.state.read().clone()
+    }
+
+    /// Full reloads since the first load: each time the watch failed, ended, or fell
+    /// behind etcd's compacted history, the state was read again from a fresh snapshot.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// Of [`Self::reloads`], those because the watch lagged past a compaction (etcd
+    /// canceled it with a compact revision).
+    pub fn compacted_reloads(&self) -> u64 {
+        self.compacted_reloads.load(Ordering::Relaxed)
     }
 
     /// A receiver notified at every change (the value is the etcd revision).
@@ -264,7 +284,11 @@ fn apply_delete(keys: &Keys, s: &mut ViewState, kv: &KeyValue) {
 }
 
 /// Follows the prefix from `rev + 1`; on any stream end or error, reloads and watches
-/// again (with a pause that grows to 2 s), until the view is dropped.
+/// again (with a pause that grows to 2 s), until the view is dropped. A watch whose next
+/// revision etcd has compacted away (a view that lagged past the history's retention,
+/// `history.rs`) is canceled by etcd with the compact revision: the events in between
+/// are gone, so the view is read again from a fresh snapshot, the same as after an
+/// error, and the watch goes on from that snapshot.
 async fn watch_loop(view: std::sync::Weak<ClusterView>, client: etcd_client::Client, mut rev: i64) {
     let mut watcher = client
         .watch_client()
@@ -284,8 +308,21 @@ async fn watch_loop(view: std::sync::Weak<ClusterView>, client: etcd_client::Cli
                 match msg {
                     Err(_) => continue, // idle: check the view is still wanted
                     Ok(Ok(Some(resp))) => {
-                        if resp.canceled() || resp.compact_revision() > 0 {
-                            tracing::warn!(rev, "watch canceled; reloading");
+                        if resp.compact_revision() > 0 {
+                            tracing::warn!(
+                                rev,
+                                compacted = resp.compact_revision(),
+                                "watch fell behind compacted history; reloading"
+                            );
+                            v.compacted_reloads.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        if resp.canceled() {
+                            tracing::warn!(
+                                rev,
+                                reason = resp.cancel_reason(),
+                                "watch canceled; reloading"
+                            );
                             break;
                         }
                         let r = resp.header().map_or(rev, |h| h.revision());
@@ -308,7 +345,10 @@ async fn watch_loop(view: std::sync::Weak<ClusterView>, client: etcd_client::Cli
         pause = (pause * 2).min(Duration::from_secs(2));
         let Some(v) = view.upgrade() else { return };
         match v.reload(&client).await {
-            Ok(r) => rev = r,
+            Ok(r) => {
+                rev = r;
+                v.reloads.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tracing::warn!(error = %e, "reload failed"),
         }
     }
