@@ -23,6 +23,11 @@ use crate::view::{ClusterView, ViewState};
 /// Ids reserved from etcd per allocation.
 const ID_BLOCK: u64 = 4096;
 
+/// Shards a [`Client::fetch`] asks at once. An `ask` fetches its 32 candidates, at most
+/// 32 shards; the bound keeps a fetch of thousands of ids from opening thousands of
+/// requests at once.
+pub const FETCH_CONCURRENCY: usize = 64;
+
 /// Router behaviour.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -518,7 +523,13 @@ impl Client {
     }
 
     /// Copies of experts by id (keys, weights, provenance), from a node serving each
-    /// one's shard. Ids the cluster does not hold are left out.
+    /// one's shard, in the order of `ids`. Ids the cluster does not hold are left out.
+    ///
+    /// The shards are fetched concurrently, up to [`FETCH_CONCURRENCY`] in flight at once,
+    /// each by [`Self::fetch_shard`] with its own deadline, tries and replica order. Their
+    /// answers are taken in shard order, so an error is the lowest failing shard's, the
+    /// one the fetch reported when it asked one shard after another; the shards still in
+    /// flight are then dropped.
     pub async fn fetch(&self, ids: &[u64]) -> Result<Vec<ClusterExpert>> {
         let s = self.inner.config.shards;
         let mut by_shard: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
@@ -526,45 +537,66 @@ impl Client {
             by_shard.entry(shard_of(id, s)).or_default().push(id);
         }
         let min = self.session_revisions();
+        let mut shards = futures::stream::iter(by_shard.into_iter().map(|(shard, ids)| {
+            let min_revision = min.get(&shard).copied().unwrap_or(0);
+            self.fetch_shard(shard, ids, min_revision)
+        }))
+        .buffered(FETCH_CONCURRENCY);
         let mut out: HashMap<u64, ClusterExpert> = HashMap::new();
-        for (shard, ids) in by_shard {
-            let deadline = Instant::now() + self.inner.opts.deadline;
-            let mut last = None;
-            'tries: for _ in 0..100 {
-                let state = self.inner.view.state();
-                for node in state.read_order(shard, self.inner.config.replicas) {
-                    let Some(addr) = state.addr(&node) else {
-                        continue;
-                    };
-                    let mut c = self.conn(addr)?;
-                    let mut req = tonic::Request::new(rpc::FetchRequest {
-                        shard,
-                        ids: ids.clone(),
-                        min_revision: min.get(&shard).copied().unwrap_or(0),
-                        wait_ms: self.inner.opts.wait_ms,
-                    });
-                    req.set_timeout(self.inner.opts.rpc_timeout);
-                    match c.fetch(req).await {
-                        Ok(r) => {
-                            for p in &r.into_inner().experts {
-                                let e = rpc::expert_from_pb(p, &self.inner.config.store)?;
-                                out.insert(e.id, e);
-                            }
-                            break 'tries;
-                        }
-                        Err(st) => last = Some(rpc_error(&node, Call::Fetch, st, shard)),
-                    }
-                }
-                if Instant::now() >= deadline {
-                    return Err(last.unwrap_or(Error::Unavailable {
-                        shard,
-                        reason: "no node answered".into(),
-                    }));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Some(experts) = shards.next().await {
+            for e in experts? {
+                out.insert(e.id, e);
             }
         }
         Ok(ids.iter().filter_map(|id| out.remove(id)).collect())
+    }
+
+    /// One shard's part of [`Self::fetch`]: its read order is tried node after node
+    /// (up to 100 rounds, 100 ms apart, with the view read again each round) until one
+    /// answers, within one deadline.
+    async fn fetch_shard(
+        &self,
+        shard: u32,
+        ids: Vec<u64>,
+        min_revision: i64,
+    ) -> Result<Vec<ClusterExpert>> {
+        let deadline = Instant::now() + self.inner.opts.deadline;
+        let mut last = None;
+        for _ in 0..100 {
+            let state = self.inner.view.state();
+            for node in state.read_order(shard, self.inner.config.replicas) {
+                let Some(addr) = state.addr(&node) else {
+                    continue;
+                };
+                let mut c = self.conn(addr)?;
+                let mut req = tonic::Request::new(rpc::FetchRequest {
+                    shard,
+                    ids: ids.clone(),
+                    min_revision,
+                    wait_ms: self.inner.opts.wait_ms,
+                });
+                req.set_timeout(self.inner.opts.rpc_timeout);
+                match c.fetch(req).await {
+                    Ok(r) => {
+                        return r
+                            .into_inner()
+                            .experts
+                            .iter()
+                            .map(|p| rpc::expert_from_pb(p, &self.inner.config.store))
+                            .collect();
+                    }
+                    Err(st) => last = Some(rpc_error(&node, Call::Fetch, st, shard)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(last.unwrap_or(Error::Unavailable {
+                    shard,
+                    reason: "no node answered".into(),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Vec::new())
     }
 
     /// Each live node's status (what it serves and owns), by node id. Nodes that do not
