@@ -2,7 +2,7 @@
 //! (docs/SCALE.md, §etcd). One etcd member on 127.0.0.1 started *without* any
 //! auto-compaction flag, so that what compacts is the tier's own runner
 //! (`mome_cluster::history::run`, the loop a node runs, here with a 300 ms retention).
-//! Two writers rewrite manifests (≈ 30 KB each) without pause. Two views follow:
+//! Two writers rewrite manifests (≈ 27 KB each) without pause. Two views follow:
 //!
 //! * one on the test's runtime, which keeps up: it ends equal to a fresh load;
 //! * one whose runtime is blocked (its watch is not read, so etcd stops sending to it)
@@ -27,9 +27,9 @@ use mome_cluster::view::{ClusterView, ViewState};
 
 /// Shards the writers rewrite (writer w takes the shards ≡ w mod 2).
 const SHARDS: u32 = 6;
-/// Segment refs per manifest: ≈ 30 KB of JSON.
+/// Segment refs per manifest: ≈ 27 KB of JSON.
 const REFS: usize = 200;
-/// Manifest puts while the lagging view is blocked, at least: ≈ 18 MB, far more than
+/// Manifest puts while the lagging view is blocked, at least: ≈ 16 MB, far more than
 /// the watch stream's 2 MiB HTTP/2 window and etcd's 128 buffered responses.
 const PUTS_WHILE_BLOCKED: u64 = 600;
 /// Upper bound of every wait.
