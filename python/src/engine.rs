@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::thread::ThreadId;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -24,7 +23,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use serde_json::{json, Value};
 
 use crate::errors::{invalid, Fail, Res};
-use crate::stream::AskStream;
+use crate::stream::{AskStream, Busy};
 use crate::types::{json_to_py, Answer, Expert, FactOutcome, MemorizeReport, SearchHit};
 
 /// Backbones loaded by this process, by canonical model path. Loading dequantizes the
@@ -186,8 +185,9 @@ impl Progress {
 pub struct PyEngine {
     /// Shared with the generation threads of `ask_stream`.
     inner: Arc<RwLock<Option<RustEngine>>>,
-    /// The thread running `memorize` (its progress callback must not re-enter).
-    busy: Mutex<Option<ThreadId>>,
+    /// The thread running `memorize` (its progress callback must not re-enter); shared
+    /// with the streams, whose consumer may be that callback.
+    busy: Busy,
     path: PathBuf,
     model: PathBuf,
 }
@@ -196,7 +196,7 @@ impl PyEngine {
     fn new(path: PathBuf, model: PathBuf, engine: RustEngine) -> Self {
         Self {
             inner: Arc::new(RwLock::new(Some(engine))),
-            busy: Mutex::new(None),
+            busy: Busy::default(),
             path,
             model,
         }
@@ -545,7 +545,7 @@ impl PyEngine {
             use_experts,
         };
         self.check_reentry()?;
-        AskStream::start(self.inner.clone(), prompt, opts)
+        AskStream::start(self.inner.clone(), self.busy.clone(), prompt, opts)
     }
 
     /// For the overhead benchmark (`python/examples/bench_ask.py`): times `n` calls

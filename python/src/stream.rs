@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use mome::{AskOptions, Engine as RustEngine};
@@ -20,6 +21,9 @@ use pyo3::prelude::*;
 
 use crate::errors::{raise, Fail, Res};
 use crate::types::Answer;
+
+/// The thread running `memorize` on an engine, if any: it holds the engine's lock alone.
+pub type Busy = Arc<Mutex<Option<ThreadId>>>;
 
 /// How often a waiting `__next__` lets Python run its signal handlers.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
@@ -35,12 +39,16 @@ pub struct AskStream {
     rx: Mutex<Option<Receiver<Msg>>>,
     stop: Arc<AtomicBool>,
     answer: Mutex<Option<Py<Answer>>>,
+    /// The engine's memorizing thread: a `__next__` there would wait for a generation
+    /// that waits for that thread's lock.
+    busy: Busy,
 }
 
 impl AskStream {
     /// Starts generating `prompt` on a new thread.
     pub fn start(
         engine: Arc<RwLock<Option<RustEngine>>>,
+        busy: Busy,
         prompt: String,
         opts: AskOptions,
     ) -> PyResult<Self> {
@@ -84,6 +92,7 @@ impl AskStream {
             rx: Mutex::new(Some(rx)),
             stop,
             answer: Mutex::new(None),
+            busy,
         })
     }
 
@@ -117,6 +126,15 @@ impl AskStream {
                     return Ok(None);
                 }
                 Some(Err(RecvTimeoutError::Timeout)) => {
+                    // A thread that is memorizing holds the engine's lock alone, so
+                    // the generation cannot run: it waits for that lock. Waiting for
+                    // it here — a progress callback consuming a stream that another
+                    // thread started — would never end. (Pieces sent before memorize
+                    // took the lock are received above without a timeout.) The
+                    // stream stays usable once `memorize` returns.
+                    if *self.busy.lock() == Some(std::thread::current().id()) {
+                        return Err(Fail::Busy.into());
+                    }
                     if let Err(e) = py.check_signals() {
                         self.end();
                         return Err(e);

@@ -4,6 +4,7 @@ KeyboardInterrupt that stops after the batch in flight with nothing half-written
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -102,3 +103,32 @@ def test_callback_cannot_reenter_the_engine(tmp_path, model):
         with pytest.raises(mome.BusyError):
             e.memorize(random_facts(1, seed=3), progress=reenter)
         assert seen and len(e) == 1
+
+
+def test_callback_consuming_another_threads_stream_is_busy(tmp_path, model):
+    # A stream started on another thread while memorize holds the engine cannot
+    # generate until memorize ends; consuming it in the callback raises instead of
+    # waiting forever, and the stream still answers once memorize has returned.
+    prompt = "What is 2 + 2?"
+    streams, seen = [], []
+
+    with mome.Engine.create(tmp_path / "s", model) as e:
+
+        def consume(ev):
+            if not streams:
+                t = threading.Thread(
+                    target=lambda: streams.append(e.ask_stream(prompt, max_tokens=8))
+                )
+                t.start()
+                t.join(timeout=60)
+                assert streams, "ask_stream did not return on its thread"
+            try:
+                next(streams[0])
+            except mome.BusyError as err:
+                seen.append(err)
+                raise
+
+        with pytest.raises(mome.BusyError):
+            e.memorize(random_facts(1, seed=5), progress=consume)
+        assert seen
+        assert "".join(streams[0]) == e.ask(prompt, max_tokens=8).text
