@@ -553,7 +553,7 @@ impl Client {
 
     /// One shard's part of [`Self::fetch`]: its read order is tried node after node
     /// (up to 100 rounds, 100 ms apart, with the view read again each round) until one
-    /// answers, within one deadline.
+    /// answers, within one deadline; past the deadline or the rounds, the last error.
     async fn fetch_shard(
         &self,
         shard: u32,
@@ -596,7 +596,12 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(Vec::new())
+        // Every round failed before the deadline (no live node, or each failing at
+        // once): the shard is unavailable. Its ids must not read as absent.
+        Err(last.unwrap_or(Error::Unavailable {
+            shard,
+            reason: "no node answered in 100 rounds".into(),
+        }))
     }
 
     /// Each live node's status (what it serves and owns), by node id. Nodes that do not
