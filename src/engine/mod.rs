@@ -40,7 +40,7 @@ use crate::tune::{Fact, MemorizeEvent, MemorizeReport, TuneOptions};
 
 use crate::error::{Error, Result};
 use crate::index::{ExpertIndex, Hit};
-use crate::model::{AdapterSites, Backbone, Llama, TextStream, WeightFormat};
+use crate::model::{AdapterSites, Backbone, Llama, Pieces, WeightFormat};
 use crate::select::{
     generate_answers_streaming, Encoded, QueryEncoder, RuleParams, Selection, Selector, Source,
 };
@@ -404,47 +404,22 @@ impl Engine {
         max_tokens: usize,
         mut on_text: Option<OnText<'_>>,
     ) -> Result<Answer> {
-        let tok = &self.backbone.tokenizer;
-        let mut stream = TextStream::new(tok);
+        let mut pieces = Pieces::new(&self.backbone.tokenizer);
         let mut branch = 0;
-        let mut failed = None;
-        let mut stopped = false;
         let mut on_token = |b: usize, id: u32| -> ControlFlow<()> {
             let Some(on_text) = on_text.as_mut() else {
                 return ControlFlow::Continue(());
             };
-            let mut piece = String::new();
             if b != branch {
-                // A new fact's answer: the rest of the last one, then the line break
-                // that joins them in `Answer::text`.
-                match stream.finish() {
-                    Ok(rest) => piece.push_str(&rest),
-                    Err(e) => {
-                        failed = Some(e);
-                        return ControlFlow::Break(());
-                    }
-                }
-                // One break per fact passed (one that answered nothing still has its
-                // line).
-                for _ in branch..b {
-                    piece.push('\n');
-                }
-                stream = TextStream::new(tok);
-                branch = b;
-            }
-            match stream.push(id) {
-                Ok(p) => piece.push_str(&p),
-                Err(e) => {
-                    failed = Some(e);
+                // A new fact's answer: the rest of the last one, then one line break
+                // per fact passed (one that answered nothing still has its line), as
+                // they are joined in `Answer::text`.
+                if pieces.next_text(b.saturating_sub(branch)).is_break() {
                     return ControlFlow::Break(());
                 }
+                branch = b;
             }
-            if piece.is_empty() {
-                return ControlFlow::Continue(());
-            }
-            let flow = on_text(&piece);
-            stopped = flow.is_break();
-            flow
+            pieces.push(id, &mut **on_text)
         };
         let branches = generate_answers_streaming(
             &self.backbone,
@@ -455,18 +430,8 @@ impl Engine {
             max_tokens,
             &mut on_token,
         )?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        if let Some(on_text) = on_text.as_mut().filter(|_| !stopped) {
-            let mut rest = stream.finish()?;
-            for _ in branch + 1..branches.len() {
-                rest.push('\n');
-            }
-            if !rest.is_empty() {
-                // Generation is over: a stop request here has nothing left to stop.
-                let _ = on_text(&rest);
-            }
+        if let Some(on_text) = on_text.as_mut() {
+            pieces.finish(branches.len().saturating_sub(branch + 1), &mut **on_text)?;
         }
         // Per active column: (id, score, whether it is a stored expert).
         let mut active = Vec::new();

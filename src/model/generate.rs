@@ -275,3 +275,88 @@ impl<'a> TextStream<'a> {
         Ok(rest)
     }
 }
+
+/// Forwards the text of generated tokens to a callback as pieces: the one path for
+/// [`Backbone::chat`](super::Backbone::chat) and the engine's answers (which join several
+/// texts, one per answered fact, with line breaks). Only non-empty pieces are sent; a
+/// decoding error or a stop request from the callback ends generation, and
+/// [`Pieces::finish`] sends the held-back rest only when nobody asked to stop.
+pub(crate) struct Pieces<'a> {
+    tokenizer: &'a Tokenizer,
+    stream: TextStream<'a>,
+    /// Text to send before the next piece (the rest of the last text and its breaks).
+    pending: String,
+    failed: Option<ModelError>,
+    stopped: bool,
+}
+
+impl<'a> Pieces<'a> {
+    pub(crate) fn new(tokenizer: &'a Tokenizer) -> Self {
+        Pieces {
+            tokenizer,
+            stream: TextStream::new(tokenizer),
+            pending: String::new(),
+            failed: None,
+            stopped: false,
+        }
+    }
+
+    /// Adds a generated token and sends the text that became complete.
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        match self.stream.push(id) {
+            Ok(p) => self.pending.push_str(&p),
+            Err(e) => {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        if self.pending.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let flow = on_text(&std::mem::take(&mut self.pending));
+        self.stopped = flow.is_break();
+        flow
+    }
+
+    /// Ends the current text and starts a new one, `breaks` line breaks after it (sent
+    /// with the new text's first piece).
+    pub(crate) fn next_text(&mut self, breaks: usize) -> ControlFlow<()> {
+        match self.stream.finish() {
+            Ok(rest) => self.pending.push_str(&rest),
+            Err(e) => {
+                self.failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        self.pending.extend(std::iter::repeat_n('\n', breaks));
+        self.stream = TextStream::new(self.tokenizer);
+        ControlFlow::Continue(())
+    }
+
+    /// Generation is over: fails with the decoding error that ended it, else sends the
+    /// rest (with `breaks` line breaks after it) unless the callback asked to stop.
+    pub(crate) fn finish(
+        mut self,
+        breaks: usize,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> ModelResult<()> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if self.stopped {
+            return Ok(());
+        }
+        let mut rest = std::mem::take(&mut self.pending);
+        rest.push_str(&self.stream.finish()?);
+        rest.extend(std::iter::repeat_n('\n', breaks));
+        if !rest.is_empty() {
+            // A stop request here has nothing left to stop.
+            let _ = on_text(&rest);
+        }
+        Ok(())
+    }
+}

@@ -25,6 +25,7 @@ use candle_core::Device;
 
 pub use config::LlamaConfig;
 pub use error::{ModelError, ModelResult};
+pub(crate) use generate::Pieces;
 pub use generate::{GenerateOptions, Generated, Sampler, Sampling, StopReason, TextStream};
 pub use llama::{
     argmax, pooled_query, Hidden, KvCache, Llama, Logits, Mode, Pass, Queries, WeightFormat,
@@ -106,32 +107,11 @@ impl Backbone {
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> ModelResult<ChatReply> {
         let prompt = self.tokenizer.encode_chat(messages, true)?;
-        let mut stream = TextStream::new(&self.tokenizer);
-        let mut stream_err = None;
-        let generated =
-            self.model.generate(
-                &prompt,
-                options,
-                adapters,
-                &mut |id| match stream.push(id) {
-                    Ok(piece) if piece.is_empty() => ControlFlow::Continue(()),
-                    Ok(piece) => on_text(&piece),
-                    Err(e) => {
-                        stream_err = Some(e);
-                        ControlFlow::Break(())
-                    }
-                },
-            )?;
-        if let Some(e) = stream_err {
-            return Err(e);
-        }
-        if generated.stop != StopReason::Callback {
-            let rest = stream.finish()?;
-            if !rest.is_empty() {
-                // Generation is over; a stop request here has nothing left to stop.
-                let _ = on_text(&rest);
-            }
-        }
+        let mut pieces = Pieces::new(&self.tokenizer);
+        let generated = self.model.generate(&prompt, options, adapters, &mut |id| {
+            pieces.push(id, on_text)
+        })?;
+        pieces.finish(0, on_text)?;
         let text = self.tokenizer.decode(&generated.tokens, true)?;
         Ok(ChatReply { text, generated })
     }
