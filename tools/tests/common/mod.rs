@@ -57,6 +57,22 @@ pub fn fails(args: &[&str]) -> Out {
     out
 }
 
+/// The reference model's path; `None` (after saying why) when it is not installed,
+/// which only a developer's machine may lack: under CI a missing model fails the test.
+pub fn real_model_path() -> Option<std::path::PathBuf> {
+    match mome::locate_model(None) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI without the model: {e}"
+            );
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
