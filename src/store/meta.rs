@@ -286,9 +286,18 @@ pub(crate) fn read_shard_metas(db: &DB) -> Result<BTreeMap<u32, ShardMeta>> {
 
 /// A u64 value of the `meta` column family.
 pub(crate) fn meta_u64(db: &DB, key: &[u8]) -> Result<u64> {
+    meta_value(db, key, decode_u64)
+}
+
+/// A u32 value of the `meta` column family (`next_shard`).
+pub(crate) fn meta_u32(db: &DB, key: &[u8]) -> Result<u32> {
+    meta_value(db, key, decode_u32)
+}
+
+fn meta_value<T>(db: &DB, key: &[u8], decode: fn(&[u8]) -> Option<T>) -> Result<T> {
     db.get_pinned_cf(cf(db, CF_META)?, key)
         .map_err(|e| StoreError::db("reading store metadata", e))?
-        .and_then(|v| decode_u64(&v))
+        .and_then(|v| decode(&v))
         .ok_or_else(|| {
             StoreError::corrupt(format!(
                 "meta key `{}` missing or malformed",

@@ -185,7 +185,7 @@ fn load_view_retrying(
             },
         };
         let seq = meta_u64(&db, K_SEQ)?;
-        let next_shard = read_next_shard(&db)?;
+        let next_shard = meta_u32(&db, K_NEXT_SHARD)?;
         if current.is_some_and(|(c, n)| (c.seq, n) == (seq, next_shard)) {
             return Ok(None);
         }
@@ -213,13 +213,6 @@ fn load_view_retrying(
         tries: TRIES,
         last: Box::new(last.unwrap_or_else(|| StoreError::corrupt("no attempt made"))),
     })
-}
-
-fn read_next_shard(db: &DB) -> Result<u32> {
-    db.get_pinned_cf(cf(db, CF_META)?, K_NEXT_SHARD)
-        .map_err(|e| StoreError::db("reading store metadata", e))?
-        .and_then(|v| decode_u32(&v))
-        .ok_or_else(|| StoreError::corrupt("meta key `next_shard` missing or malformed"))
 }
 
 /// Loads the view of the commit `db` holds. Shards already mapped by `reuse` are shared

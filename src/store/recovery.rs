@@ -101,13 +101,7 @@ pub(crate) fn open_store(
     let max_slots = layout.slots_per_shard(config.shard_size);
     let next_id = meta_u64(&db, K_NEXT_ID)?;
     let seq = meta_u64(&db, K_SEQ)?;
-    let mut next_shard = db
-        .get_pinned_cf(cf(&db, CF_META)?, K_NEXT_SHARD)
-        .map_err(|e| StoreError::db("reading store metadata", e))?
-        .and_then(|v| decode_u32(&v))
-        .ok_or_else(|| StoreError::CorruptMetadata {
-            what: "meta key `next_shard` missing or malformed".into(),
-        })?;
+    let mut next_shard = meta_u32(&db, K_NEXT_SHARD)?;
 
     let shards_dir = layout_dir.shards();
     let metas = read_shard_metas(&db)?;
