@@ -14,6 +14,8 @@
 //! "compacted"). Every loop is bounded; etcd is SIGKILLed by PID at the end. Skipped
 //! when etcd is missing, except under CI.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +24,6 @@ use etcd_client::GetOptions;
 use mome_cluster::history::{self, HistoryPolicy};
 use mome_cluster::manifest::{Keys, Manifest, OwnerInfo, SegmentRef, META_VERSION};
 use mome_cluster::segment::SegmentKind;
-use mome_cluster::testbed::{find_etcd, EtcdProcess};
 use mome_cluster::view::{ClusterView, ViewState};
 
 /// Shards the writers rewrite (writer w takes the shards ≡ w mod 2).
@@ -69,18 +70,11 @@ fn same(a: &ViewState, b: &ViewState) -> bool {
 
 #[test]
 fn history_is_compacted_while_views_follow_the_writers() {
-    let Some(bin) = find_etcd() else {
-        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
-        eprintln!("skipped: etcd not found");
+    let t0 = Instant::now();
+    let Some(etcd) = common::one_etcd() else {
         return;
     };
-    let t0 = Instant::now();
-    let etcd = EtcdProcess::start(&bin, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let client = rt
         .block_on(mome_cluster::coord::connect(&[etcd.endpoint()]))
         .expect("connect");

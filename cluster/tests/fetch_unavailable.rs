@@ -4,23 +4,17 @@
 //! One etcd member on 127.0.0.1 with a cluster config and no node. Skipped when etcd is
 //! missing, except under CI.
 
+mod common;
+
 use mome::StoreConfig;
-use mome_cluster::testbed::{find_etcd, EtcdProcess};
 use mome_cluster::{Client, ClusterConfig, Error};
 
 #[test]
 fn fetch_without_a_live_node_is_unavailable() {
-    let Some(bin) = find_etcd() else {
-        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
-        eprintln!("skipped: etcd not found");
+    let Some(etcd) = common::one_etcd() else {
         return;
     };
-    let etcd = EtcdProcess::start(&bin, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let ep = vec![etcd.endpoint()];
         let mut etcd_client = mome_cluster::coord::connect(&ep).await.expect("connect");

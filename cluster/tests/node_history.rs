@@ -6,29 +6,23 @@
 //! compacted within a bounded wait, and the node must shut down cleanly. Skipped when
 //! etcd is missing, except under CI.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 use mome::{IndexKind, StoreConfig};
 use mome_cluster::node::{self, NodeOptions};
 use mome_cluster::objects::S3Url;
-use mome_cluster::testbed::{find_etcd, EtcdProcess};
 use mome_cluster::ClusterConfig;
 
 #[test]
 fn a_node_compacts_etcd_history() {
-    let Some(bin) = find_etcd() else {
-        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
-        eprintln!("skipped: etcd not found");
+    let Some(etcd) = common::one_etcd() else {
         return;
     };
-    let etcd = EtcdProcess::start(&bin, &[]).unwrap_or_else(|e| panic!("{e}"));
     let data = tempfile::tempdir().expect("tempdir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let ep = vec![etcd.endpoint()];
         let mut c = mome_cluster::coord::connect(&ep).await.expect("connect");

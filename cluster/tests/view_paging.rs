@@ -6,8 +6,8 @@
 //! together, and the watch that follows misses nothing. Skipped when etcd is missing,
 //! except under CI.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, Txn, TxnOp};
 use mome_cluster::manifest::{Keys, Manifest, OwnerInfo, SegmentRef, META_VERSION};
 use mome_cluster::segment::SegmentKind;
-use mome_cluster::testbed::{find_etcd, http, wait_until};
 use mome_cluster::view::ClusterView;
 
 const SHARDS: u32 = 1_200;
@@ -24,66 +23,6 @@ const REFS: usize = 32;
 /// Puts per transaction (etcd's --max-txn-ops default is 128; ≈ 500 KB per request,
 /// under its 1.5 MiB request limit).
 const TXN_OPS: usize = 100;
-
-/// One etcd member, SIGKILLed by PID on drop.
-struct Etcd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_etcd(bin: PathBuf) -> Etcd {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ports: Vec<std::net::TcpListener> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port"))
-        .collect();
-    let p: Vec<u16> = ports
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect();
-    drop(ports);
-    let (c, pp) = (p[0], p[1]);
-    let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
-    let child = Command::new(bin)
-        .args([
-            "--name",
-            "e0",
-            "--data-dir",
-            &dir.path().join("data").display().to_string(),
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{c}"),
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{c}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{pp}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{pp}"),
-            "--initial-cluster",
-            &format!("e0=http://127.0.0.1:{pp}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn etcd");
-    let etcd = Etcd {
-        child,
-        port: c,
-        _dir: dir,
-    };
-    wait_until("etcd", Duration::from_secs(20), || {
-        http(c, "GET", "/health").ok().filter(|s| *s == 200)
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    etcd
-}
 
 /// A manifest of `REFS` refs named the way nodes name them; `generation` varies.
 fn manifest(cluster: &str, shard: u32, generation: u64) -> Vec<u8> {
@@ -116,20 +55,13 @@ fn manifest(cluster: &str, shard: u32, generation: u64) -> Vec<u8> {
 
 #[test]
 fn view_loads_a_prefix_past_the_default_decode_limit() {
-    let Some(bin) = find_etcd() else {
-        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
-        eprintln!("skipped: etcd not found");
+    let t0 = Instant::now();
+    let Some(etcd) = common::one_etcd() else {
         return;
     };
-    let t0 = Instant::now();
-    let etcd = start_etcd(bin);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     rt.block_on(async {
-        let ep = vec![format!("127.0.0.1:{}", etcd.port)];
+        let ep = vec![etcd.endpoint()];
         let client = mome_cluster::coord::connect(&ep).await.expect("connect");
         let cluster = "paged";
         let keys = Keys::new(cluster);

@@ -1,9 +1,11 @@
-//! Segments for the format tests: deterministic small experts.
+//! Helpers of the cluster crate's tests: deterministic small experts and segments for the
+//! format tests; one etcd member and a runtime for the tests against etcd.
 #![allow(dead_code)]
 
 use half::f16;
 use mome::{AdapterPair, Provenance, StoreConfig};
 use mome_cluster::segment::{ClusterExpert, SegmentBuilder, SegmentKind};
+use mome_cluster::testbed::{find_etcd, EtcdProcess};
 
 /// d_model 4, key_dim 4, rank 1, adapters on layer 0 and 2.
 pub fn config() -> StoreConfig {
@@ -44,4 +46,25 @@ pub fn fixture() -> Vec<u8> {
     b.tombstone(4);
     b.tombstone(2);
     b.finish().expect("finish")
+}
+
+/// One etcd member on 127.0.0.1 (its own directory and ports, stopped by PID on drop);
+/// `None`, after saying why, when etcd is not installed, which only a developer's machine
+/// may lack: under CI a missing etcd fails the test.
+pub fn one_etcd() -> Option<EtcdProcess> {
+    let Some(bin) = find_etcd() else {
+        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
+        eprintln!("skipped: etcd not found");
+        return None;
+    };
+    Some(EtcdProcess::start(&bin, &[]).unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The tests' async runtime: two workers, like the 2-core machine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
