@@ -79,7 +79,6 @@ pub struct BackgroundVerify {
     thread: Option<JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct Shared {
     stop: AtomicBool,
     finished: AtomicBool,
@@ -90,7 +89,7 @@ struct Shared {
     problems: Mutex<Vec<Problem>>,
     /// Nanoseconds from `started` to the end, 0 while running.
     elapsed_ns: AtomicU64,
-    started: Mutex<Option<Instant>>,
+    started: Instant,
 }
 
 impl BackgroundVerify {
@@ -101,7 +100,7 @@ impl BackgroundVerify {
         let elapsed = if finished {
             Duration::from_nanos(s.elapsed_ns.load(Ordering::Acquire))
         } else {
-            s.started.lock().map(|t| t.elapsed()).unwrap_or_default()
+            s.started.elapsed()
         };
         BackgroundVerifyStatus {
             records_checked: s.checked.load(Ordering::Relaxed),
@@ -192,8 +191,17 @@ impl Store {
         self: &Arc<Self>,
         policy: BackgroundVerifyPolicy,
     ) -> BackgroundVerify {
-        let shared = Arc::new(Shared::default());
-        *shared.started.lock() = Some(Instant::now());
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            checked: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            shards_done: AtomicU64::new(0),
+            problems: Mutex::new(Vec::new()),
+            elapsed_ns: AtomicU64::new(0),
+            started: Instant::now(),
+        });
         let weak = Arc::downgrade(self);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -218,7 +226,7 @@ impl Store {
 }
 
 fn run(store: Weak<Store>, policy: BackgroundVerifyPolicy, s: &Shared) {
-    let started = Instant::now();
+    let started = s.started;
     let mut after = None;
     tracing::info!("background verification started");
     // Asked to stop, or the store is gone (its records no longer matter to anyone).
