@@ -56,12 +56,12 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
     let r = mome::export_archive(&store, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"experts": r.experts, "bytes": r.bytes, "seq": r.seq, "out": args.out.display().to_string()})
         );
     } else {
-        println!(
+        outln!(
             "exported {} experts ({} bytes, store seq {}) to {}",
             r.experts,
             r.bytes,
@@ -80,13 +80,13 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
     index.save().context("saving the index")?;
     let (first, last) = (r.ids.first().copied(), r.ids.last().copied());
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"experts": r.experts, "first_id": first, "last_id": last,
                    "skipped": r.skipped, "archive_id": r.archive_id})
         );
     } else if r.experts == 0 && r.skipped > 0 {
-        println!(
+        outln!(
             "archive {} ({}) was imported before: its {} experts are already in the store; nothing inserted",
             args.input.display(),
             r.archive_id,
@@ -98,7 +98,7 @@ pub fn import(args: ImportArgs) -> Result<ExitCode> {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "imported {} experts from {} (new ids {}..={}{resumed})",
             r.experts,
             args.input.display(),

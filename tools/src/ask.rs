@@ -85,10 +85,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
             .take(8)
             .map(|h| serde_json::json!({"id": h.id, "score": h.score}))
             .collect();
-        let line = serde_json::json!({"answer": answer.text, "selected": sel, "candidates": cands});
-        // A closed stdout ends the command quietly, as it does for the streamed text.
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        outln!(
+            "{}",
+            serde_json::json!({"answer": answer.text, "selected": sel, "candidates": cands})
+        );
     } else {
         if a.explain {
             let p = engine.params();

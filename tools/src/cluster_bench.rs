@@ -181,15 +181,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if a.json {
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!(
+        outln!(
             "| system | nodes | ingest exp/s | p50 µs | p99 µs | p99.9 µs | qps ({} conc.) | recall@{} | hedged |",
             a.concurrency, a.k
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        outln!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &rows {
-            println!(
+            outln!(
                 "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {} |",
                 r["system"].as_str().unwrap_or(""),
                 r["nodes"],

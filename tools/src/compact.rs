@@ -50,21 +50,24 @@ fn plan_json(p: &CompactionPlan) -> serde_json::Value {
 
 fn print_plan(p: &CompactionPlan) {
     if p.is_empty() {
-        println!("nothing to compact");
+        outln!("nothing to compact");
         return;
     }
-    println!(
+    outln!(
         "shards to rewrite: {:?} ({} live records copied into {} new shards, {} dropped)",
-        p.shards, p.live_records, p.output_shards, p.dropped_records
+        p.shards,
+        p.live_records,
+        p.output_shards,
+        p.dropped_records
     );
     for o in &p.orphan_files {
-        println!(
+        outln!(
             "orphan file to delete: {} ({} bytes)",
             o.path.display(),
             o.bytes
         );
     }
-    println!(
+    outln!(
         "bytes: {} → {} in rewritten shards; {} reclaimed in all",
         p.bytes_before,
         p.bytes_after,
@@ -84,9 +87,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if args.dry_run {
         let plan = store.compaction_plan(&policy)?;
         if args.json {
-            println!("{}", json!({"dry_run": true, "plan": plan_json(&plan)}));
+            outln!("{}", json!({"dry_run": true, "plan": plan_json(&plan)}));
         } else {
-            println!("dry run: nothing is changed");
+            outln!("dry run: nothing is changed");
             print_plan(&plan);
         }
         return Ok(ExitCode::SUCCESS);
@@ -95,7 +98,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // index has seen comes from the index layer.
     let r = store.compact(&policy, mome::tombstone_horizon(&args.db))?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "dry_run": false, "plan": plan_json(&r.plan), "new_shards": r.new_shards,
@@ -109,7 +112,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         print_plan(&r.plan);
         if !r.plan.is_empty() || r.tombstones_purged > 0 {
-            println!(
+            outln!(
                 "done: {} records copied into shards {:?}; {} tombstones purged, {} kept until the index is saved past them; {} orphan files removed",
                 r.records_copied,
                 r.new_shards,

@@ -32,13 +32,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     index.delete_batch(&args.expert)?;
     index.save().context("saving the index")?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"deleted": args.expert, "seq": index.store().seq()})
         );
     } else {
         for id in &args.expert {
-            println!("deleted expert {id}");
+            outln!("deleted expert {id}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -93,9 +93,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "seconds": r.seconds,
     });
     if a.json {
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(ExitCode::SUCCESS)
 }

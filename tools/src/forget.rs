@@ -35,11 +35,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .forget(&a.prompt)
         .with_context(|| format!("forgetting {:?}", a.prompt))?;
     if a.json {
-        println!("{}", json!({"prompt": a.prompt, "deleted": ids}));
+        outln!("{}", json!({"prompt": a.prompt, "deleted": ids}));
     } else if ids.is_empty() {
-        println!("no fact stored for {:?}", a.prompt);
+        outln!("no fact stored for {:?}", a.prompt);
     } else {
-        println!("forgot {:?}: deleted experts {ids:?}", a.prompt);
+        outln!("forgot {:?}: deleted experts {ids:?}", a.prompt);
     }
     Ok(crate::exit_for(usize::from(ids.is_empty())))
 }

@@ -86,7 +86,7 @@ fn expert(store: &Store, id: u64, json_out: bool) -> Result<ExitCode> {
         Err(_) => None,
     };
     if json_out {
-        println!(
+        outln!(
             "{}",
             json!({
                 "id": id, "shard": loc.shard, "slot": loc.slot, "offset": offset,
@@ -99,41 +99,42 @@ fn expert(store: &Store, id: u64, json_out: bool) -> Result<ExitCode> {
             })
         );
     } else {
-        println!("expert {id}");
-        println!(
+        outln!("expert {id}");
+        outln!(
             "  record: shard {} slot {} offset {offset}; inserted at seq {}",
             loc.shard,
             loc.slot,
             crate::opt(seq)
         );
-        println!("  checksum: {checksum}");
-        println!(
+        outln!("  checksum: {checksum}");
+        outln!(
             "  created: {} ms since the epoch; selected {} times",
-            meta.created_at_ms, meta.usage
+            meta.created_at_ms,
+            meta.usage
         );
         let p = &meta.provenance;
         if let Some(prompt) = &p.prompt {
-            println!("  prompt: {prompt:?}");
+            outln!("  prompt: {prompt:?}");
         }
         if let Some(answer) = &p.answer {
-            println!("  answer: {answer:?}");
+            outln!("  answer: {answer:?}");
         }
         if !p.text.is_empty() {
-            println!("  text: {:?}", p.text);
+            outln!("  text: {:?}", p.text);
         }
         if let (Some(loss), Some(steps)) = (p.final_loss, p.steps) {
-            println!("  training: final loss {loss}, {steps} steps");
+            outln!("  training: final loss {loss}, {steps} steps");
         }
         if let Some(d) = &p.backbone_digest {
-            println!("  backbone: {d}");
+            outln!("  backbone: {d}");
         }
         if let Some((key_norm, layers)) = &weights {
-            println!(
+            outln!(
                 "  key: {} dims, L2 norm {key_norm:.6}",
                 store.config().key_dim
             );
             for (layer, a, b) in layers {
-                println!("  layer {layer:>3}: |A|_F {a:.6}  |B|_F {b:.6}");
+                outln!("  layer {layer:>3}: |A|_F {a:.6}  |B|_F {b:.6}");
             }
         }
     }
@@ -161,17 +162,17 @@ fn shard_records(store: &Store, shard: u32, json_out: bool) -> Result<ExitCode> 
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"shard": shard, "records": rows, "problems": problems})
         );
     } else {
-        println!("shard {shard}: {} committed records", records.len());
-        println!("   slot      offset  state         expert      seq  checksum");
+        outln!("shard {shard}: {} committed records", records.len());
+        outln!("   slot      offset  state         expert      seq  checksum");
         for r in &records {
             let (s, owner) = state(r.state);
             let seq = r.header.as_ref().ok().map(|h| h.seq);
-            println!(
+            outln!(
                 "  {:>5}  {:>10}  {:<12} {:>7}  {:>7}  {}",
                 r.slot,
                 r.offset,
@@ -182,7 +183,7 @@ fn shard_records(store: &Store, shard: u32, json_out: bool) -> Result<ExitCode> 
                     .map_or_else(|| "ok".to_string(), |p| format!("BAD: {p}"))
             );
         }
-        println!("{problems} problems");
+        outln!("{problems} problems");
     }
     Ok(crate::exit_for(problems))
 }

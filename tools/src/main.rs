@@ -7,6 +7,30 @@
 //! finds a problem or fails. Progress bars go to stderr, only on a terminal.
 
 #![recursion_limit = "256"]
+// One output path (`outln!`): a bare println! panics when the reader has gone.
+#![warn(clippy::print_stdout)]
+
+/// Writes one line to stdout: the tool's one output path. A reader that has gone away
+/// (`mome stats | head -1`) must not turn into a panic, and a command's work does not
+/// depend on anyone reading its report, so a failed write is dropped and the command
+/// ends with the status its work earned.
+macro_rules! outln {
+    () => {
+        $crate::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out_line(format_args!($($arg)*))
+    };
+}
+
+fn out_line(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+}
 
 mod archive;
 mod bench;

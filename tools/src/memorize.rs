@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             })
             .collect();
         let steps: Vec<u32> = report.outcomes.iter().map(|o| o.steps).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "memorized": report.memorized, "unchanged": report.unchanged,
@@ -149,12 +149,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 FactStatus::VerifyFailed { got } => format!("FAILED verification (got {got:?})"),
                 FactStatus::Shadowed => "SHADOWED by a stored expert".to_string(),
             };
-            println!(
+            outln!(
                 "{:<50} -> {:<20} {what} (loss {:.4}, {} steps)",
-                o.fact.prompt, o.fact.answer, o.loss, o.steps
+                o.fact.prompt,
+                o.fact.answer,
+                o.loss,
+                o.steps
             );
         }
-        println!(
+        outln!(
             "memorized {} of {} facts in {:.1} s ({:.1} facts/min); {} failed; {} stored facts broken",
             report.memorized,
             report.outcomes.len(),

@@ -162,7 +162,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     "status": s})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "facts": plan.facts.len(), "memorized": stored, "failed": failed.len(),
@@ -173,9 +173,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     } else {
         for (id, f, s) in &failed {
-            println!("old expert {id}: {:?} -> {:?}: {s}", f.prompt, f.answer);
+            outln!("old expert {id}: {:?} -> {:?}: {s}", f.prompt, f.answer);
         }
-        println!(
+        outln!(
             "migrated {} into {} ({}): {stored} of {} facts memorized again in {:.1} s, {} failed; \
              {copied} experts without a fact copied, {skipped} skipped (shape differs); \
              {} superseded by a newer expert of the same prompt",

@@ -64,17 +64,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "names": m.map(|m| m.names), "forward": m.map(|m| m.forward), "chosen": c})
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             json!({"query_tokens": enc.query.len(), "hits": hits, "selected": chosen_ids})
         );
     } else {
-        println!(
+        outln!(
             "stage 1 (cosine of pooled keys, top {}) and the rule for {:?}:",
-            args.k, args.query_text
+            args.k,
+            args.query_text
         );
         if rows.is_empty() {
-            println!("  no experts");
+            outln!("  no experts");
         }
         for (rank, (h, p, m, c)) in rows.iter().enumerate() {
             let what = match (&p.prompt, &p.answer) {
@@ -87,7 +88,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 Some(m) => format!("forward {:.3}", m.forward),
                 None => "no prompt".to_string(),
             };
-            println!(
+            outln!(
                 "  {:>3}. expert {:>8}  score {:+.4}  {rule:<14} {}  {what}",
                 rank + 1,
                 h.id,
@@ -96,7 +97,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
         if chosen_ids.is_empty() {
-            println!("  the rule chooses nothing: `ask` answers with the bare backbone");
+            outln!("  the rule chooses nothing: `ask` answers with the bare backbone");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -62,7 +62,7 @@ pub fn run(Args { db, experts }: Args) -> Result<ExitCode> {
     }
     pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "inserted {experts} experts durably in {secs:.2}s ({:.0} experts/s, {} bytes each)",
         experts as f64 / secs,
         store.layout().record_size
@@ -78,7 +78,7 @@ pub fn run(Args { db, experts }: Args) -> Result<ExitCode> {
         let e = store.get(*id)?;
         anyhow::ensure!(e.key() == &key[..], "expert {id} read back different bytes");
     }
-    println!(
+    outln!(
         "reopened {}: {} experts, spot-checked {} byte-identical",
         db.display(),
         store.len(),

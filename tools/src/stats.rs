@@ -108,7 +108,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .map(|&(id, n)| json!({"id": id, "count": n}))
                 .collect()
         };
-        println!(
+        outln!(
             "{}",
             json!({
                 "live": s.live, "deleted": s.deleted,
@@ -131,8 +131,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let c = store.config();
-    println!("store {}", args.db.display());
-    println!(
+    outln!("store {}", args.db.display());
+    outln!(
         "  config: d_model {}, key_dim {}, rank {}, layers {:?}, query layer {}, {:?}, shard size {} bytes, backbone {}",
         c.d_model,
         c.key_dim,
@@ -143,7 +143,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         c.shard_size,
         if c.backbone_digest.is_empty() { "(unknown)" } else { &c.backbone_digest }
     );
-    println!(
+    outln!(
         "  experts: {} live, {} deleted (bytes not reclaimed), {} tombstones kept for the index; seq {}, next id {}",
         s.live,
         s.deleted,
@@ -151,23 +151,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         s.seq,
         store.next_id()
     );
-    println!(
+    outln!(
         "  shards: {} files, {} bytes; record size {} bytes",
         s.shards.len(),
         shard_bytes,
         s.record_size
     );
-    println!(
+    outln!(
         "  orphans: {} slots, {} files ({} bytes)",
         s.orphan_slots,
         s.orphan_files.len(),
         orphan_bytes
     );
     for o in &s.orphan_files {
-        println!("    {} ({} bytes)", o.path.display(), o.bytes);
+        outln!("    {} ({} bytes)", o.path.display(), o.bytes);
     }
     match &index {
-        Ok(Some(i)) => println!(
+        Ok(Some(i)) => outln!(
             "  index: {:?}, {} keys, {} bytes on disk, covers seq {} ({} commits behind; caught up on open)",
             i.params.kind,
             i.count,
@@ -175,12 +175,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             i.seq,
             s.seq.saturating_sub(i.seq)
         ),
-        Ok(None) => println!("  index: none saved (built on first open)"),
-        Err(e) => println!("  index: unreadable metadata ({e}); rebuilt on next open"),
+        Ok(None) => outln!("  index: none saved (built on first open)"),
+        Err(e) => outln!("  index: unreadable metadata ({e}); rebuilt on next open"),
     }
-    println!(
+    outln!(
         "  usage: {} selections; {} experts used, {} never",
-        usage.total, usage.used, usage.never
+        usage.total,
+        usage.used,
+        usage.never
     );
     let list = |v: &[(u64, u64)]| -> String {
         v.iter()
@@ -189,14 +191,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .join(", ")
     };
     if !usage.most.is_empty() {
-        println!("    most used:  {}", list(&usage.most));
+        outln!("    most used:  {}", list(&usage.most));
     }
     if !usage.least.is_empty() {
-        println!("    least used: {}", list(&usage.least));
+        outln!("    least used: {}", list(&usage.least));
     }
-    println!("  shard  state   used   live   dead  live%     bytes");
+    outln!("  shard  state   used   live   dead  live%     bytes");
     for sh in &s.shards {
-        println!(
+        outln!(
             "  {:>5}  {:<6} {:>6} {:>6} {:>6} {:>5.1} {:>9}",
             sh.id,
             state_name(sh.state),

@@ -170,7 +170,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Some(n) => json!({"checked": true, "facts": n, "relinked": repaired}),
             None => json!({"checked": false}),
         };
-        println!(
+        outln!(
             "{}",
             json!({
                 "records_checked": report.records_checked, "live": live,
@@ -179,7 +179,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     } else {
         for p in &rows {
-            println!(
+            outln!(
                 "PROBLEM expert {} shard {} offset {}: {}",
                 crate::opt(p.id),
                 crate::opt(p.shard),
@@ -188,7 +188,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             );
         }
         match &check.saved {
-            Some(s) if check.unusable.is_none() => println!(
+            Some(s) if check.unusable.is_none() => outln!(
                 "index: saved at seq {} with {} keys; {} changes replayed; {} keys checked against {} live experts",
                 s.seq,
                 s.count,
@@ -197,15 +197,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 live
             ),
             Some(_) => {}
-            None => println!("index: none saved (built on first open); nothing to check"),
+            None => outln!("index: none saved (built on first open); nothing to check"),
         }
         if let Some(n) = repaired {
-            println!("repair: relinked {n} facts that retrieval no longer returned");
+            outln!("repair: relinked {n} facts that retrieval no longer returned");
         }
         if let Some(n) = recall_checked {
-            println!("recall: replayed {n} stored facts through the engine");
+            outln!("recall: replayed {n} stored facts through the engine");
         }
-        println!(
+        outln!(
             "verified {} records: {} problems",
             report.records_checked,
             rows.len()
