@@ -81,6 +81,10 @@ struct InitArgs {
     /// Deltas that trigger a compaction.
     #[arg(long, default_value_t = 16)]
     max_deltas: u32,
+    /// etcd history kept, seconds: a node compacts etcd at the revision current this long
+    /// ago (0: leave compaction to etcd's own flags).
+    #[arg(long, default_value_t = mome_cluster::manifest::DEFAULT_ETCD_HISTORY_S)]
+    etcd_history: u64,
     /// The whole config as JSON (overrides every other shape and policy flag).
     #[arg(long)]
     config_json: Option<String>,
@@ -126,8 +130,9 @@ async fn connect(c: &Conn) -> Result<Client> {
         .with_context(|| format!("connecting to cluster `{}` at {}", c.cluster, c.etcd))
 }
 
-async fn init(a: InitArgs) -> Result<ExitCode> {
-    let config: ClusterConfig = match &a.config_json {
+/// The config `mome cluster init` writes: --config-json, else the shape and policy flags.
+fn init_config(a: &InitArgs) -> Result<ClusterConfig> {
+    Ok(match &a.config_json {
         Some(j) => serde_json::from_str(j).context("parsing --config-json")?,
         None => {
             let mut store = StoreConfig::new(a.d_model, a.key_dim, a.rank, a.layers.clone());
@@ -139,6 +144,7 @@ async fn init(a: InitArgs) -> Result<ExitCode> {
             c.lease_ttl_s = a.lease_ttl;
             c.gc_grace_s = a.gc_grace;
             c.max_deltas = a.max_deltas;
+            c.etcd_history_s = a.etcd_history;
             c.index = match a.index.as_str() {
                 "hnsw" => IndexKind::Hnsw,
                 "flat" => IndexKind::Flat,
@@ -146,14 +152,18 @@ async fn init(a: InitArgs) -> Result<ExitCode> {
             };
             c
         }
-    };
+    })
+}
+
+async fn init(a: InitArgs) -> Result<ExitCode> {
+    let config = init_config(&a)?;
     let mut etcd =
         mome_cluster::coord::connect(&mome_cluster::coord::endpoints(&a.conn.etcd)).await?;
     mome_cluster::coord::init_cluster(&mut etcd, &a.conn.cluster, &config).await?;
     if a.conn.json {
-        println!("{}", json!({"cluster": a.conn.cluster, "config": config}));
+        outln!("{}", json!({"cluster": a.conn.cluster, "config": config}));
     } else {
-        println!(
+        outln!(
             "cluster `{}`: {} shards, {} replicas, experts {}×rank {} on layers {:?}, index {:?}",
             a.conn.cluster,
             config.shards,
@@ -198,7 +208,7 @@ async fn status(c: Conn) -> Result<ExitCode> {
         problems += 1;
     }
     if c.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "cluster": client.cluster(),
@@ -214,7 +224,7 @@ async fn status(c: Conn) -> Result<ExitCode> {
             })
         );
     } else {
-        println!(
+        outln!(
             "cluster `{}` at etcd revision {}: {} experts in {} shards ({} replicas), {} unowned",
             client.cluster(),
             state.revision,
@@ -223,9 +233,9 @@ async fn status(c: Conn) -> Result<ExitCode> {
             cfg.replicas,
             unowned
         );
-        println!("etcd: {keys} keys, {bytes} bytes");
+        outln!("etcd: {keys} keys, {bytes} bytes");
         for n in &out_nodes {
-            println!("  {n}");
+            outln!("  {n}");
         }
     }
     Ok(crate::exit_for(problems))
@@ -256,11 +266,11 @@ async fn shards(c: Conn) -> Result<ExitCode> {
     }
     let unowned = rows.iter().filter(|r| r["owner"].is_null()).count();
     if c.json {
-        println!("{}", json!({"cluster": client.cluster(), "shards": rows}));
+        outln!("{}", json!({"cluster": client.cluster(), "shards": rows}));
     } else {
-        println!("shard  owner        token  gen  experts  segs  bytes       placement");
+        outln!("shard  owner        token  gen  experts  segs  bytes       placement");
         for r in &rows {
-            println!(
+            outln!(
                 "{:>5}  {:<11}  {:>5}  {:>3}  {:>7}  {:>4}  {:>10}  {}",
                 r["shard"],
                 r["owner"].as_str().unwrap_or("-"),
@@ -325,12 +335,12 @@ async fn rebalance(a: RebalanceArgs) -> Result<ExitCode> {
             .iter()
             .map(|(s, o, p)| json!({"shard": s, "owner": o, "preferred": p}))
             .collect();
-        println!("{}", json!({"pending": m}));
+        outln!("{}", json!({"pending": m}));
     } else if moves.is_empty() {
-        println!("every shard is owned by its preferred node");
+        outln!("every shard is owned by its preferred node");
     } else {
         for (s, o, p) in &moves {
-            println!(
+            outln!(
                 "shard {s}: owner {} → preferred {p}",
                 o.as_deref().unwrap_or("(none)")
             );
@@ -338,4 +348,35 @@ async fn rebalance(a: RebalanceArgs) -> Result<ExitCode> {
     }
     // Pending moves are a problem only when the caller waited for them.
     Ok(crate::exit_for(if a.wait > 0 { moves.len() } else { 0 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        init: InitArgs,
+    }
+
+    fn config(args: &[&str]) -> ClusterConfig {
+        let base = ["init", "--etcd", "127.0.0.1:2379"];
+        let cli = Cli::try_parse_from(base.iter().chain(args)).expect("flags parse");
+        init_config(&cli.init).expect("config")
+    }
+
+    #[test]
+    fn etcd_history_flag_reaches_the_config() {
+        assert_eq!(
+            config(&[]).etcd_history_s,
+            mome_cluster::manifest::DEFAULT_ETCD_HISTORY_S
+        );
+        assert_eq!(config(&["--etcd-history", "60"]).etcd_history_s, 60);
+        assert_eq!(config(&["--etcd-history", "0"]).etcd_history_s, 0);
+        let c = config(&["--shards", "4", "--max-deltas", "3", "--index", "flat"]);
+        assert_eq!((c.shards, c.max_deltas), (4, 3));
+        assert!(matches!(c.index, IndexKind::Flat));
+    }
 }
