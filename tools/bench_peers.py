@@ -222,7 +222,15 @@ def run_faiss(meta, keys, queries, truth, threads, data_dir):
     out["index_build_s"] = round3(build_s)
     out["insert_per_s"] = round(n / build_s, 1) if build_s > 0 else None
     out["rss_mib"] = rss_mib()
-    log(f"faiss-hnsw: built in {build_s:.2f} s ({out['insert_per_s']} keys/s), RSS {out['rss_mib']} MiB")
+    # The index's own arrays (vectors, neighbour lists, their offsets, levels), as the
+    # engine reports its index memory: comparable per expert, unlike the process RSS.
+    h = index.hnsw
+    index_bytes = (index.ntotal * dim * 4 + h.neighbors.size() * 4
+                   + h.offsets.size() * 8 + h.levels.size() * 4)
+    out["index_bytes"] = int(index_bytes)
+    out["index_bytes_per_expert"] = round(index_bytes / n, 1)
+    log(f"faiss-hnsw: built in {build_s:.2f} s ({out['insert_per_s']} keys/s), RSS {out['rss_mib']} MiB, "
+        f"index arrays {index_bytes / n:.0f} B/key")
 
     qn = normalised(queries)
     q_count = qn.shape[0]

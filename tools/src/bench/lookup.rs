@@ -32,6 +32,13 @@ pub(super) struct Setup {
     pub(super) machine: Value,
 }
 
+impl Setup {
+    /// Elements of one adapter matrix (rank × d_model).
+    fn per_matrix(&self) -> usize {
+        (self.cfg.rank * self.d_model) as usize
+    }
+}
+
 /// The sample of queries with their exact answers, and how to time a path over them.
 pub(super) struct Timer<'a> {
     pub(super) queries: &'a [f32],
@@ -99,6 +106,9 @@ pub(super) struct BuildFigures {
     pub(super) ingest_s: f64,
     pub(super) insert_per_s: f64,
     pub(super) index_build_s: f64,
+    /// With --resume: the experts the store already held when this run started (its
+    /// figures then cover only the rest, ingest and index together).
+    pub(super) resumed_from: Option<u64>,
 }
 
 /// The engine's figures on every timed path.
@@ -157,7 +167,11 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
     };
 
     let mut rows: Vec<Row> = Vec::new();
-    let raw = time_raw_usearch(&a, &s, &keys, &timer, &mut rows)?;
+    let raw = if a.no_raw {
+        None
+    } else {
+        Some(time_raw_usearch(&a, &s, &keys, &timer, &mut rows)?)
+    };
 
     // The peers' data, written while the keys are still in memory.
     let peer_data = a
@@ -174,17 +188,33 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
         export(&peer_data, &a, &peer, &keys, &queries, &truth)?;
     }
 
-    let (store, ingest_s, insert_per_s) = ingest(&a, &s, &keys)?;
-    drop(keys);
-    let (index, index_build_s) = build_index(&a, &s, &store)?;
-    let build = BuildFigures {
-        ingest_s,
-        insert_per_s,
-        index_build_s,
+    let (store, index, build) = if a.resume {
+        let built = resumable_build(&a, &s, &keys)?;
+        drop(keys);
+        built
+    } else {
+        let (store, ingest_s, insert_per_s) = ingest(&a, &s, &keys)?;
+        drop(keys);
+        let (index, index_build_s) = build_index(&a, &s, &store)?;
+        let build = BuildFigures {
+            ingest_s,
+            insert_per_s,
+            index_build_s,
+            resumed_from: None,
+        };
+        (store, index, build)
     };
     let engine = time_engine(&a, &store, &index, &timer, &mut rows)?;
 
-    let mut out = report(&a, &s, (&store, &index), sample, &build, &raw, &engine);
+    let mut out = report(
+        &a,
+        &s,
+        (&store, &index),
+        sample,
+        &build,
+        raw.as_ref(),
+        &engine,
+    );
     let swept =
         !(a.sweep_quantization.is_empty() && a.sweep_ef.is_empty() && a.sweep_rerank.is_empty());
     let index = if swept {
@@ -209,7 +239,7 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
 
     drop(index);
     drop(store);
-    if !a.keep {
+    if !(a.keep || a.resume) {
         std::fs::remove_dir_all(&s.db).with_context(|| format!("removing {}", s.db.display()))?;
     } else if s.temp_db {
         say(format_args!("store kept at {}", s.db.display()));
@@ -220,7 +250,7 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if a.json {
-        println!("{out}");
+        outln!("{out}");
     } else {
         print_table(&out, &rows);
         print_sweep(&out);
@@ -273,9 +303,13 @@ pub(super) fn setup(a: &LookupArgs) -> Result<Setup> {
             true,
         ),
     };
-    if db.exists() && std::fs::read_dir(&db)?.next().is_some() {
+    ensure!(
+        !a.resume || !temp_db,
+        "--resume needs --db (the store to create or to continue)"
+    );
+    if !a.resume && db.exists() && std::fs::read_dir(&db)?.next().is_some() {
         bail!(
-            "{} exists and is not empty; the benchmark creates a new store",
+            "{} exists and is not empty; the benchmark creates a new store (--resume continues one)",
             db.display()
         );
     }
@@ -316,16 +350,32 @@ pub(super) fn exact_top10(
     dim: usize,
     sample: usize,
 ) -> Result<Vec<Vec<u64>>> {
-    let flat = FlatIndex::new(dim);
-    for (i, k) in keys.chunks_exact(dim).enumerate() {
-        flat.add(i as u64 + 1, k)?;
+    // The exact index holds a copy of its keys: at 10M experts one block at a time, the
+    // per-block top-10s merged in the flat index's own order (score, then id).
+    let mut best: Vec<Vec<mome::Hit>> = vec![Vec::new(); sample.min(queries.len() / dim.max(1))];
+    for (b, block) in keys.chunks(dim * EXACT_BLOCK_ROWS).enumerate() {
+        let flat = FlatIndex::new(dim);
+        let first = (b * EXACT_BLOCK_ROWS) as u64 + 1;
+        for (i, k) in block.chunks_exact(dim).enumerate() {
+            flat.add(first + i as u64, k)?;
+        }
+        best.par_iter_mut()
+            .zip(queries.par_chunks_exact(dim))
+            .try_for_each(|(best, q)| -> mome::IndexResult<()> {
+                best.extend(flat.search(q, 10)?);
+                best.sort_by(|x, y| y.score.total_cmp(&x.score).then(x.id.cmp(&y.id)));
+                best.truncate(10);
+                Ok(())
+            })?;
     }
-    Ok(queries
-        .par_chunks_exact(dim)
-        .take(sample)
-        .map(|q| Ok(flat.search(q, 10)?.iter().map(|h| h.id).collect()))
-        .collect::<mome::IndexResult<_>>()?)
+    Ok(best
+        .into_iter()
+        .map(|hits| hits.iter().map(|h| h.id).collect())
+        .collect())
 }
+
+/// Keys per exact-index block in [`exact_top10`].
+const EXACT_BLOCK_ROWS: usize = 1 << 20;
 
 /// Builds raw usearch with the engine's parameters on the same keys and times it.
 ///
@@ -410,28 +460,13 @@ pub(super) fn ingest(a: &LookupArgs, s: &Setup, keys: &[f32]) -> Result<(Arc<Sto
             .with_context(|| format!("creating {}", s.db.display()))?,
     );
     store.set_progress(crate::progress::terminal());
-    let per_matrix = (a.rank * s.d_model) as usize;
-    let pool = weight_pool(per_matrix * 2 * s.layer_ids.len() + (1 << 22));
+    let pool = weight_pool(s.per_matrix() * 2 * s.layer_ids.len() + (1 << 22));
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let pb = crate::progress::bar(a.experts as u64, "ingest");
     let mut insert_time = Duration::ZERO;
     let t_ingest = Instant::now();
     for chunk in keys.chunks(s.dim * a.ingest_batch.max(1)) {
-        let batch: Vec<NewExpert> = chunk
-            .chunks_exact(s.dim)
-            .map(|k| NewExpert {
-                key: k.iter().map(|&x| f16::from_f32(x)).collect(),
-                layers: s
-                    .layer_ids
-                    .iter()
-                    .map(|_| AdapterPair {
-                        a: slice_of(&pool, per_matrix, &mut rng),
-                        b: slice_of(&pool, per_matrix, &mut rng),
-                    })
-                    .collect(),
-                provenance: Provenance::text("bench lookup"),
-            })
-            .collect();
+        let batch = new_experts(s, chunk, &pool, &mut rng);
         let n = batch.len() as u64;
         let t = Instant::now();
         store.insert_batch(batch)?;
@@ -447,6 +482,149 @@ pub(super) fn ingest(a: &LookupArgs, s: &Setup, keys: &[f32]) -> Result<(Arc<Sto
         ),
     );
     Ok((store, ingest_s, insert_per_s))
+}
+
+/// The experts of `keys` (rows of `s.dim`), with weights sliced from `pool`.
+fn new_experts(s: &Setup, keys: &[f32], pool: &[f16], rng: &mut impl Rng) -> Vec<NewExpert> {
+    let per_matrix = s.per_matrix();
+    keys.chunks_exact(s.dim)
+        .map(|k| NewExpert {
+            key: k.iter().map(|&x| f16::from_f32(x)).collect(),
+            layers: s
+                .layer_ids
+                .iter()
+                .map(|_| AdapterPair {
+                    a: slice_of(pool, per_matrix, rng),
+                    b: slice_of(pool, per_matrix, rng),
+                })
+                .collect(),
+            provenance: Provenance::text("bench lookup"),
+        })
+        .collect()
+}
+
+/// `--resume`: creates the store at `--db` or continues the one there, inserting the
+/// experts it does not hold yet through the index (store and graph per batch, as a live
+/// deployment grows) and saving the index every `--save-every` experts. A killed run
+/// loses at most the experts since the last save from the index — the next run loads
+/// the saved index and replays the store's later commits — and nothing from the store.
+pub(super) fn resumable_build(
+    a: &LookupArgs,
+    s: &Setup,
+    keys: &[f32],
+) -> Result<(Arc<Store>, ExpertIndex, BuildFigures)> {
+    let t_open = Instant::now();
+    let fresh = !s.db.exists() || std::fs::read_dir(&s.db)?.next().is_none();
+    let store = if fresh {
+        Store::create(&s.db, s.cfg.clone())
+            .with_context(|| format!("creating {}", s.db.display()))?
+    } else {
+        Store::open_with(&s.db, &s.cfg).with_context(|| {
+            format!(
+                "opening {} to resume (it must have been made by --resume with the same shape)",
+                s.db.display()
+            )
+        })?
+    };
+    let store = Arc::new(store);
+    store.set_progress(crate::progress::terminal());
+    let held = store.len();
+    resume_point_matches(&store, keys, s.dim, a.experts)?;
+    let index = ExpertIndex::open_with(store.clone(), s.params)?;
+    ensure!(
+        index.len() as u64 == held,
+        "index holds {} keys, store {held}",
+        index.len()
+    );
+    say(format_args!(
+        "{} {}: {held} experts held, index {:?} in {:.1}s",
+        if fresh { "created" } else { "resumed" },
+        s.db.display(),
+        index.opened_from(),
+        t_open.elapsed().as_secs_f64()
+    ));
+
+    let pool = weight_pool(s.per_matrix() * 2 * s.layer_ids.len() + (1 << 22));
+    // Seeded by the resume point: a resumed run draws other weights than an unbroken
+    // one would, which no figure depends on.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3 ^ held);
+    let pb = crate::progress::bar(a.experts as u64, "ingest+index");
+    pb.set_position(held);
+    let rest = &keys[held as usize * s.dim..];
+    let save_every = a.save_every.max(1) as u64;
+    let (mut since_save, mut added) = (0u64, 0u64);
+    let t = Instant::now();
+    for chunk in rest.chunks(s.dim * a.ingest_batch.max(1)) {
+        let batch = new_experts(s, chunk, &pool, &mut rng);
+        let n = batch.len() as u64;
+        index.insert_batch(batch)?;
+        pb.inc(n);
+        (since_save, added) = (since_save + n, added + n);
+        if since_save >= save_every {
+            index.save()?;
+            since_save = 0;
+            let rate = added as f64 / t.elapsed().as_secs_f64();
+            say(format_args!(
+                "checkpoint: {} of {} experts stored and indexed ({rate:.0} experts/s this run, eta {:.0}s)",
+                held + added,
+                a.experts,
+                (a.experts as u64 - held - added) as f64 / rate.max(1e-9)
+            ));
+        }
+    }
+    index.save()?;
+    pb.finish_and_clear();
+    let build_s = t.elapsed().as_secs_f64();
+    let per_s = if added > 0 {
+        added as f64 / build_s
+    } else {
+        f64::NAN
+    };
+    say(format_args!(
+        "stored and indexed {added} experts in {build_s:.1}s ({per_s:.0} experts/s, store + index)"
+    ));
+    Ok((
+        store,
+        index,
+        BuildFigures {
+            ingest_s: build_s,
+            insert_per_s: per_s,
+            index_build_s: build_s,
+            resumed_from: Some(held),
+        },
+    ))
+}
+
+/// A store is continued only where this run would have left it: ids 1..=held with
+/// nothing deleted, at most `experts` of them, and the last one's key the one this
+/// run generates for that row (same --clusters, --key-dim, generator).
+fn resume_point_matches(store: &Store, keys: &[f32], dim: usize, experts: usize) -> Result<()> {
+    let held = store.len();
+    ensure!(
+        held <= experts as u64,
+        "the store holds {held} experts, more than --experts {experts}"
+    );
+    ensure!(
+        store.next_id() == held + 1,
+        "the store's ids are not 1..={held} (next id {}): not a store this benchmark made",
+        store.next_id()
+    );
+    if held == 0 {
+        return Ok(());
+    }
+    let row = &keys[(held as usize - 1) * dim..held as usize * dim];
+    let stored = store.get(held)?;
+    let same = stored
+        .key()
+        .iter()
+        .zip(row)
+        .all(|(k, &x)| k.to_bits() == f16::from_f32(x).to_bits());
+    ensure!(
+        same,
+        "expert {held}'s key is not the one this run generates for it: \
+         the store was made with other --clusters or --key-dim"
+    );
+    Ok(())
 }
 
 /// Builds the index from the store (the rebuild path an operator gets) and saves it.

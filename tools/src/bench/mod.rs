@@ -113,6 +113,17 @@ struct LookupArgs {
     /// Store directory to create (must not exist or be empty); default: a temporary one.
     #[arg(long)]
     db: Option<PathBuf>,
+    /// Create the store at --db or continue the one a killed run left there: experts are
+    /// stored and indexed batch by batch and the index saved every --save-every, so a
+    /// long build (10M experts) survives a restart. Keeps the store.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: experts between index saves.
+    #[arg(long, default_value_t = 1_000_000)]
+    save_every: usize,
+    /// Skip raw usearch (a second full graph build, in memory beside the engine's keys).
+    #[arg(long)]
+    no_raw: bool,
     /// Leave the store in place (for the admin tool) instead of deleting it.
     #[arg(long)]
     keep: bool,

@@ -15,9 +15,10 @@ pub(super) fn report(
     (store, index): (&Store, &ExpertIndex),
     sample: usize,
     b: &BuildFigures,
-    u: &RawFigures,
+    u: Option<&RawFigures>,
     m: &EngineFigures,
 ) -> Value {
+    let raw = |f: &dyn Fn(&RawFigures) -> f64| u.map(f);
     let store_bytes = dir_bytes(&s.db);
     let index_bytes = dir_bytes(&store.store_dir().index());
     let bytes_per_expert = store_bytes as f64 / a.experts as f64;
@@ -76,26 +77,33 @@ pub(super) fn report(
         "touch_p999_us": m.touch.p999,
         "recall_at_10": m.recall,
         "usearch_version": usearch::version(),
-        "usearch_build_s": u.build_s,
-        "usearch_p50_us": u.single.p50,
-        "usearch_p99_us": u.single.p99,
-        "usearch_p999_us": u.single.p999,
-        "usearch_batch_p50_us": u.batch.p50,
-        "usearch_batch_p99_us": u.batch.p99,
-        "usearch_batch_qps": u.batch_qps,
-        "usearch_recall_at_10": u.recall,
-        "overhead_p50": m.first_touch.p50 / u.single.p50,
-        "overhead_p99": m.first_touch.p99 / u.single.p99,
-        "warm_overhead_p50": m.verified.p50 / u.single.p50,
-        "warm_overhead_p99": m.verified.p99 / u.single.p99,
+        "usearch_build_s": raw(&|u| u.build_s),
+        "usearch_p50_us": raw(&|u| u.single.p50),
+        "usearch_p99_us": raw(&|u| u.single.p99),
+        "usearch_p999_us": raw(&|u| u.single.p999),
+        "usearch_batch_p50_us": raw(&|u| u.batch.p50),
+        "usearch_batch_p99_us": raw(&|u| u.batch.p99),
+        "usearch_batch_qps": raw(&|u| u.batch_qps),
+        "usearch_recall_at_10": raw(&|u| u.recall),
+        "overhead_p50": raw(&|u| m.first_touch.p50 / u.single.p50),
+        "overhead_p99": raw(&|u| m.first_touch.p99 / u.single.p99),
+        "warm_overhead_p50": raw(&|u| m.verified.p50 / u.single.p50),
+        "warm_overhead_p99": raw(&|u| m.verified.p99 / u.single.p99),
+        "resumed_from": b.resumed_from,
+        "build_mode": if b.resumed_from.is_some() {
+            "resumable: store and index per batch (ingest_s = index_build_s = that one phase)"
+        } else {
+            "ingest, then index rebuilt from the store"
+        },
         "bytes_per_expert": bytes_per_expert,
         "record_bytes": store.layout().record_size,
         "store_bytes": store_bytes,
         "index_bytes": index_bytes,
         "index_mib": index_mib,
+        "index_memory_bytes_per_expert": index.memory_bytes() as f64 / a.experts as f64,
         "rss_mib": rss_mib,
         "peak_rss_mib": hwm_mib,
-        "rss_note": "whole benchmark process: includes its own copy of the keys (experts × key_dim × 4 bytes) and the raw usearch index",
+        "rss_note": "whole benchmark process: includes its own copy of the keys (experts × key_dim × 4 bytes, freed after ingest) and, unless --no-raw, the raw usearch index",
         "machine": s.machine.clone(),
         "db": if a.keep { Some(s.db.display().to_string()) } else { None },
     })
@@ -103,36 +111,47 @@ pub(super) fn report(
 
 pub(super) fn print_table(out: &Value, rows: &[Row]) {
     let f = |k: &str| out[k].as_f64().unwrap_or(f64::NAN);
-    println!();
-    println!(
-        "experts {}: ingest {:.0} experts/s durable ({:.1}s), index build {:.1}s, raw usearch build {:.1}s; \
+    outln!();
+    outln!(
+        "experts {}: ingest {:.0} experts/s durable ({:.1}s), index build {:.1}s, {}; \
          {:.0} bytes/expert on disk (record {} B); index {:.0} MiB; process RSS {:.0} MiB",
         out["experts"],
         f("insert_per_s"),
         f("ingest_s"),
         f("index_build_s"),
-        f("usearch_build_s"),
+        match out["usearch_build_s"].as_f64() {
+            Some(b) => format!("raw usearch build {b:.1}s"),
+            None => "raw usearch skipped".into(),
+        },
         f("bytes_per_expert"),
         out["record_bytes"],
         f("index_mib"),
         f("rss_mib"),
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "| experts | system | path | p50 µs | p99 µs | p999 µs | recall@10 | batched q/s ({} threads) |",
         out["threads"]
     );
-    println!("|---:|---|---|---:|---:|---:|---:|---:|");
+    outln!("|---:|---|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let recall = r.recall.map_or_else(|| "".into(), |x| format!("{x:.4}"));
         let qps = r.qps.map_or_else(|| "".into(), |x| format!("{x:.0}"));
-        println!(
+        outln!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {recall} | {qps} |",
-            out["experts"], r.system, r.path, r.lat.p50, r.lat.p99, r.lat.p999
+            out["experts"],
+            r.system,
+            r.path,
+            r.lat.p50,
+            r.lat.p99,
+            r.lat.p999
         );
     }
-    println!();
-    println!(
+    if out["overhead_p50"].is_null() {
+        return;
+    }
+    outln!();
+    outln!(
         "engine full path vs raw usearch search: p50 {:.2}×, p99 {:.2}× (first touch); \
          p50 {:.2}×, p99 {:.2}× (verified records)",
         f("overhead_p50"),
@@ -238,14 +257,14 @@ pub(super) fn print_sweep(out: &Value) {
         return;
     };
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "| experts | system | ef | re-rank | p50 µs | p99 µs | recall@10 | batched q/s ({} threads) |",
         out["threads"]
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    outln!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for p in points {
-        println!(
+        outln!(
             "| {} | mome {}: search + resolve {} views (verified) | {} | {} | {:.1} | {:.1} | {:.4} | {:.0} |",
             out["experts"],
             p["quantization"].as_str().unwrap_or("?"),
@@ -260,7 +279,7 @@ pub(super) fn print_sweep(out: &Value) {
     }
     for peer in out["peers"].as_array().into_iter().flatten() {
         for p in peer["sweep"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "| {} | {} {}: search top-K | {} | – | {:.1} | {:.1} | {:.4} | {:.0} |",
                 out["experts"],
                 peer["system"].as_str().unwrap_or("?"),
@@ -275,7 +294,7 @@ pub(super) fn print_sweep(out: &Value) {
     }
     if let Some(builds) = out["sweep_builds"].as_array() {
         for b in builds {
-            println!(
+            outln!(
                 "sweep: {} index built from the store in {:.1}s, {:.0} MiB",
                 b["quantization"].as_str().unwrap_or("?"),
                 f(b, "index_build_s"),
