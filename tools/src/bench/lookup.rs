@@ -37,6 +37,16 @@ impl Setup {
     fn per_matrix(&self) -> usize {
         (self.cfg.rank * self.d_model) as usize
     }
+
+    /// The fp16 pool every expert's matrices are sliced from (`new_experts`).
+    fn weight_pool(&self) -> Vec<f16> {
+        weight_pool(self.per_matrix() * 2 * self.layer_ids.len() + (1 << 22))
+    }
+}
+
+/// Whether `dir` exists and holds anything (a store the benchmark would overwrite).
+fn holds_files(dir: &std::path::Path) -> Result<bool> {
+    Ok(dir.exists() && std::fs::read_dir(dir)?.next().is_some())
 }
 
 /// The sample of queries with their exact answers, and how to time a path over them.
@@ -307,7 +317,7 @@ pub(super) fn setup(a: &LookupArgs) -> Result<Setup> {
         !a.resume || !temp_db,
         "--resume needs --db (the store to create or to continue)"
     );
-    if !a.resume && db.exists() && std::fs::read_dir(&db)?.next().is_some() {
+    if !a.resume && holds_files(&db)? {
         bail!(
             "{} exists and is not empty; the benchmark creates a new store (--resume continues one)",
             db.display()
@@ -460,7 +470,7 @@ pub(super) fn ingest(a: &LookupArgs, s: &Setup, keys: &[f32]) -> Result<(Arc<Sto
             .with_context(|| format!("creating {}", s.db.display()))?,
     );
     store.set_progress(crate::progress::terminal());
-    let pool = weight_pool(s.per_matrix() * 2 * s.layer_ids.len() + (1 << 22));
+    let pool = s.weight_pool();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let pb = crate::progress::bar(a.experts as u64, "ingest");
     let mut insert_time = Duration::ZERO;
@@ -514,7 +524,7 @@ pub(super) fn resumable_build(
     keys: &[f32],
 ) -> Result<(Arc<Store>, ExpertIndex, BuildFigures)> {
     let t_open = Instant::now();
-    let fresh = !s.db.exists() || std::fs::read_dir(&s.db)?.next().is_none();
+    let fresh = !holds_files(&s.db)?;
     let store = if fresh {
         Store::create(&s.db, s.cfg.clone())
             .with_context(|| format!("creating {}", s.db.display()))?
@@ -528,8 +538,7 @@ pub(super) fn resumable_build(
     };
     let store = Arc::new(store);
     store.set_progress(crate::progress::terminal());
-    let held = store.len();
-    resume_point_matches(&store, keys, s.dim, a.experts)?;
+    let held = resume_point_matches(&store, keys, s.dim, a.experts)?;
     let index = ExpertIndex::open_with(store.clone(), s.params)?;
     ensure!(
         index.len() as u64 == held,
@@ -544,7 +553,7 @@ pub(super) fn resumable_build(
         t_open.elapsed().as_secs_f64()
     ));
 
-    let pool = weight_pool(s.per_matrix() * 2 * s.layer_ids.len() + (1 << 22));
+    let pool = s.weight_pool();
     // Seeded by the resume point: a resumed run draws other weights than an unbroken
     // one would, which no figure depends on.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3 ^ held);
@@ -597,8 +606,8 @@ pub(super) fn resumable_build(
 
 /// A store is continued only where this run would have left it: ids 1..=held with
 /// nothing deleted, at most `experts` of them, and the last one's key the one this
-/// run generates for that row (same --clusters, --key-dim, generator).
-fn resume_point_matches(store: &Store, keys: &[f32], dim: usize, experts: usize) -> Result<()> {
+/// run generates for that row (same --clusters, --key-dim, generator). Returns `held`.
+fn resume_point_matches(store: &Store, keys: &[f32], dim: usize, experts: usize) -> Result<u64> {
     let held = store.len();
     ensure!(
         held <= experts as u64,
@@ -610,7 +619,7 @@ fn resume_point_matches(store: &Store, keys: &[f32], dim: usize, experts: usize)
         store.next_id()
     );
     if held == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let row = &keys[(held as usize - 1) * dim..held as usize * dim];
     let stored = store.get(held)?;
@@ -624,7 +633,7 @@ fn resume_point_matches(store: &Store, keys: &[f32], dim: usize, experts: usize)
         "expert {held}'s key is not the one this run generates for it: \
          the store was made with other --clusters or --key-dim"
     );
-    Ok(())
+    Ok(held)
 }
 
 /// Builds the index from the store (the rebuild path an operator gets) and saves it.
