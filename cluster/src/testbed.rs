@@ -214,6 +214,16 @@ pub const ETCD_HISTORY_FLAGS: [&str; 3] = [
     "--quota-backend-bytes=4294967296",
 ];
 
+/// Volume slots per SeaweedFS volume server. Each volume is at most 64 MB
+/// (`-volumeSizeLimitMB`) and grows on disk only as it is written; the master grows a
+/// collection 6 volumes at a time with replication `001` (12 slots), so 16 slots held
+/// two growths and about 0.5 GB of segments before writes failed.
+pub const WEED_VOLUME_SLOTS: u32 = 64;
+
+/// Seconds between the SeaweedFS master's vacuum sweeps (reclaiming deleted objects in
+/// volumes whose garbage exceeds 30 %).
+pub const WEED_VACUUM_INTERVAL_S: u32 = 30;
+
 /// The flags of one member of a new etcd cluster on 127.0.0.1.
 fn etcd_member_args(
     name: &str,
@@ -437,6 +447,11 @@ impl Testbed {
                 format!("-mdir={}", master_dir.display()),
                 format!("-defaultReplication={repl}"),
                 "-volumeSizeLimitMB=64".into(),
+                // Compaction rewrites a shard's base and the collector deletes the old
+                // objects, but SeaweedFS frees their bytes only when it vacuums a volume
+                // (default every 14 min): without this a soak fills every slot with
+                // deleted segments and writes fail with 500 (docs/BENCHMARKS.md §Fault soak).
+                format!("-vacuumIntervalSeconds={WEED_VACUUM_INTERVAL_S}"),
             ],
         )?;
         tb.weed.push(master);
@@ -458,7 +473,7 @@ impl Testbed {
                 format!("-port.grpc={gp}"),
                 format!("-dir={}", vd.display()),
                 format!("-mserver=127.0.0.1:{mp}.{mg}"),
-                "-max=16".into(),
+                format!("-max={WEED_VOLUME_SLOTS}"),
             ];
             let vol = tb.spawn(&format!("weed-volume-{i}"), &opts.weed_bin, &args)?;
             tb.volumes.push(vol);
@@ -730,6 +745,23 @@ impl Testbed {
             }
         }
         v
+    }
+
+    /// Bytes of volume files (`.dat`, live and deleted needles) on each SeaweedFS
+    /// volume server's directory: what object storage holds physically, garbage included.
+    pub fn volume_bytes(&self) -> Vec<u64> {
+        (0..self.volumes.len())
+            .map(|i| {
+                std::fs::read_dir(self.dir.join(format!("weed-volume-{i}")))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "dat"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .collect()
     }
 
     /// The last `lines` lines of a child's log.

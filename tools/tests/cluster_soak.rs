@@ -3,7 +3,8 @@
 //! owner past its lease then SIGCONT it, kill and restart a volume server, kill and
 //! restart an etcd member. After every fault: recovery time (every shard owned by a live
 //! member) and a sample of acknowledged experts searched. At the end: every
-//! acknowledged, undeleted expert found; top-k equals the exact oracle. Bounded by
+//! acknowledged, undeleted expert found; top-k equals the exact oracle; a write is
+//! acknowledged again within 60 s of the last fault. Bounded by
 //! MOME_SOAK_ROUNDS (default 12) and MOME_SOAK_MINUTES (default 15).
 
 #[path = "common/cluster.rs"]
@@ -191,8 +192,25 @@ fn soak() {
             );
             report.push(serde_json::json!({"round": round, "fault": fault, "target": target, "fault_s": fault_s, "owned_after_s": recovered.as_secs_f64(), "batches_acked": acked_in_round, "slowest_insert_ms": slowest_ms}));
         }
+        // Write availability must come back after the last fault, not only reads: wait
+        // (bounded) for a batch acknowledged after the rounds.
+        let acked_at_end = log.lock().acked.len();
+        let t = Instant::now();
+        while log.lock().acked.len() == acked_at_end && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let writes_resumed_s = t.elapsed().as_secs_f64();
         stop.store(true, Ordering::SeqCst);
         writer.await.expect("writer");
+        let volume_bytes = tb.volume_bytes();
+        {
+            let l = log.lock();
+            assert!(
+                l.acked.len() > acked_at_end,
+                "no write acknowledged in the 60 s after the last fault (volume bytes {volume_bytes:?}); last failures: {:?}",
+                &l.failed[l.failed.len().saturating_sub(3)..]
+            );
+        }
         wait_owned(&c, Duration::from_secs(90)).await;
         // The writer is done: take the log out of its lock (the checks below await).
         let l = std::mem::take(&mut *log.lock());
@@ -246,6 +264,8 @@ fn soak() {
             "unsure_inserts_present": unsure_present,
             "failures": l.failed.iter().take(5).collect::<Vec<_>>(),
             "insert_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
+            "writes_resumed_after_s": writes_resumed_s,
+            "volume_bytes": volume_bytes,
         });
         assert_eq!(live as usize, oracle.experts.len(), "manifests' live count");
         println!("SOAK {summary}");
