@@ -42,6 +42,10 @@ INTERRUPT = r"""
 import json, os, signal, sys
 import mome
 db, facts = sys.argv[1], json.loads(sys.argv[2])
+# Python installs this handler at startup only when SIGINT is not ignored, and a
+# background job of a non-interactive shell starts with it ignored: Ctrl-C's behaviour
+# in an interactive program must not depend on how the test suite was launched.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def progress(ev):
     # A real SIGINT, as Ctrl-C sends, while the first batch trains.
     if ev["event"] == "step" and ev["step"] == 1:
