@@ -76,6 +76,9 @@ impl Objects {
     /// `AWS_SECRET_ACCESS_KEY`; without them requests are unsigned (a gateway with
     /// anonymous access, as the tests' SeaweedFS).
     pub fn open(url: &S3Url) -> Result<Self> {
+        // reqwest is built without a default TLS provider (see Cargo.toml); an
+        // `Err` only means the process already has one, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = AmazonS3Builder::new()
             .with_endpoint(&url.endpoint)
             .with_bucket_name(&url.bucket)
