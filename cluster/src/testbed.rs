@@ -145,6 +145,11 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map_err(|e| err(format!("reserving ports: {e}")))
 }
 
+/// Volume server `i`'s name: its process (and `{name}.log`) and its directory.
+fn volume_name(i: usize) -> String {
+    format!("weed-volume-{i}")
+}
+
 /// A free port `p` on 127.0.0.1 with `p + 10000` free as well: SeaweedFS components
 /// find each other's gRPC port at that offset in places where no flag sets it.
 fn free_weed_port(taken: &mut Vec<u16>) -> Result<u16> {
@@ -463,7 +468,7 @@ impl Testbed {
         for i in 0..v {
             let hp = free_weed_port(&mut weed_ports)?;
             let gp = hp + 10_000;
-            let vd = dir.join(format!("weed-volume-{i}"));
+            let vd = dir.join(volume_name(i));
             std::fs::create_dir_all(&vd).map_err(|e| err(e.to_string()))?;
             let args = vec![
                 "volume".into(),
@@ -475,7 +480,7 @@ impl Testbed {
                 format!("-mserver=127.0.0.1:{mp}.{mg}"),
                 format!("-max={WEED_VOLUME_SLOTS}"),
             ];
-            let vol = tb.spawn(&format!("weed-volume-{i}"), &opts.weed_bin, &args)?;
+            let vol = tb.spawn(&volume_name(i), &opts.weed_bin, &args)?;
             tb.volumes.push(vol);
             tb.volume_args.push(args);
             wait_until("a volume server", Duration::from_secs(30), || {
@@ -704,11 +709,7 @@ impl Testbed {
     /// Restarts volume server `i` on its directory.
     pub fn restart_volume(&mut self, i: usize) -> Result<()> {
         let args = self.volume_args[i].clone();
-        let proc = self.spawn(
-            &format!("weed-volume-{i}"),
-            &self.opts.weed_bin.clone(),
-            &args,
-        )?;
+        let proc = self.spawn(&volume_name(i), &self.opts.weed_bin.clone(), &args)?;
         self.volumes[i] = proc;
         Ok(())
     }
@@ -752,7 +753,7 @@ impl Testbed {
     pub fn volume_bytes(&self) -> Vec<u64> {
         (0..self.volumes.len())
             .map(|i| {
-                std::fs::read_dir(self.dir.join(format!("weed-volume-{i}")))
+                std::fs::read_dir(self.dir.join(volume_name(i)))
                     .into_iter()
                     .flatten()
                     .flatten()
