@@ -257,84 +257,118 @@ fn etcd_member_args(
     ]
 }
 
-/// A single etcd member on 127.0.0.1 for tests that need only etcd, with its data and
-/// log (`etcd.log`) in a directory of its own; SIGKILLed by PID and its directory removed
-/// on drop.
+/// etcd alone on 127.0.0.1, for tests that need only etcd: one member, or a cluster of
+/// a few, each with its data and log (`etcd-<i>.log`) in one directory of its own;
+/// SIGKILLed by PID and the directory removed on drop.
 pub struct EtcdProcess {
-    proc: Proc,
-    port: u16,
+    members: Vec<(Proc, u16)>,
     dir: PathBuf,
 }
 
 impl std::fmt::Debug for EtcdProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EtcdProcess(127.0.0.1:{})", self.port)
+        write!(f, "EtcdProcess({})", self.endpoints().join(","))
     }
 }
 
 impl EtcdProcess {
-    /// Starts `bin` with `extra` flags after the member's own, in a fresh directory under
-    /// the system temp dir, and waits (at most 20 s) until it answers `/health`.
+    /// One member: [`EtcdProcess::start_members`] with `n` = 1.
     pub fn start(bin: &Path, extra: &[&str]) -> Result<EtcdProcess> {
+        Self::start_members(bin, 1, extra)
+    }
+
+    /// Starts an etcd cluster of `n` members (`e0`, `e1`, …) from `bin`, each with
+    /// `extra` flags after its own, in a fresh directory under the system temp dir, and
+    /// waits (at most 20 s) until every member answers `/health` (which needs a leader).
+    pub fn start_members(bin: &Path, n: usize, extra: &[&str]) -> Result<EtcdProcess> {
+        if n == 0 {
+            return Err(err("an etcd cluster needs at least one member"));
+        }
         let dir = std::env::temp_dir().join(format!(
             "mome-etcd-{}-{:08x}",
             std::process::id(),
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        let p = free_ports(2)?;
-        let (c, pp) = (p[0], p[1]);
-        let mut args = etcd_member_args(
-            "e0",
-            &dir.join("data"),
-            c,
-            pp,
-            &format!("e0=http://127.0.0.1:{pp}"),
-        );
-        args.extend(extra.iter().map(|a| a.to_string()));
-        let log = std::fs::File::create(dir.join("etcd.log"))
-            .map_err(|e| err(format!("etcd log: {e}")))?;
-        let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
-        let child = Command::new(bin)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| err(format!("starting etcd ({}): {e}", bin.display())))?;
-        let etcd = EtcdProcess {
-            proc: Proc {
-                name: "etcd".into(),
-                child: Some(child),
-            },
-            port: c,
+        let p = free_ports(2 * n)?;
+        let initial = (0..n)
+            .map(|i| format!("e{i}=http://127.0.0.1:{}", p[2 * i + 1]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut etcd = EtcdProcess {
+            members: Vec::with_capacity(n),
             dir,
         };
-        wait_until("etcd", Duration::from_secs(20), || {
-            http(c, "GET", "/health").ok().filter(|s| *s == 200)
-        })?;
+        for i in 0..n {
+            let (c, pp) = (p[2 * i], p[2 * i + 1]);
+            let mut args = etcd_member_args(
+                &format!("e{i}"),
+                &etcd.dir.join(format!("data-{i}")),
+                c,
+                pp,
+                &initial,
+            );
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let log = std::fs::File::create(etcd.dir.join(format!("etcd-{i}.log")))
+                .map_err(|e| err(format!("etcd log: {e}")))?;
+            let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
+            let child = Command::new(bin)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+                .map_err(|e| err(format!("starting etcd ({}): {e}", bin.display())))?;
+            let proc = Proc {
+                name: format!("etcd-{i}"),
+                child: Some(child),
+            };
+            etcd.members.push((proc, c));
+        }
+        for &(_, c) in &etcd.members {
+            wait_until("etcd", Duration::from_secs(20), || {
+                http(c, "GET", "/health").ok().filter(|s| *s == 200)
+            })?;
+        }
         Ok(etcd)
     }
 
-    /// The client endpoint, `127.0.0.1:port`.
+    /// The first member's client endpoint, `127.0.0.1:port`.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.port())
     }
 
-    /// The client port.
+    /// Every member's client endpoint, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|&(_, c)| format!("127.0.0.1:{c}"))
+            .collect()
+    }
+
+    /// The first member's client port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.members[0].1
     }
 
-    /// The member's PID.
+    /// The first member's PID.
     pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
+        self.members[0].0.pid()
+    }
+
+    /// SIGKILLs member `i` (no-op for an index out of range or a member already gone).
+    pub fn kill(&mut self, i: usize) {
+        if let Some((p, _)) = self.members.get_mut(i) {
+            p.kill();
+        }
     }
 }
 
 impl Drop for EtcdProcess {
     fn drop(&mut self) {
-        self.proc.kill();
+        for (p, _) in &mut self.members {
+            p.kill();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
