@@ -15,12 +15,21 @@ use crate::manifest::{ClusterConfig, Keys, Manifest, OwnerInfo};
 /// read is retried, a commit's outcome is read back), and a member without a leader
 /// refuses requests instead of holding them.
 pub async fn connect(endpoints: &[String]) -> Result<etcd_client::Client> {
+    connect_with_timeout(endpoints, Duration::from_secs(2)).await
+}
+
+/// [`connect`] with another request timeout, for the one request that may take longer
+/// (a member's defragmentation, `defrag.rs`).
+pub async fn connect_with_timeout(
+    endpoints: &[String],
+    request_timeout: Duration,
+) -> Result<etcd_client::Client> {
     if endpoints.is_empty() {
         return Err(Error::invalid("no etcd endpoint given"));
     }
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(2))
+        .with_timeout(request_timeout)
         .with_require_leader(true)
         // HTTP/2 pings no more often than etcd's --grpc-keepalive-min-time (5 s): the
         // server closes connections that ping faster ("too many pings").

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::defrag::{DefragPlanner, DefragPolicy, DefragStep};
 use crate::error::{Error, Result};
 use crate::manifest::{ClusterConfig, Keys};
 use crate::view::ViewState;
@@ -199,16 +200,20 @@ pub async fn step(
 
 /// Runs [`step`] every `policy.interval` until `stop` turns true, compacting while
 /// `compactor()` says so (it samples either way, so a node that becomes the compactor
-/// can compact at once). Failures are logged and the next round tries again.
+/// can compact at once); the compactor then also runs a round of `defrag` (when given:
+/// `defrag.rs`) to give the freed space back. Failures are logged and the next round
+/// tries again.
 pub async fn run(
     client: etcd_client::Client,
     keys: Keys,
     policy: HistoryPolicy,
+    defrag: Option<DefragPolicy>,
     compactor: impl Fn() -> bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let start = tokio::time::Instant::now();
     let mut planner = HistoryPlanner::new(policy.retention);
+    let mut defrag = defrag.map(DefragPlanner::new);
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -217,13 +222,31 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
         }
         let now_ms = start.elapsed().as_millis() as u64;
-        match step(&client, &keys, &mut planner, now_ms, compactor()).await {
+        let compact = compactor();
+        match step(&client, &keys, &mut planner, now_ms, compact).await {
             Ok(Step::Compacted(rev)) => tracing::info!(rev, "etcd history compacted"),
             Ok(Step::AlreadyCompacted(rev)) => {
                 tracing::debug!(rev, "etcd history already compacted past this revision")
             }
             Ok(Step::Sampled(_)) => {}
             Err(e) => tracing::warn!(error = %e, "etcd history compaction failed"),
+        }
+        let Some(d) = defrag.as_mut().filter(|_| compact) else {
+            continue;
+        };
+        match crate::defrag::step(&client, d, now_ms).await {
+            Ok(DefragStep::Defragmented { before, after }) => tracing::info!(
+                member = %before.endpoint,
+                before = before.db_size,
+                after = after.db_size,
+                in_use = after.in_use,
+                "etcd member defragmented"
+            ),
+            Ok(DefragStep::Unreachable(missing)) => {
+                tracing::debug!(?missing, "etcd defragmentation waits for every member")
+            }
+            Ok(DefragStep::NotDue) => {}
+            Err(e) => tracing::warn!(error = %e, "etcd defragmentation failed"),
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod ask;
 pub mod client;
 pub mod coord;
+pub mod defrag;
 pub mod error;
 pub mod history;
 pub mod manifest;

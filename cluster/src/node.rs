@@ -203,6 +203,7 @@ pub async fn run(
             inner.etcd.clone(),
             inner.keys.clone(),
             policy,
+            Some(crate::defrag::DefragPolicy::default()),
             move || crate::history::is_compactor(&me.view.state(), &me.id),
             stop_rx.clone(),
         ))

@@ -149,6 +149,7 @@ fn history_is_compacted_while_views_follow_the_writers() {
             client.clone(),
             keys.clone(),
             policy,
+            None,
             || true,
             stop_rx,
         ));
