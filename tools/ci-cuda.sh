@@ -24,8 +24,8 @@ PKGS=$(bash tools/cuda-wheels.sh)
 # resolves features for mome alone, which differ from the workspace's (serde_core,
 # typenum, smallvec, rand, syn), and 51 dependencies, candle and rocksdb among them,
 # were built a second time: 240 s of a cold CI run; this way 66 s on a target where
-# the workspace was already built (it also builds and
-# runs mome-cluster's unit tests with the feature on).
+# the workspace was already built. It also builds and runs mome-cluster's unit tests
+# with the feature on.
 LD_LIBRARY_PATH="$PKGS/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
     cargo test --release --workspace --features mome/cuda --lib --test cuda_parity -- --nocapture
 echo "ci-cuda: all green after $(( $(date +%s) - start ))s"
