@@ -229,6 +229,27 @@ pub const WEED_VOLUME_SLOTS: u32 = 64;
 /// volumes whose garbage exceeds 30 %).
 pub const WEED_VACUUM_INTERVAL_S: u32 = 30;
 
+/// The flags of every member (`e0`, `e1`, …) of a new etcd cluster on 127.0.0.1, one per
+/// pair of `ports`: member i's client port is `ports[2i]`, its peer port `ports[2i + 1]`,
+/// its data directory `data(i)`. Returns (client port, flags) per member.
+fn etcd_cluster_args(ports: &[u16], data: impl Fn(usize) -> PathBuf) -> Vec<(u16, Vec<String>)> {
+    let pairs: Vec<(u16, u16)> = ports.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let initial = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (_, pp))| format!("e{i}=http://127.0.0.1:{pp}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, pp))| {
+            let args = etcd_member_args(&format!("e{i}"), &data(i), c, pp, &initial);
+            (c, args)
+        })
+        .collect()
+}
+
 /// The flags of one member of a new etcd cluster on 127.0.0.1.
 fn etcd_member_args(
     name: &str,
@@ -290,24 +311,12 @@ impl EtcdProcess {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-        let p = free_ports(2 * n)?;
-        let initial = (0..n)
-            .map(|i| format!("e{i}=http://127.0.0.1:{}", p[2 * i + 1]))
-            .collect::<Vec<_>>()
-            .join(",");
+        let members = etcd_cluster_args(&free_ports(2 * n)?, |i| dir.join(format!("data-{i}")));
         let mut etcd = EtcdProcess {
             members: Vec::with_capacity(n),
             dir,
         };
-        for i in 0..n {
-            let (c, pp) = (p[2 * i], p[2 * i + 1]);
-            let mut args = etcd_member_args(
-                &format!("e{i}"),
-                &etcd.dir.join(format!("data-{i}")),
-                c,
-                pp,
-                &initial,
-            );
+        for (i, (c, mut args)) in members.into_iter().enumerate() {
             args.extend(extra.iter().map(|a| a.to_string()));
             let log = std::fs::File::create(etcd.dir.join(format!("etcd-{i}.log")))
                 .map_err(|e| err(format!("etcd log: {e}")))?;
@@ -440,26 +449,9 @@ impl Testbed {
         };
 
         // etcd: m members, one cluster.
-        let mut peers = Vec::new();
-        let mut client_ports = Vec::new();
-        for i in 0..m {
-            let (c, pp) = (next()?, next()?);
-            client_ports.push(c);
-            peers.push((format!("e{i}"), pp));
-        }
-        let initial: Vec<String> = peers
-            .iter()
-            .map(|(name, pp)| format!("{name}=http://127.0.0.1:{pp}"))
-            .collect();
-        for (i, (name, pp)) in peers.iter().enumerate() {
-            let c = client_ports[i];
-            let mut args = etcd_member_args(
-                name,
-                &dir.join(format!("etcd-{i}")),
-                c,
-                *pp,
-                &initial.join(","),
-            );
+        let etcd_ports = (0..2 * m).map(|_| next()).collect::<Result<Vec<u16>>>()?;
+        let members = etcd_cluster_args(&etcd_ports, |i| dir.join(format!("etcd-{i}")));
+        for (i, (c, mut args)) in members.into_iter().enumerate() {
             args.extend(["--initial-cluster-token".into(), tb.cluster.clone()]);
             args.extend(ETCD_HISTORY_FLAGS.iter().map(|a| a.to_string()));
             let proc = tb.spawn(&format!("etcd-{i}"), &opts.etcd_bin, &args)?;

@@ -12,6 +12,8 @@
 //! Every loop is bounded; etcd is SIGKILLed by PID at the end. Skipped when etcd is
 //! missing, except under CI.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,30 +23,12 @@ use mome_cluster::coord;
 use mome_cluster::defrag::{self, DefragPlanner, DefragPolicy, DefragStep, MemberSpace};
 use mome_cluster::history::{self, HistoryPolicy};
 use mome_cluster::manifest::Keys;
-use mome_cluster::testbed::{find_etcd, EtcdProcess};
 
 /// Overwrites of 64 KiB values to 8 keys: ≈ 25 MB of history, 512 KiB live.
 const PUTS: usize = 400;
 const VALUE: usize = 64 << 10;
 /// Upper bound of every wait.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn three_members() -> Option<EtcdProcess> {
-    let Some(bin) = find_etcd() else {
-        assert!(std::env::var_os("CI").is_none(), "CI without etcd");
-        eprintln!("skipped: etcd not found");
-        return None;
-    };
-    Some(EtcdProcess::start_members(&bin, 3, &[]).unwrap_or_else(|e| panic!("{e}")))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// A policy for these small files: 4 MiB and half of the file free, no gap.
 fn policy() -> DefragPolicy {
@@ -83,17 +67,34 @@ async fn spaces(client: &etcd_client::Client) -> Vec<MemberSpace> {
     }
 }
 
+/// A small write: bbolt counts the pages a commit released as free only at a later
+/// commit, and etcd commits only when there are writes.
+async fn tick(client: &etcd_client::Client) {
+    client
+        .clone()
+        .put("defrag/tick", "x", None)
+        .await
+        .expect("put");
+}
+
+/// Fills etcd (`fill`), compacts all of it and returns the spaces once every member's
+/// file is at least 60 % free pages.
+async fn fill_and_compact(client: &etcd_client::Client) -> Vec<MemberSpace> {
+    let rev = fill(client, 0).await;
+    client
+        .clone()
+        .compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await
+        .expect("compact");
+    fragmented(client, 60).await
+}
+
 /// Waits (bounded) until every member's file is at least `percent` % free pages and
-/// returns the spaces. It writes a small key on each round: bbolt frees the pages a
-/// commit released only at a later commit, and etcd commits only when there are writes.
+/// returns the spaces, writing a small key on each round (`tick`).
 async fn fragmented(client: &etcd_client::Client, percent: u64) -> Vec<MemberSpace> {
     let t0 = Instant::now();
     loop {
-        client
-            .clone()
-            .put("defrag/tick", "x", None)
-            .await
-            .expect("put");
+        tick(client).await;
         let s = spaces(client).await;
         if s.iter().all(|m| m.free() * 100 >= m.db_size * percent) {
             return s;
@@ -106,19 +107,13 @@ async fn fragmented(client: &etcd_client::Client, percent: u64) -> Vec<MemberSpa
 #[test]
 fn members_are_defragmented_one_at_a_time_followers_first() {
     let t0 = Instant::now();
-    let Some(etcd) = three_members() else {
+    let Some(etcd) = common::etcd_members(3) else {
         return;
     };
-    let rt = runtime();
+    let rt = common::runtime();
     rt.block_on(async {
         let client = coord::connect(&etcd.endpoints()).await.expect("connect");
-        let rev = fill(&client, 0).await;
-        client
-            .clone()
-            .compact(rev, Some(CompactionOptions::new().with_physical()))
-            .await
-            .expect("compact");
-        let before = fragmented(&client, 60).await;
+        let before = fill_and_compact(&client).await;
         assert_eq!(before.len(), 3);
         assert_eq!(before.iter().filter(|m| m.leader).count(), 1, "{before:?}");
         eprintln!("fragmented: {before:?}");
@@ -214,12 +209,8 @@ fn members_are_defragmented_one_at_a_time_followers_first() {
         ));
         let t1 = Instant::now();
         let small = loop {
-            // Writes go on (see `fragmented`: freed pages count only after a commit).
-            client
-                .clone()
-                .put("defrag/tick", "y", None)
-                .await
-                .expect("put");
+            // Writes go on (see `tick`).
+            tick(&client).await;
             let s = spaces(&client).await;
             if s.iter().all(|m| m.db_size * 2 < big) {
                 break s;
@@ -239,19 +230,13 @@ fn members_are_defragmented_one_at_a_time_followers_first() {
 
 #[test]
 fn nothing_is_defragmented_while_a_member_is_down() {
-    let Some(mut etcd) = three_members() else {
+    let Some(mut etcd) = common::etcd_members(3) else {
         return;
     };
-    let rt = runtime();
+    let rt = common::runtime();
     rt.block_on(async {
         let client = coord::connect(&etcd.endpoints()).await.expect("connect");
-        let rev = fill(&client, 0).await;
-        client
-            .clone()
-            .compact(rev, Some(CompactionOptions::new().with_physical()))
-            .await
-            .expect("compact");
-        fragmented(&client, 60).await;
+        fill_and_compact(&client).await;
         let down = etcd.endpoints()[2].clone();
         etcd.kill(2);
 

@@ -52,12 +52,17 @@ pub fn fixture() -> Vec<u8> {
 /// `None`, after saying why, when etcd is not installed, which only a developer's machine
 /// may lack: under CI a missing etcd fails the test.
 pub fn one_etcd() -> Option<EtcdProcess> {
+    etcd_members(1)
+}
+
+/// [`one_etcd`] with `n` members in one etcd cluster.
+pub fn etcd_members(n: usize) -> Option<EtcdProcess> {
     let Some(bin) = find_etcd() else {
         assert!(std::env::var_os("CI").is_none(), "CI without etcd");
         eprintln!("skipped: etcd not found");
         return None;
     };
-    Some(EtcdProcess::start(&bin, &[]).unwrap_or_else(|e| panic!("{e}")))
+    Some(EtcdProcess::start_members(&bin, n, &[]).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The tests' async runtime: two workers, like the 2-core machine.
