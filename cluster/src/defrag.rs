@@ -94,11 +94,7 @@ impl DefragPlanner {
     /// the most free bytes (ties: the smaller id); the leader only when no follower
     /// qualifies.
     pub fn plan(&self, now_ms: u64, members: &[MemberSpace], total: usize) -> Option<usize> {
-        let gap_ms = u64::try_from(self.policy.min_gap.as_millis()).unwrap_or(u64::MAX);
-        if self
-            .last_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < gap_ms)
-        {
+        if !self.gap_passed(now_ms) {
             return None;
         }
         if members.is_empty() || members.len() < total {
@@ -123,6 +119,15 @@ impl DefragPlanner {
             .map(|(i, _)| i)
     }
 
+    /// Whether `min_gap` has passed since the last defragmentation at `now_ms` (or none
+    /// was sent yet): before that, [`DefragPlanner::plan`] answers None whatever the
+    /// members, so [`step`] does not ask them.
+    pub fn gap_passed(&self, now_ms: u64) -> bool {
+        let gap_ms = u64::try_from(self.policy.min_gap.as_millis()).unwrap_or(u64::MAX);
+        self.last_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= gap_ms)
+    }
+
     /// Notes that a defragmentation was sent at `now_ms` (whether it succeeded or not:
     /// a failing member is not asked again before `min_gap`).
     pub fn sent(&mut self, now_ms: u64) {
@@ -137,7 +142,8 @@ pub const DEFRAG_TIMEOUT: Duration = Duration::from_secs(120);
 /// What one [`step`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DefragStep {
-    /// Every member answered; none was due (or the gap has not passed).
+    /// The gap since the last defragmentation has not passed, or every member
+    /// answered and none was due.
     NotDue,
     /// Some member did not answer its status (the endpoints listed): nothing was sent.
     Unreachable(Vec<String>),
@@ -196,13 +202,17 @@ async fn member_space(endpoint: &str, id: u64) -> Result<MemberSpace> {
     })
 }
 
-/// One round: asks every member's status and, when the planner says so at `now_ms`,
-/// defragments the member it picks.
+/// One round: unless the planner's gap is still running at `now_ms` (then nothing is
+/// asked), asks every member's status and, when the planner says so, defragments the
+/// member it picks.
 pub async fn step(
     client: &etcd_client::Client,
     planner: &mut DefragPlanner,
     now_ms: u64,
 ) -> Result<DefragStep> {
+    if !planner.gap_passed(now_ms) {
+        return Ok(DefragStep::NotDue);
+    }
     let (spaces, missing) = member_spaces(client).await?;
     if !missing.is_empty() {
         return Ok(DefragStep::Unreachable(missing));
