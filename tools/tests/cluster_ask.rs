@@ -8,8 +8,6 @@
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use std::time::Duration;
-
 use cluster::*;
 use mome::{
     AdapterPair, AskOptions, Backbone, Engine, Fact, IndexKind, NewExpert, TuneOptions,
@@ -51,8 +49,7 @@ fn cluster_ask_answers_like_the_embedded_engine() {
     let tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let snap = local.store().snapshot();
         let mut experts = Vec::new();
         for e in snap.iter() {

@@ -16,13 +16,9 @@ fn cluster_serves_and_writes_without_one_etcd_member() {
     let mut tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
-        for batch in experts(160, 6).chunks(40) {
-            let ids = c.insert(batch.to_vec()).await.expect("insert");
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(160, 6), 40).await;
         let tokens_before: Vec<(u32, i64)> = c
             .view()
             .state()

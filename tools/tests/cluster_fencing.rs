@@ -44,8 +44,7 @@ fn paused_owner_commit_is_refused_and_invisible() {
     let tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let state = c.view().state();
         let (&shard, owner) = state
             .owners

@@ -17,13 +17,9 @@ fn hedged_search_routes_around_a_stalled_node() {
     let tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
-        for batch in experts(200, 8).chunks(40) {
-            let ids = c.insert(batch.to_vec()).await.expect("insert");
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(200, 8), 40).await;
         // Wait until every replica has caught up (so that a hedge never waits either).
         let shards = c.config().shards;
         let r = c.config().replicas as usize;

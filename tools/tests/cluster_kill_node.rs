@@ -17,16 +17,9 @@ fn killed_node_shards_reassigned_nothing_acknowledged_lost() {
     let mut tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
-        for (b, batch) in experts(300, 2).chunks(30).enumerate() {
-            let ids = c
-                .insert(batch.to_vec())
-                .await
-                .unwrap_or_else(|e| panic!("batch {b}: {e}"));
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(300, 2), 30).await;
         // The victim: the node owning the most shards.
         let state = c.view().state();
         let victim = (0..tb.node_count())
@@ -50,13 +43,7 @@ fn killed_node_shards_reassigned_nothing_acknowledged_lost() {
         let killed = Instant::now();
 
         // Writes continue: those for the victim's shards wait for the new owners.
-        for (b, batch) in experts(120, 3).chunks(30).enumerate() {
-            let ids = c
-                .insert(batch.to_vec())
-                .await
-                .unwrap_or_else(|e| panic!("after kill, batch {b}: {e}"));
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(120, 3), 30).await;
         let s = c
             .view()
             .wait_for(

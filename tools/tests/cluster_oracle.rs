@@ -6,8 +6,6 @@
 #[path = "common/cluster.rs"]
 mod cluster;
 
-use std::time::Duration;
-
 use cluster::*;
 
 #[test]
@@ -18,8 +16,7 @@ fn fan_out_top_k_equals_oracle() {
     let tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
         let all = experts(800, 1);
         // Batches of 40: each shard gets several deltas, so compaction (after 4) runs.

@@ -30,13 +30,9 @@ fn join_and_drain_move_shards_and_lose_nothing() {
         "--json",
     ];
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
-        for batch in experts(200, 21).chunks(40) {
-            let ids = c.insert(batch.to_vec()).await.expect("insert");
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(200, 21), 40).await;
         assert!(c
             .view()
             .state()
@@ -91,13 +87,8 @@ fn join_and_drain_move_shards_and_lose_nothing() {
             s.owners.values().all(|o| o.info.node != "node0"),
             "node0 still owns a shard"
         );
-        for batch in experts(40, 300).chunks(20) {
-            let ids = c
-                .insert(batch.to_vec())
-                .await
-                .expect("insert after the drain");
-            oracle.add(&ids, batch);
-        }
+        // After the drain.
+        oracle.insert(&c, &experts(40, 300), 20).await;
         assert_all_found(&c, &oracle).await;
 
         // The admin views agree.

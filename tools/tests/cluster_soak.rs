@@ -48,8 +48,7 @@ fn soak() {
     let rt = runtime();
     rt.block_on(async {
         let t0 = Instant::now();
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {

@@ -19,13 +19,9 @@ fn reads_survive_a_volume_server_loss() {
     let mut tb = start(opts);
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&tb).await;
-        wait_owned(&c, Duration::from_secs(60)).await;
+        let c = owned_client(&tb).await;
         let mut oracle = Oracle::new();
-        for batch in experts(300, 5).chunks(30) {
-            let ids = c.insert(batch.to_vec()).await.expect("insert");
-            oracle.add(&ids, batch);
-        }
+        oracle.insert(&c, &experts(300, 5), 30).await;
         tb.kill_volume(0);
 
         // Every segment every manifest names: readable, checksums intact.

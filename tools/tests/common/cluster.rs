@@ -71,6 +71,13 @@ pub async fn client(tb: &Testbed) -> Client {
         .expect("connect client")
 }
 
+/// [`client`] once every shard is owned ([`wait_owned`], 60 s): where every test starts.
+pub async fn owned_client(tb: &Testbed) -> Client {
+    let c = client(tb).await;
+    wait_owned(&c, Duration::from_secs(60)).await;
+    c
+}
+
 /// Waits (bounded) until every shard has an owner among the live members and every
 /// live member serves what its placement says.
 pub async fn wait_owned(c: &Client, timeout: Duration) {
@@ -141,6 +148,21 @@ impl Oracle {
             self.index.add(id, &key_f32(e)).expect("oracle add");
             self.experts.insert(id, e.clone());
         }
+    }
+
+    /// Inserts `experts` through `c` in batches of `batch`, each acknowledged before the
+    /// next is sent, and records what was acknowledged. Returns the ids in order.
+    pub async fn insert(&mut self, c: &Client, experts: &[NewExpert], batch: usize) -> Vec<u64> {
+        let mut all = Vec::with_capacity(experts.len());
+        for (b, chunk) in experts.chunks(batch).enumerate() {
+            let ids = c
+                .insert(chunk.to_vec())
+                .await
+                .unwrap_or_else(|e| panic!("insert batch {b}: {e}"));
+            self.add(&ids, chunk);
+            all.extend(ids);
+        }
+        all
     }
 
     pub fn remove(&mut self, ids: &[u64]) {
