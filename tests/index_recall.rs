@@ -41,7 +41,7 @@ fn hnsw_recall_at_10_is_at_least_095() {
         }
         hit as f64 / (queries * 10) as f64
     };
-    for ef in [16, 32, 64] {
+    for ef in [16, 32, 128] {
         eprintln!("ef_search {ef}: recall@10 = {:.4}", recall_at(ef));
     }
     let recall = recall_at(params.expansion_search);

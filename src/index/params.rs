@@ -61,15 +61,15 @@ pub struct IndexParams {
 
 impl Default for IndexParams {
     /// Chosen from measurements at 100k, 300k and 1M clustered keys of dim 576
-    /// (`docs/BENCHMARKS.md`, "Index" and "1M: the sweep beside FAISS"): ef_search 128
-    /// is the smallest swept ef that holds recall@10 ≥ 0.97 at 1M (0.971; ef 64 gave
-    /// 0.957 there while giving ≥ 0.986 at 300k and 1.000 at 100k).
+    /// (`docs/BENCHMARKS.md`, "Index" and "1M: the sweep beside FAISS"). At 1M, M 16
+    /// needed ef 128 for recall@10 ≥ 0.97 (0.971 at 773 / 1,532 µs p50 / p99; 0.957 at
+    /// ef 64); M 32 at ef 64 gave 0.986 at 473 / 807 µs and built no slower.
     fn default() -> Self {
         IndexParams {
             kind: IndexKind::Hnsw,
-            connectivity: 16,
+            connectivity: 32,
             expansion_add: 128,
-            expansion_search: 128,
+            expansion_search: 64,
             quantization: Quantization::F16,
             rerank: 0,
         }
@@ -144,11 +144,11 @@ mod tests {
         let old = r#"{"kind":"hnsw","connectivity":16,"expansion_add":128,
                       "expansion_search":64,"quantization":"f16"}"#;
         let p: IndexParams = serde_json::from_str(old).expect("old params");
-        // The saved ef is kept (64 was the default then); everything else is today's.
+        // The saved M is kept (16 was the default then); everything else is today's.
         assert_eq!(
             p,
             IndexParams {
-                expansion_search: 64,
+                connectivity: 16,
                 ..IndexParams::default()
             }
         );
