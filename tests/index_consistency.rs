@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::expert;
-use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom};
+use mome::{ExpertIndex, FlatIndex, IndexParams, KeyIndex, OpenedFrom, Quantization};
 use mome::{IndexError, StoreError};
 use mome::{Store, StoreConfig};
 use rand::{Rng, SeedableRng};
@@ -22,6 +22,17 @@ fn cfg() -> StoreConfig {
 fn exact_hnsw() -> IndexParams {
     let mut p = IndexParams::default();
     p.expansion_search = 1024;
+    p
+}
+
+/// The same over i8 codes, re-ranked exactly (so the answers are the oracle's), searched
+/// through the crate's own copy of the graph whenever one serves (after an open or a
+/// save; usearch's search between a write and the next save).
+fn exact_i8_own() -> IndexParams {
+    let mut p = exact_hnsw();
+    p.quantization = Quantization::I8;
+    p.rerank = 64;
+    p.own_search = true;
     p
 }
 
@@ -60,7 +71,8 @@ fn answers(index: &ExpertIndex, qs: &[Vec<f32>], k: usize) -> Vec<Vec<u64>> {
 fn random_sequences_match_the_oracle() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let qs = queries(40, 1);
-    for params in [exact_hnsw(), IndexParams::flat()] {
+    for params in [exact_hnsw(), exact_i8_own(), IndexParams::flat()] {
+        let mut own_searches = 0;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::create(dir.path(), cfg()).unwrap());
         let mut index = Some(ExpertIndex::open_with(store, params).unwrap());
@@ -121,12 +133,22 @@ fn random_sequences_match_the_oracle() {
                 _ => {}
             }
             let idx = index.as_ref().unwrap();
+            own_searches += usize::from(idx.own_search_active());
             assert_eq!(idx.len(), live.len(), "step {step}");
             assert_eq!(
                 answers(idx, &qs, 10),
                 oracle(idx.store(), &qs, 10),
                 "step {step}"
             );
+        }
+        // Both searches of the i8 index were checked against the oracle.
+        if params.quantization == Quantization::I8 {
+            assert!(
+                (1..60).contains(&own_searches),
+                "own search served {own_searches} of 60 steps"
+            );
+        } else {
+            assert_eq!(own_searches, 0);
         }
     }
 }

@@ -57,6 +57,10 @@ fn i8_traversal_with_exact_rerank_has_recall_at_10_of_095() {
     let build = t.elapsed();
     assert_eq!(index.len(), n);
     assert_eq!(index.params().rerank, rerank);
+    // An i8 graph searches through the crate's own traversal by default; usearch's own
+    // search first, for the comparison below.
+    assert!(index.params().own_search);
+    assert!(!index.set_own_traversal(false).unwrap());
 
     // Queries: fresh points from the same clusters (not stored keys).
     let qs = mome::synth::clustered_keys(queries, DIM, 1000, 2);
@@ -120,4 +124,38 @@ fn i8_traversal_with_exact_rerank_has_recall_at_10_of_095() {
             );
         }
     }
+
+    // The crate's own search over a copy of the same i8 graph (issue 17 item 3): the
+    // same recall as usearch's search at the same ef, alone and re-ranked, and the
+    // copy never answers for a graph that changed after it was made.
+    index.set_search(ef, 0).unwrap();
+    assert!(index.set_own_traversal(true).unwrap());
+    let own_plain = recall(&index);
+    index.set_search(ef, rerank).unwrap();
+    let own_reranked = recall(&index);
+    eprintln!(
+        "own traversal at ef {ef}: i8 alone {own_plain:.4} (usearch's {plain:.4}), \
+         re-ranked {own_reranked:.4} (usearch's {reranked:.4})"
+    );
+    assert!(
+        own_plain >= plain - 0.01,
+        "own traversal recall@10 {own_plain}, usearch's {plain}"
+    );
+    assert!(own_reranked >= 0.95, "recall@10 {own_reranked} < 0.95");
+    let q0 = &qs[..DIM];
+    let added = index.insert_batch(experts(q0)).unwrap()[0];
+    assert!(
+        !index.own_search_active(),
+        "the insert left the old copy serving"
+    );
+    let top = index.search(q0, k).unwrap();
+    assert_eq!(
+        top[0].id, added,
+        "a search after an insert missed the new key"
+    );
+    // The next save makes the copy again, with the new key in it.
+    index.save().unwrap();
+    assert!(index.own_search_active());
+    assert_eq!(index.search(q0, k).unwrap()[0].id, added);
+    assert!(!index.set_own_traversal(false).unwrap());
 }

@@ -45,6 +45,8 @@ pub struct ExpertIndex {
     params: IndexParams,
     expansion_search: AtomicUsize,
     rerank: AtomicUsize,
+    /// [`IndexParams::own_search`] as last set.
+    own_search: AtomicBool,
     dir: PathBuf,
     /// Writers hold it shared while they commit and apply; `save` holds it exclusively,
     /// so the sequence it records has every earlier commit applied.
@@ -166,6 +168,7 @@ impl ExpertIndex {
             params,
             expansion_search: AtomicUsize::new(params.expansion_search),
             rerank: AtomicUsize::new(params.rerank),
+            own_search: AtomicBool::new(params.own_search),
             dir,
             apply: RwLock::new(()),
             dirty: AtomicBool::new(true),
@@ -181,7 +184,28 @@ impl ExpertIndex {
         } else {
             me.dirty.store(false, Ordering::Release);
         }
+        // After a save the copy was made there; a loaded index that needed no save (or a
+        // reader's) makes it here.
+        me.make_own_copy()?;
         Ok(me)
+    }
+
+    /// Makes the graph's search copy when [`IndexParams::own_search`] asks for one and
+    /// the graph has none (an add or remove dropped it); i8 HNSW graphs only.
+    fn make_own_copy(&self) -> Result<()> {
+        let wants = self.own_search.load(Ordering::Relaxed)
+            && self.params.kind == IndexKind::Hnsw
+            && self.params.quantization != super::Quantization::F16;
+        if wants && !self.index.own_traversal_active() {
+            let t = std::time::Instant::now();
+            self.index.own_traversal(true)?;
+            tracing::debug!(
+                seconds = t.elapsed().as_secs_f64(),
+                len = self.index.len(),
+                "search copy of the graph made"
+            );
+        }
+        Ok(())
     }
 
     fn try_load(
@@ -240,6 +264,7 @@ impl ExpertIndex {
         }
         let (applied, seq) = replay(&self.store, self.index.as_ref(), since)?;
         self.followed.store(seq, Ordering::Release);
+        self.make_own_copy()?;
         tracing::debug!(since, seq, applied, "reader index caught up");
         Ok(applied)
     }
@@ -353,6 +378,7 @@ impl ExpertIndex {
         let mut p = self.params;
         p.expansion_search = self.expansion_search.load(Ordering::Relaxed);
         p.rerank = self.rerank.load(Ordering::Relaxed);
+        p.own_search = self.own_search.load(Ordering::Relaxed);
         p
     }
 
@@ -373,6 +399,27 @@ impl ExpertIndex {
             .store(expansion_search, Ordering::Relaxed);
         self.rerank.store(rerank, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Changes [`IndexParams::own_search`]: `true` makes the search copy of an i8 graph
+    /// now (see [`HnswIndex::own_traversal`]) and after every later save, `false` drops
+    /// it and searches through usearch. Returns whether the copy now serves (never on
+    /// an f16 or flat index). Like [`ExpertIndex::set_search`], recorded by the next
+    /// save without making the index dirty.
+    pub fn set_own_traversal(&self, on: bool) -> Result<bool> {
+        self.own_search.store(on, Ordering::Relaxed);
+        if on {
+            self.make_own_copy()?;
+        } else {
+            self.index.own_traversal(false)?;
+        }
+        Ok(self.index.own_traversal_active())
+    }
+
+    /// Whether searches go through the crate's own traversal right now (an i8 graph with
+    /// [`IndexParams::own_search`] and no write since the last save).
+    pub fn own_search_active(&self) -> bool {
+        self.index.own_traversal_active()
     }
 
     /// Number of indexed keys.
@@ -588,6 +635,8 @@ impl ExpertIndex {
         atomic_write_bytes::<IndexError>(&self.dir.join(META_FILE), &json)?;
         self.dirty.store(false, Ordering::Release);
         self.remove_old_data_files(&name);
+        // Still under the apply lock: no write lands between the save and the copy.
+        self.make_own_copy()?;
         tracing::debug!(seq, len = meta.count, "index saved");
         Ok(())
     }

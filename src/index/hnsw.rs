@@ -6,12 +6,15 @@
 //! rule, a counting semaphore the second.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use half::f16;
 use parking_lot::{Condvar, Mutex, RwLock};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::error::{IndexError, IndexResult as Result};
+use super::graph::FrozenGraph;
 use super::{check_k, check_query, Hit, KeyIndex};
 
 /// Concurrent calls into one usearch index.
@@ -45,9 +48,14 @@ impl Drop for SlotGuard<'_> {
 /// HNSW graph over expert keys, cosine metric.
 pub struct HnswIndex {
     dim: usize,
-    quantization: super::Quantization,
+    params: super::IndexParams,
     index: RwLock<Index>,
     slots: Slots,
+    /// The search expansion in force (usearch's own is not readable back cheaply).
+    ef: AtomicUsize,
+    /// The crate's own traversal over a copy of the graph ([`HnswIndex::own_traversal`]),
+    /// dropped by the first add or remove.
+    frozen: RwLock<Option<Arc<FrozenGraph>>>,
 }
 
 fn err(op: &'static str, e: impl std::fmt::Display) -> IndexError {
@@ -105,12 +113,14 @@ impl HnswIndex {
             .map_err(|e| err("reserve", e))?;
         Ok(HnswIndex {
             dim,
-            quantization: params.quantization,
+            params: *params,
             index: RwLock::new(index),
             slots: Slots {
                 free: Mutex::new(THREAD_SLOTS),
                 cv: Condvar::new(),
             },
+            ef: AtomicUsize::new(params.expansion_search),
+            frozen: RwLock::new(None),
         })
     }
 
@@ -167,6 +177,46 @@ impl HnswIndex {
     /// Changes the search expansion (ef) at run time.
     pub fn set_expansion_search(&self, ef: usize) {
         self.index.read().change_expansion_search(ef);
+        self.ef.store(ef, Ordering::Relaxed);
+    }
+
+    /// Turns the crate's own search on (`true`) or off: a read-only copy of the graph
+    /// usearch built, searched with prefetching (see `graph.rs`), serving searches until
+    /// the next add or remove, which drops it (searches then go to usearch again until
+    /// this is called again). Returns whether it now serves. Only an i8 graph has one
+    /// (an f16 graph returns an `InvalidArgument` when asked to turn it on). The copy
+    /// costs about as much memory as usearch's graph while it is held.
+    pub fn own_traversal(&self, on: bool) -> Result<bool> {
+        if !on {
+            *self.frozen.write() = None;
+            return Ok(false);
+        }
+        if self.params.quantization == super::Quantization::F16 {
+            return Err(IndexError::InvalidArgument {
+                name: "own_traversal",
+                reason: "the crate's own search runs over i8 codes; this graph stores f16".into(),
+            });
+        }
+        // The write guard keeps adds out while the graph is copied, and the copy is
+        // installed before it is released: an add after this clears it.
+        let g = self.index.write();
+        let mut bytes = vec![0u8; g.serialized_length()];
+        g.save_to_buffer(&mut bytes)
+            .map_err(|e| err("serialize", e))?;
+        let frozen = FrozenGraph::from_saved(&bytes, self.dim, &self.params)
+            .map_err(|what| IndexError::corrupt(format!("usearch's own serialisation: {what}")))?;
+        drop(bytes);
+        *self.frozen.write() = Some(Arc::new(frozen));
+        drop(g);
+        Ok(true)
+    }
+
+    /// Whether the graph changes: the frozen copy no longer answers for it. Called with
+    /// the index guard held, so no copy is being made meanwhile.
+    fn graph_changes(&self) {
+        if self.frozen.read().is_some() {
+            *self.frozen.write() = None;
+        }
     }
 
     /// Adds an fp16 key without converting it (the store's native key type).
@@ -202,10 +252,11 @@ impl KeyIndex for HnswIndex {
         loop {
             let g = self.index.read();
             if g.size() + THREAD_SLOTS <= g.capacity() {
+                self.graph_changes();
                 if g.contains(id) {
                     g.remove(id).map_err(|e| err("remove", e))?;
                 }
-                return match self.quantization {
+                return match self.params.quantization {
                     super::Quantization::F16 => g.add(id, key),
                     // Codes made here (see `quantize_i8`) are stored as they are.
                     super::Quantization::I8 | super::Quantization::LegacyI8 => {
@@ -222,6 +273,7 @@ impl KeyIndex for HnswIndex {
     fn remove(&self, id: u64) -> Result<bool> {
         let _slot = self.slots.acquire();
         let g = self.index.read();
+        self.graph_changes();
         let n = g.remove(id).map_err(|e| err("remove", e))?;
         Ok(n > 0)
     }
@@ -233,13 +285,18 @@ impl KeyIndex for HnswIndex {
     fn search(&self, query: &[f32], k: usize) -> Result<Vec<Hit>> {
         check_query(query, self.dim, "query")?;
         check_k(k)?;
+        let frozen = self.frozen.read().clone();
+        if let Some(f) = frozen {
+            let ef = self.ef.load(Ordering::Relaxed);
+            return Ok(f.search(&quantize_i8(query), k, ef));
+        }
         let _slot = self.slots.acquire();
         let g = self.index.read();
         // usearch reserves room for `k` results up front: a huge `k` (K from a hostile
         // engine.json) must not become a huge allocation. More than the index holds
         // cannot be returned anyway.
         let k = k.min(g.size().max(1));
-        let m = match self.quantization {
+        let m = match self.params.quantization {
             super::Quantization::F16 => g.search(query, k),
             // The query is quantized like the keys, so the graph compares codes with codes.
             super::Quantization::I8 | super::Quantization::LegacyI8 => {
@@ -284,7 +341,16 @@ impl KeyIndex for HnswIndex {
     }
 
     fn memory_bytes(&self) -> usize {
-        self.index.read().memory_usage()
+        let copy = self.frozen.read().as_ref().map_or(0, |f| f.memory_bytes());
+        self.index.read().memory_usage() + copy
+    }
+
+    fn own_traversal(&self, on: bool) -> Result<bool> {
+        HnswIndex::own_traversal(self, on)
+    }
+
+    fn own_traversal_active(&self) -> bool {
+        self.frozen.read().is_some()
     }
 }
 
@@ -307,9 +373,47 @@ fn check_file(
     dim: usize,
     params: &super::IndexParams,
 ) -> std::result::Result<(), String> {
+    walk_file(bytes, dim, params, &mut ())
+}
+
+/// What [`walk_file`] hands on, in file order, once each part is checked: the graph's
+/// shape and its vectors, then every node's links level by level.
+pub(super) trait FileVisitor {
+    /// The graph: `size` nodes, `vectors` their `size × vector_bytes` codes in slot
+    /// order, `base` the link capacity at level 0.
+    fn graph(&mut self, head: GraphHead<'_>);
+    /// Node `slot` (key `key`, top level `level`): its `count` links at `at_level`,
+    /// as little-endian u32 slots (each checked to lie in the graph).
+    fn links(&mut self, slot: usize, key: u64, level: usize, at_level: usize, links: &[u8]);
+}
+
+/// The shape of a saved graph (see [`check_file`] for the layout).
+pub(super) struct GraphHead<'a> {
+    pub(super) size: usize,
+    pub(super) vector_bytes: usize,
+    pub(super) vectors: &'a [u8],
+    pub(super) base: usize,
+    pub(super) max_level: usize,
+    pub(super) entry: usize,
+}
+
+/// Checking alone visits nothing.
+impl FileVisitor for () {
+    fn graph(&mut self, _: GraphHead<'_>) {}
+    fn links(&mut self, _: usize, _: u64, _: usize, _: usize, _: &[u8]) {}
+}
+
+/// The one reader of usearch's file layout: checks every part of `bytes` (as
+/// [`check_file`] documents) and hands each checked part to `visit`.
+pub(super) fn walk_file(
+    bytes: &[u8],
+    dim: usize,
+    params: &super::IndexParams,
+    visit: &mut dyn FileVisitor,
+) -> std::result::Result<(), String> {
     struct Cur<'a>(&'a [u8], usize);
-    impl Cur<'_> {
-        fn take(&mut self, n: usize, what: &str) -> std::result::Result<&[u8], String> {
+    impl<'a> Cur<'a> {
+        fn take(&mut self, n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
             let end = self.1.checked_add(n).filter(|&e| e <= self.0.len());
             let end = end.ok_or_else(|| format!("the file ends inside the {what}"))?;
             let s = &self.0[self.1..end];
@@ -342,7 +446,7 @@ fn check_file(
         return Err(format!("vectors of {cols} bytes, expected {vector_bytes}"));
     }
     let matrix = rows.checked_mul(cols).ok_or("matrix size overflows")?;
-    c.take(matrix, "vectors")?;
+    let vectors = c.take(matrix, "vectors")?;
     let head = c.take(64, "index head")?;
     if &head[0..7] != b"usearch" {
         return Err("bad magic".into());
@@ -403,8 +507,16 @@ fn check_file(
         return Err("a node level above the graph's maximum, or an entry below it".into());
     }
     let (connectivity, base) = (connectivity as usize, base as usize);
+    visit.graph(GraphHead {
+        size: n,
+        vector_bytes,
+        vectors,
+        base,
+        max_level: max_level as usize,
+        entry: entry as usize,
+    });
     for (i, &level) in levels.iter().enumerate() {
-        c.u64("node key")?;
+        let key = c.u64("node key")?;
         if c.u16("node level")? != level {
             return Err(format!("node {i}'s level disagrees with the level table"));
         }
@@ -423,6 +535,7 @@ fn check_file(
             {
                 return Err(format!("node {i} links to a slot outside the graph"));
             }
+            visit.links(i, key, level as usize, l, &slots[..count * 4]);
         }
     }
     if c.1 != bytes.len() {

@@ -9,6 +9,7 @@
 mod error;
 mod expert_index;
 mod flat;
+mod graph;
 mod hnsw;
 mod params;
 mod reachable;
@@ -68,6 +69,17 @@ pub trait KeyIndex: Send + Sync {
     fn set_expansion_search(&self, _ef: usize) {}
     /// Whether searches are exact (no reachability to check after adds).
     fn is_exact(&self) -> bool {
+        false
+    }
+    /// Turns the crate's own search over a read-only copy of the structure on or off
+    /// (see [`HnswIndex::own_traversal`]); returns whether it now serves. Structures
+    /// without one return `false`.
+    fn own_traversal(&self, _on: bool) -> Result<bool> {
+        Ok(false)
+    }
+    /// Whether the crate's own search serves searches now (no add or remove since the
+    /// copy was made).
+    fn own_traversal_active(&self) -> bool {
         false
     }
     /// Serialises the index to `path`.

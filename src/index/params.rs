@@ -57,6 +57,19 @@ pub struct IndexParams {
     /// without a rebuild; absent in indexes saved before it existed (read as 0).
     #[serde(default)]
     pub rerank: usize,
+    /// On an i8 graph, search with the crate's own traversal of a read-only copy of the
+    /// graph usearch built (prefetching, flat layout; same recall as usearch's search at
+    /// the same ef) instead of usearch's search. The copy costs memory (`key_dim` rounded
+    /// up to 64, plus `4 × (2M + 1) + 12` bytes per expert) and is remade after each save
+    /// and each reader catch-up; between a write and the next save, searches go through
+    /// usearch. No effect on f16 graphs. May change without a rebuild; absent in indexes
+    /// saved before it existed (read as on).
+    #[serde(default = "yes")]
+    pub own_search: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for IndexParams {
@@ -72,6 +85,7 @@ impl Default for IndexParams {
             expansion_search: 64,
             quantization: Quantization::F16,
             rerank: 0,
+            own_search: true,
         }
     }
 }
@@ -123,7 +137,7 @@ impl IndexParams {
     }
 
     /// Whether an index built with `self` can serve `other` without a rebuild (the
-    /// search-time knobs, `expansion_search` and `rerank`, do not count).
+    /// search-time knobs, `expansion_search`, `rerank` and `own_search`, do not count).
     pub(crate) fn same_structure(&self, other: &IndexParams) -> bool {
         self.kind == other.kind
             && (self.kind == IndexKind::Flat
@@ -156,7 +170,12 @@ mod tests {
         let mut q = p;
         q.rerank = 128;
         q.expansion_search = 200;
+        q.own_search = false;
         assert!(p.same_structure(&q));
+        assert!(
+            p.own_search,
+            "an index saved before the knob searches its own way"
+        );
         q.quantization = Quantization::I8;
         assert!(!p.same_structure(&q));
         let back: IndexParams =
