@@ -112,7 +112,7 @@ enum Cmd {
     #[command(long_about = migrate::LONG_ABOUT)]
     Migrate(migrate::Args),
     /// Benchmarks: `mome bench lookup --experts N` (latency, recall, ingest; peers).
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// Run a node of a scale-out cluster (etcd + S3 object storage).
     #[command(long_about = node::LONG_ABOUT)]
     Node(node::Args),
@@ -144,7 +144,7 @@ fn main() -> ExitCode {
         Cmd::Delete(a) => delete::run(a),
         Cmd::Forget(a) => forget::run(a),
         Cmd::Migrate(a) => migrate::run(a),
-        Cmd::Bench(a) => bench::run(a),
+        Cmd::Bench(a) => bench::run(*a),
         Cmd::Node(a) => node::run(a),
         Cmd::Cluster(a) => cluster::run(a),
     };

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::peers::{export, peer_row, run_peers, PeerExport};
 use super::report::{machine, print_sweep, print_table, report, sweep_builds_json, sweep_json};
-use super::{say, Lat, LookupArgs, Row};
+use super::{say, Lat, LookupArgs, Quant, Row, Traversal};
 
 /// The benchmark's fixed inputs, derived from the arguments.
 pub(super) struct Setup {
@@ -225,8 +225,10 @@ pub(super) fn lookup(a: LookupArgs) -> Result<ExitCode> {
         raw.as_ref(),
         &engine,
     );
-    let swept =
-        !(a.sweep_quantization.is_empty() && a.sweep_ef.is_empty() && a.sweep_rerank.is_empty());
+    let swept = !(a.sweep_quantization.is_empty()
+        && a.sweep_ef.is_empty()
+        && a.sweep_rerank.is_empty()
+        && a.sweep_traversal.is_empty());
     let index = if swept {
         let (builds, points) = sweep(&a, &s, &store, index, &timer)?;
         out["sweep_builds"] = sweep_builds_json(&builds);
@@ -805,10 +807,15 @@ fn engine_system(p: &IndexParams) -> String {
         mome::Quantization::I8 => "i8",
         _ => "f16",
     };
-    if p.rerank > 0 {
-        format!("mome ({q}, re-rank {})", p.rerank)
+    let own = if p.own_search && q == "i8" {
+        ", own search"
     } else {
-        format!("mome ({q})")
+        ""
+    };
+    if p.rerank > 0 {
+        format!("mome ({q}{own}, re-rank {})", p.rerank)
+    } else {
+        format!("mome ({q}{own})")
     }
 }
 
@@ -817,6 +824,7 @@ fn engine_system(p: &IndexParams) -> String {
 /// re-rank width.
 pub(super) struct SweepPoint {
     pub(super) quantization: &'static str,
+    pub(super) traversal: &'static str,
     pub(super) ef: usize,
     pub(super) rerank: usize,
     pub(super) lat: Lat,
@@ -857,6 +865,11 @@ pub(super) fn sweep(
     } else {
         a.sweep_rerank.clone()
     };
+    let traversals = if a.sweep_traversal.is_empty() {
+        vec![Traversal::Usearch]
+    } else {
+        a.sweep_traversal.clone()
+    };
     let (mut builds, mut points) = (Vec::new(), Vec::new());
     let mut current = Some(main);
     for q in quants {
@@ -881,35 +894,62 @@ pub(super) fn sweep(
                 i
             }
         };
-        for &ef in &efs {
-            for &rerank in &reranks {
-                index.set_search(ef, rerank)?;
-                let full = |qv: &[f32]| -> Result<Vec<u64>> {
-                    let ids: Vec<u64> = index.search(qv, k)?.iter().map(|h| h.id).collect();
-                    std::hint::black_box(store.get_many(&ids)?);
-                    Ok(ids)
-                };
-                for qv in &timer.qs {
-                    full(qv)?;
-                }
-                let (lat, recall) = timer.single(&full)?;
-                let (_, batch_qps) = timer.batched(&|c| batch_resolve(store, &index, c, k))?;
+        for &trav in &traversals {
+            if trav == Traversal::Own && q != Quant::I8 {
                 say(format_args!(
-                    "sweep: {} ef {ef} re-rank {rerank}: p50 {:.0} µs, p99 {:.0} µs, recall@10 {recall:.4}, {batch_qps:.0} q/s batched",
+                    "sweep: {} has no own traversal (i8 only); skipped",
+                    q.name()
+                ));
+                continue;
+            }
+            let t = Instant::now();
+            let own = index.set_own_traversal(trav == Traversal::Own)?;
+            ensure!(
+                own == (trav == Traversal::Own),
+                "the own traversal did not turn {}",
+                if own { "off" } else { "on" }
+            );
+            if own {
+                say(format_args!(
+                    "sweep: {} graph copied for the own traversal in {:.1}s ({:.0} MiB with usearch's)",
                     q.name(),
+                    t.elapsed().as_secs_f64(),
+                    index.memory_bytes() as f64 / (1 << 20) as f64
+                ));
+            }
+            for &ef in &efs {
+                for &rerank in &reranks {
+                    index.set_search(ef, rerank)?;
+                    let full = |qv: &[f32]| -> Result<Vec<u64>> {
+                        let ids: Vec<u64> = index.search(qv, k)?.iter().map(|h| h.id).collect();
+                        std::hint::black_box(store.get_many(&ids)?);
+                        Ok(ids)
+                    };
+                    for qv in &timer.qs {
+                        full(qv)?;
+                    }
+                    let (lat, recall) = timer.single(&full)?;
+                    let (_, batch_qps) = timer.batched(&|c| batch_resolve(store, &index, c, k))?;
+                    say(format_args!(
+                    "sweep: {} {} ef {ef} re-rank {rerank}: p50 {:.0} µs, p99 {:.0} µs, recall@10 {recall:.4}, {batch_qps:.0} q/s batched",
+                    q.name(),
+                    trav.name(),
                     lat.p50,
                     lat.p99
                 ));
-                points.push(SweepPoint {
-                    quantization: q.name(),
-                    ef,
-                    rerank,
-                    lat,
-                    recall,
-                    batch_qps,
-                });
+                    points.push(SweepPoint {
+                        quantization: q.name(),
+                        traversal: trav.name(),
+                        ef,
+                        rerank,
+                        lat,
+                        recall,
+                        batch_qps,
+                    });
+                }
             }
         }
+        index.set_own_traversal(false)?;
         current = Some(index);
     }
     Ok((builds, points))

@@ -107,6 +107,10 @@ struct LookupArgs {
     /// Sweep: re-rank widths for the engine (0: none).
     #[arg(long, value_delimiter = ',')]
     sweep_rerank: Vec<usize>,
+    /// Sweep: the engine's graph search, usearch's and/or the crate's own over a copy
+    /// of the same graph (`own`: i8 storages only; f16 ones skip it).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    sweep_traversal: Vec<Traversal>,
     /// Experts per durable insert batch (one group commit each).
     #[arg(long, default_value_t = 1000)]
     ingest_batch: usize,
@@ -166,6 +170,24 @@ impl Quant {
         match self {
             Quant::F16 => "f16",
             Quant::I8 => "i8",
+        }
+    }
+}
+
+/// Whose graph search the engine runs, as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Traversal {
+    /// usearch's own search (the default path).
+    Usearch,
+    /// The crate's own search over a read-only copy of usearch's i8 graph.
+    Own,
+}
+
+impl Traversal {
+    fn name(self) -> &'static str {
+        match self {
+            Traversal::Usearch => "usearch",
+            Traversal::Own => "own",
         }
     }
 }

@@ -222,6 +222,7 @@ pub(super) fn sweep_json(points: &[SweepPoint]) -> Value {
             .map(|p| {
                 json!({
                     "quantization": p.quantization,
+                    "traversal": p.traversal,
                     "ef": p.ef,
                     "rerank": p.rerank,
                     "p50_us": p.lat.p50,
@@ -265,9 +266,10 @@ pub(super) fn print_sweep(out: &Value) {
     outln!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for p in points {
         outln!(
-            "| {} | mome {}: search + resolve {} views (verified) | {} | {} | {:.1} | {:.1} | {:.4} | {:.0} |",
+            "| {} | mome {} ({} search): search + resolve {} views (verified) | {} | {} | {:.1} | {:.1} | {:.4} | {:.0} |",
             out["experts"],
             p["quantization"].as_str().unwrap_or("?"),
+            p["traversal"].as_str().unwrap_or("usearch"),
             out["candidates"],
             p["ef"],
             p["rerank"],
