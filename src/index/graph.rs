@@ -124,6 +124,16 @@ fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
     lanes.iter().sum::<i32>() + dot_portable(ca.remainder(), cb.remainder())
 }
 
+/// 1 / ‖codes‖, or 0 for a zero vector (whose cosine with anything is taken as 0).
+fn inv_norm(codes: &[i8]) -> f32 {
+    let n2: i64 = codes.iter().map(|&x| x as i64 * x as i64).sum();
+    if n2 > 0 {
+        1.0 / (n2 as f32).sqrt()
+    } else {
+        0.0
+    }
+}
+
 /// Asks the CPU to start loading the cache line at `p` (a hint: never faults, whatever
 /// `p` is).
 #[inline(always)]
@@ -200,37 +210,19 @@ struct Builder {
 
 impl FileVisitor for Builder {
     fn graph(&mut self, h: GraphHead<'_>) {
-        let row_lines = self.dim.div_ceil(64).max(1);
-        let mut codes = vec![Line([0; 64]); h.size * row_lines];
-        let mut inv_norm = vec![0f32; h.size];
+        let mut g = FrozenGraph::zeroed(self.dim, h.size, h.base, h.entry, h.max_level);
+        let row_lines = g.row_lines;
         for (slot, v) in h.vectors.chunks_exact(h.vector_bytes.max(1)).enumerate() {
-            let row = &mut codes[slot * row_lines..(slot + 1) * row_lines];
+            let row = &mut g.codes[slot * row_lines..(slot + 1) * row_lines];
             let dst: &mut [i8] = bytemuck::cast_slice_mut(row);
             // -128 never comes out of `quantize_i8`; clamping it keeps every code in
             // the range the fast dot product is exact for, whatever the bytes say.
             for (d, &b) in dst.iter_mut().zip(v) {
                 *d = (b as i8).max(-127);
             }
-            let n2: i64 = dst.iter().map(|&x| x as i64 * x as i64).sum();
-            inv_norm[slot] = if n2 > 0 {
-                1.0 / (n2 as f32).sqrt()
-            } else {
-                0.0
-            };
+            g.inv_norm[slot] = inv_norm(dst);
         }
-        self.graph = Some(FrozenGraph {
-            dim: self.dim,
-            row_lines,
-            codes,
-            inv_norm,
-            keys: vec![u64::MAX; h.size],
-            base: h.base,
-            links0: vec![0; h.size * (1 + h.base)],
-            upper: HashMap::new(),
-            entry: h.entry as u32,
-            max_level: h.max_level,
-            dot: Dot::detect(),
-        });
+        self.graph = Some(g);
     }
 
     fn links(&mut self, slot: usize, key: u64, level: usize, at: usize, links: &[u8]) {
@@ -269,19 +261,28 @@ impl FrozenGraph {
     ) -> std::result::Result<Self, String> {
         let mut b = Builder { dim, graph: None };
         walk_file(bytes, dim, params, &mut b)?;
-        Ok(b.graph.unwrap_or(FrozenGraph {
+        // An empty graph has no shape to visit.
+        Ok(b.graph
+            .unwrap_or_else(|| FrozenGraph::zeroed(dim, 0, 0, 0, 0)))
+    }
+
+    /// A graph of `size` slots with zero codes, no links and every slot free, for the
+    /// file's visits to fill in.
+    fn zeroed(dim: usize, size: usize, base: usize, entry: usize, max_level: usize) -> Self {
+        let row_lines = dim.div_ceil(64).max(1);
+        FrozenGraph {
             dim,
-            row_lines: 1,
-            codes: Vec::new(),
-            inv_norm: Vec::new(),
-            keys: Vec::new(),
-            base: 0,
-            links0: Vec::new(),
+            row_lines,
+            codes: vec![Line([0; 64]); size * row_lines],
+            inv_norm: vec![0.0; size],
+            keys: vec![u64::MAX; size],
+            base,
+            links0: vec![0; size * (1 + base)],
             upper: HashMap::new(),
-            entry: 0,
-            max_level: 0,
+            entry: entry as u32,
+            max_level,
             dot: Dot::detect(),
-        }))
+        }
     }
 
     /// Heap bytes held.
@@ -337,12 +338,7 @@ impl FrozenGraph {
         if n == 0 || k == 0 || q.len() != self.dim {
             return Vec::new();
         }
-        let q_norm = q.iter().map(|&x| x as i64 * x as i64).sum::<i64>() as f32;
-        let q_inv = if q_norm > 0.0 {
-            1.0 / q_norm.sqrt()
-        } else {
-            0.0
-        };
+        let q_inv = inv_norm(q);
         // A huge `k` (from a hostile engine.json) must not size the heaps: no more than
         // the graph holds can be returned.
         let k = k.min(n);

@@ -51,7 +51,8 @@ pub struct HnswIndex {
     params: super::IndexParams,
     index: RwLock<Index>,
     slots: Slots,
-    /// The search expansion in force (usearch's own is not readable back cheaply).
+    /// The search expansion in force, for the own search: reading usearch's back would
+    /// take the index guard, which a save holds for seconds at 1M.
     ef: AtomicUsize,
     /// The crate's own traversal over a copy of the graph ([`HnswIndex::own_traversal`]),
     /// dropped by the first add or remove.
@@ -185,7 +186,8 @@ impl HnswIndex {
     /// the next add or remove, which drops it (searches then go to usearch again until
     /// this is called again). Returns whether it now serves. Only an i8 graph has one
     /// (an f16 graph returns an `InvalidArgument` when asked to turn it on). The copy
-    /// costs about as much memory as usearch's graph while it is held.
+    /// costs about half the memory of usearch's i8 graph at dim 576 (813 against
+    /// 1,528 MiB at 1M keys, M 32) while it is held.
     pub fn own_traversal(&self, on: bool) -> Result<bool> {
         if !on {
             *self.frozen.write() = None;

@@ -865,10 +865,11 @@ pub(super) fn sweep(
     } else {
         a.sweep_rerank.clone()
     };
-    let traversals = if a.sweep_traversal.is_empty() {
-        vec![Traversal::Usearch]
+    // Without --sweep-traversal each index searches as its parameters say.
+    let traversals: Vec<Option<Traversal>> = if a.sweep_traversal.is_empty() {
+        vec![None]
     } else {
-        a.sweep_traversal.clone()
+        a.sweep_traversal.iter().copied().map(Some).collect()
     };
     let (mut builds, mut points) = (Vec::new(), Vec::new());
     let mut current = Some(main);
@@ -894,8 +895,9 @@ pub(super) fn sweep(
                 i
             }
         };
-        for &trav in &traversals {
-            if trav == Traversal::Own && q != Quant::I8 {
+        let configured = index.params().own_search;
+        for &asked in &traversals {
+            if asked == Some(Traversal::Own) && q != Quant::I8 {
                 say(format_args!(
                     "sweep: {} has no own traversal (i8 only); skipped",
                     q.name()
@@ -903,13 +905,24 @@ pub(super) fn sweep(
                 continue;
             }
             let t = Instant::now();
-            let own = index.set_own_traversal(trav == Traversal::Own)?;
-            ensure!(
-                own == (trav == Traversal::Own),
-                "the own traversal did not turn {}",
-                if own { "off" } else { "on" }
-            );
-            if own {
+            let own = match asked {
+                Some(trav) => {
+                    let own = index.set_own_traversal(trav == Traversal::Own)?;
+                    ensure!(
+                        own == (trav == Traversal::Own),
+                        "the own traversal did not turn {}",
+                        if own { "off" } else { "on" }
+                    );
+                    own
+                }
+                None => index.own_search_active(),
+            };
+            let trav = if own {
+                Traversal::Own
+            } else {
+                Traversal::Usearch
+            };
+            if own && asked.is_some() {
                 say(format_args!(
                     "sweep: {} graph copied for the own traversal in {:.1}s ({:.0} MiB with usearch's)",
                     q.name(),
@@ -949,7 +962,7 @@ pub(super) fn sweep(
                 }
             }
         }
-        index.set_own_traversal(false)?;
+        index.set_own_traversal(configured)?;
         current = Some(index);
     }
     Ok((builds, points))
